@@ -1,0 +1,264 @@
+"""One typed params tree for the whole project, loaded from ``params.yaml``.
+
+Every stage, flow and test reads its settings from :class:`Params`. Unknown keys are an
+error that names the key and the closest valid one; wrong types name the key and value.
+The resolved tree is written next to each stage's outputs (:func:`write_resolved`) and
+logged to MLflow, as timm writes ``args.yaml`` and DINOv2 writes its config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+AugRegLevel = Literal["minimal", "weak", "medium", "strong"]
+Metric = Literal["cosine", "l1", "l2"]
+Selector = Literal["gls", "attention", "rollout", "random"]
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the key, value and fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class BaseParams(_Strict):
+    """Settings shared by every stage."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    experiment: str = "glsim"
+    reports_dir: Path = Path("reports")
+    runs_dir: Path = Path("runs")
+
+
+class SyntheticParams(_Strict):
+    """The built-in fine-grained dataset (see :mod:`glsim.data.synthetic`)."""
+
+    num_classes: int = Field(10, ge=2, le=64)
+    train_per_class: int = Field(160, ge=1)
+    test_per_class: int = Field(60, ge=1)
+    canvas_size: int = Field(86, ge=16, description="side of the generated square image, px")
+    object_size: tuple[int, int] = (14, 22)
+    distractors: tuple[int, int] = (2, 5)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SyntheticParams:
+        lo, hi = self.object_size
+        if not 6 <= lo <= hi:
+            raise ValueError(f"object_size must be (min, max) with 6 <= min <= max, got {self.object_size}")
+        if hi * 2 > self.canvas_size:
+            raise ValueError(
+                f"object_size max {hi} must be at most half of canvas_size {self.canvas_size} so the "
+                "object survives the random crop; raise canvas_size or lower object_size"
+            )
+        if not 0 <= self.distractors[0] <= self.distractors[1]:
+            raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got {self.distractors}")
+        return self
+
+
+class ExpectedCounts(_Strict):
+    """What the validation suite expects of a prepared dataset (None: not checked)."""
+
+    num_classes: int | None = None
+    train: int | None = None
+    test: int | None = None
+
+
+class DataParams(_Strict):
+    dataset: str = "synthetic_fg"
+    raw_dir: Path = Path("data/raw")
+    shards_dir: Path = Path("data/shards")
+    image_size: int = Field(64, ge=16)
+    resize_ratio: float = Field(1.34, ge=1.0, description="resize to int(S*ratio), then crop S")
+    workers: int = Field(0, ge=0)
+    shard_max_count: int = Field(10_000, ge=1)
+    shard_max_bytes: int = Field(256 * 1024**2, ge=1024)
+    min_image_side: int = Field(16, ge=1)
+    expected: ExpectedCounts = ExpectedCounts()
+    registry_overrides: Path | None = None
+    synthetic: SyntheticParams = SyntheticParams()
+
+
+class BackboneParams(_Strict):
+    """A timm VisionTransformer by name plus constructor overrides, and its weights file."""
+
+    name: str = "vit_base_patch16_224"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+
+
+class GLSimParams(_Strict):
+    """The GLSim-specific knobs (paper Sec. 3 and the ablations of Tables 5, 12-15)."""
+
+    top_k: int = Field(8, ge=1, description="O: how many most-similar tokens the crop encloses")
+    metric: Metric = "cosine"
+    selector: Selector = "gls"
+    aggregator: bool = True
+    min_box: int = Field(0, ge=0, description="minimum crop side in pixels (0: no minimum)")
+
+
+class ModelParams(_Strict):
+    backbone: BackboneParams = BackboneParams()
+    glsim: GLSimParams = GLSimParams()
+
+
+class PretrainParams(_Strict):
+    """Upstream pretraining of the backbone on a generated task (stand-in for IN-21k)."""
+
+    num_classes: int = Field(48, ge=2)
+    images_per_epoch: int = Field(8192, ge=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    test_images: int = Field(1024, ge=1)
+    output: Path = Path("models/pretrained/backbone.safetensors")
+
+
+class TrainParams(_Strict):
+    """The fine-tuning recipe (paper Sec. 4, App. C)."""
+
+    models: list[str] = Field(default_factory=lambda: ["vit", "glsim"])
+    seeds: list[int] = Field(default_factory=lambda: [1, 10, 100])
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(500, ge=0)
+    clip_grad: float | None = Field(1.0, gt=0)
+    augreg: AugRegLevel = "strong"
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="used from augreg 'weak' up")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="used from augreg 'medium' up")
+    erasing_prob: float = Field(0.3, ge=0, le=1, description="used at augreg 'strong'")
+    amp: bool = True
+
+    def regularisation(self) -> dict[str, float | bool]:
+        """Resolve the AugReg level into the values it switches on (Table 11)."""
+        level = ["minimal", "weak", "medium", "strong"].index(self.augreg)
+        return {
+            "label_smoothing": self.label_smoothing if level >= 1 else 0.0,
+            "drop_path": self.drop_path if level >= 2 else 0.0,
+            "erasing_prob": self.erasing_prob if level >= 3 else 0.0,
+            "trivial_augment": level >= 3,
+        }
+
+
+class EvalParams(_Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class Params(_Strict):
+    """The whole params tree: one section per stage plus the shared ``base``."""
+
+    base: BaseParams = BaseParams()
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+
+    def digest(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none given)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the sub-model that ``loc`` (minus its last item) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        current = fields[part].annotation
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(Params, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+            lines.append(f"  - unknown key '{key}'{hint} (valid here: {', '.join(valid)})")
+        else:
+            lines.append(f"  - {key} = {e.get('input')!r}: {e['msg']}")
+    lines.append("Fix the key or value in the params file (see params.yaml for every valid key).")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def params_from_dict(data: dict[str, Any], *, source: str = "<params>") -> Params:
+    """Validate a plain dict into :class:`Params`, with readable errors."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Load ``params.yaml`` (and optional dotted overrides such as ``{"train.lr": 0.1}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path} (run from the repo root or pass --params)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = _deep_merge(data, dotted_to_nested(overrides))
+    return params_from_dict(data, source=str(path))
+
+
+def write_resolved(params: Params, out_dir: str | Path, name: str = "params.resolved.yaml") -> Path:
+    """Write the resolved tree next to a stage's outputs (atomically)."""
+    from glsim.utils import atomic_write_text
+
+    out = Path(out_dir) / name
+    atomic_write_text(out, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    return out

@@ -1,0 +1,1 @@
+"""Datasets: registry, download, manifests, shards, transforms, loaders."""
