@@ -108,8 +108,17 @@ class GLSimParams(_Strict):
     min_box: int = Field(0, ge=0, description="minimum crop side in pixels (0: no minimum)")
 
 
+class VitParams(_Strict):
+    """The ViT baseline's knobs."""
+
+    cls_block: bool = Field(False, description="Table 5: one extra transformer block on the CLS token only")
+
+
 class ModelParams(_Strict):
+    """The shared backbone plus one section per model (a train stage reads only its own)."""
+
     backbone: BackboneParams = BackboneParams()
+    vit: VitParams = VitParams()
     glsim: GLSimParams = GLSimParams()
 
 
@@ -126,6 +135,10 @@ class PretrainParams(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     test_images: int = Field(1024, ge=1)
     output: Path = Path("models/pretrained/backbone.safetensors")
+    stages: list[Literal["backbone"]] = Field(
+        default_factory=lambda: ["backbone"],
+        description="DVC generates the pretrain stage per item: [] skips it (real weights file)",
+    )
 
 
 class TrainParams(_Strict):

@@ -1,0 +1,228 @@
+"""GLSim (paper Sec. 3, Eq. 1-6): encode, select by global-local similarity, crop, re-encode,
+aggregate the two CLS tokens, classify.
+
+    x   = Norm(Encoder([cls; PatchEmbed(I)] + pos))             (B, 1+N, D)   Sec. 3.1
+    s   = GLS(x)                                                (B, N)        Eq. 1-2
+    I'  = Resize(Crop(I, box(top_O(s))))                        (B, 3, S, S)  Sec. 3.2
+    x'  = Norm(Encoder([cls'; PatchEmbed(I')] + pos))           (B, 1+N, D)   shared weights
+    z   = Block([x_0; x'_0])                                    (B, 2, D)     Eq. 3-4
+    y   = Linear(Norm(z)_0)                                     (B, C)        Eq. 5-6
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from glsim.config import BackboneParams, GLSimParams
+from glsim.models.backbone import create_vit
+from glsim.models.gls import crop_and_resize, crop_boxes, enlarge_boxes, global_local_similarity
+from glsim.models.registry import register_model
+
+
+@dataclass
+class GLSimOutput:
+    """The internals of one GLSim forward pass, for training, visualisation and tests."""
+
+    logits: Tensor  # (B, C) final prediction
+    scores: Tensor  # (B, N) selector scores (GLS by default); larger = more discriminative
+    boxes: Tensor  # (B, 4) int64 crop boxes (x0, y0, x1, y1) in input pixels
+    crops: Tensor  # (B, 3, S, S) resized crops fed to the second pass
+    cls_global: Tensor  # (B, D) CLS token of the full image, x_0
+    cls_local: Tensor  # (B, D) CLS token of the crop, x'_0
+    logits_global: Tensor | None = None  # (B, C) per-view logits when aggregator is off
+    logits_local: Tensor | None = None  # (B, C)
+
+    def detach(self) -> GLSimOutput:
+        return GLSimOutput(**{f.name: None if (v := getattr(self, f.name)) is None else v.detach() for f in fields(self)})
+
+
+class GLSim(nn.Module):
+    """GLSim on a timm ViT encoder whose weights are shared by both passes.
+
+    Args:
+        encoder: a timm ``VisionTransformer`` with a CLS token (its own head is unused).
+        num_classes: classifier width.
+        top_k: O, the number of most-similar tokens the crop encloses.
+        metric: GLS similarity (``cosine``, ``l1``, ``l2``; Table 14).
+        selector: ``gls`` (the paper), ``attention`` (last-layer CLS attention),
+            ``rollout`` (attention rollout) or ``random`` (Table 12).
+        aggregator: with ``False`` (Table 5 ablation) each view has the shared norm/head and
+            the more confident view predicts.
+        min_box: minimum crop side in pixels (0: none).
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        num_classes: int,
+        *,
+        top_k: int = 8,
+        metric: str = "cosine",
+        selector: str = "gls",
+        aggregator: bool = True,
+        min_box: int = 0,
+    ) -> None:
+        super().__init__()
+        if encoder.cls_token is None or encoder.num_prefix_tokens != 1:
+            raise ValueError(
+                "GLSim needs a ViT with exactly one prefix token, the CLS token "
+                f"(got class_token={encoder.cls_token is not None}, prefix tokens={encoder.num_prefix_tokens})"
+            )
+        if getattr(encoder, "dynamic_img_size", False):
+            raise ValueError("GLSim needs a fixed image size; create the backbone with dynamic_img_size=False")
+        self.encoder = encoder
+        self.encoder.reset_classifier(0)  # the encoder's own head is unused
+        dim = encoder.embed_dim
+        self.patch_size: tuple[int, int] = tuple(encoder.patch_embed.patch_size)  # type: ignore[assignment]
+        self.grid_size: tuple[int, int] = tuple(encoder.patch_embed.grid_size)  # type: ignore[assignment]
+        self.top_k, self.metric, self.selector, self.min_box = top_k, metric, selector, min_box
+        if not 1 <= top_k <= self.grid_size[0] * self.grid_size[1]:
+            raise ValueError(f"glsim.top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens")
+
+        # A separate learnable CLS token for crops, initialised from the backbone's (Sec. 3.2).
+        self.crop_cls_token = nn.Parameter(encoder.cls_token.detach().clone())  # (1, 1, D)
+        block0 = encoder.blocks[0]
+        self.aggregator = (
+            Block(
+                dim,
+                num_heads=block0.attn.num_heads,
+                mlp_ratio=block0.mlp.fc1.out_features / dim,
+                qkv_bias=block0.attn.qkv.bias is not None,
+                norm_layer=type(encoder.norm) if isinstance(encoder.norm, nn.LayerNorm) else nn.LayerNorm,
+            )
+            if aggregator
+            else None
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.zeros_(self.head.weight)  # as the reference code
+        nn.init.zeros_(self.head.bias)
+
+    # --- Sec. 3.1: the encoder, with a chosen CLS token ----------------------------------
+    def encode(self, images: Tensor, cls_token: Tensor, *, return_attention: bool = False):
+        """``Norm(Encoder([cls; PatchEmbed(I)] + pos))`` -> (B, 1+N, D) (and attention maps)."""
+        enc = self.encoder
+        x = enc.patch_embed(images)  # (B, N, D)
+        cls = cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        if enc.no_embed_class:  # pos_embed has no CLS slot (DeiT-III style)
+            x = torch.cat([cls, x + enc.pos_embed], dim=1)  # (B, 1+N, D)
+        else:
+            x = torch.cat([cls, x], dim=1) + enc.pos_embed  # (B, 1+N, D)
+        x = enc.norm_pre(enc.patch_drop(enc.pos_drop(x)))
+        attention = None
+        if return_attention:
+            from glsim.models.attention import forward_blocks_with_attention
+
+            x, attention = forward_blocks_with_attention(enc.blocks, x)
+        else:
+            x = enc.blocks(x)  # (B, 1+N, D)
+        x = enc.norm(x)
+        return (x, attention) if return_attention else x
+
+    # --- Sec. 3.2: discriminative region selection ---------------------------------------
+    @torch.no_grad()
+    def select(self, tokens: Tensor, attention: list[Tensor] | None = None) -> Tensor:
+        """(B, 1+N, D) -> (B, N) selector scores; larger = keep."""
+        if self.selector == "gls":
+            return global_local_similarity(tokens, self.metric)
+        if self.selector == "random":
+            return torch.rand(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
+        from glsim.models.attention import attention_rollout, cls_attention
+
+        if attention is None:
+            raise ValueError(f"selector {self.selector!r} needs the attention maps")
+        if self.selector == "attention":
+            return cls_attention(attention[-1])
+        if self.selector == "rollout":
+            return attention_rollout(attention)
+        raise ValueError(f"unknown selector {self.selector!r}; use gls, attention, rollout or random")
+
+    @torch.no_grad()
+    def crop(self, images: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Boxes enclosing the top-O tokens, and the crops resized to the input size."""
+        boxes = crop_boxes(scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=self.top_k)  # (B, 4)
+        boxes = enlarge_boxes(boxes, min_size=self.min_box, image_size=tuple(images.shape[-2:]))
+        crops = crop_and_resize(images, boxes, tuple(images.shape[-2:]))  # (B, 3, S, S)
+        return boxes, crops
+
+    # --- the whole model -----------------------------------------------------------------
+    def forward_features(self, images: Tensor) -> GLSimOutput:
+        needs_attention = self.selector in ("attention", "rollout")
+        if needs_attention:
+            tokens, attention = self.encode(images, self.encoder.cls_token, return_attention=True)
+        else:
+            tokens, attention = self.encode(images, self.encoder.cls_token), None  # (B, 1+N, D)
+        scores = self.select(tokens, attention)  # (B, N)
+        boxes, crops = self.crop(images, scores)  # (B, 4), (B, 3, S, S)
+        crop_tokens = self.encode(crops, self.crop_cls_token)  # (B, 1+N, D)
+        cls_global, cls_local = tokens[:, 0], crop_tokens[:, 0]  # (B, D) each
+        return GLSimOutput(
+            logits=torch.empty(0), scores=scores, boxes=boxes, crops=crops, cls_global=cls_global, cls_local=cls_local
+        )
+
+    def forward_head(self, out: GLSimOutput) -> GLSimOutput:
+        """Eq. 3-6: aggregate both CLS tokens, normalise, classify from the first token."""
+        if self.aggregator is not None:
+            z = self.aggregator(torch.stack([out.cls_global, out.cls_local], dim=1))  # (B, 2, D)
+            out.logits = self.head(self.norm(z)[:, 0])  # (B, C)
+            return out
+        out.logits_global = self.head(self.norm(out.cls_global))  # (B, C)
+        out.logits_local = self.head(self.norm(out.cls_local))  # (B, C)
+        conf_g = out.logits_global.softmax(-1).amax(-1)  # (B,)
+        conf_l = out.logits_local.softmax(-1).amax(-1)  # (B,)
+        out.logits = torch.where((conf_g >= conf_l)[:, None], out.logits_global, out.logits_local)
+        return out
+
+    def forward_explain(self, images: Tensor) -> GLSimOutput:
+        """Forward pass returning every internal (scores, boxes, crops, CLS tokens, logits)."""
+        return self.forward_head(self.forward_features(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_explain(images).logits
+
+    def training_loss(self, images: Tensor, targets: Tensor, criterion: nn.Module) -> tuple[Tensor, Tensor]:
+        """Eq. 6: cross-entropy on the prediction; without the aggregator, on both views."""
+        out = self.forward_explain(images)
+        if self.aggregator is None:
+            loss = criterion(out.logits_global, targets) + criterion(out.logits_local, targets)
+        else:
+            loss = criterion(out.logits, targets)
+        return loss, out.logits
+
+    def no_weight_decay(self) -> set[str]:
+        return {"crop_cls_token"} | {f"encoder.{k}" for k in self.encoder.no_weight_decay()}
+
+
+@register_model("glsim")
+def build_glsim(
+    *,
+    num_classes: int,
+    image_size: int,
+    backbone: BackboneParams | None = None,
+    glsim: GLSimParams | None = None,
+    drop_path_rate: float = 0.0,
+    **_: object,
+) -> GLSim:
+    """GLSim on ``backbone`` (a timm ViT and its local weights file)."""
+    backbone = backbone or BackboneParams()
+    glsim = glsim or GLSimParams()
+    encoder = create_vit(
+        backbone.name,
+        image_size=image_size,
+        weights=backbone.weights,
+        drop_path_rate=drop_path_rate,
+        **backbone.overrides,
+    )
+    return GLSim(
+        encoder,
+        num_classes,
+        top_k=glsim.top_k,
+        metric=glsim.metric,
+        selector=glsim.selector,
+        aggregator=glsim.aggregator,
+        min_box=glsim.min_box,
+    )
