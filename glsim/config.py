@@ -114,12 +114,41 @@ class VitParams(_Strict):
     cls_block: bool = Field(False, description="Table 5: one extra transformer block on the CLS token only")
 
 
+class TransFGParams(_Strict):
+    """TransFG (He et al., AAAI 2022): overlapping patches with this stride (None: 3/4 P)."""
+
+    stride: int | None = Field(None, ge=1)
+
+
+class FFVTParams(_Strict):
+    """FFVT (Wang et al., BMVC 2021): MAWS tokens kept per layer."""
+
+    tokens_per_layer: int = Field(12, ge=1)
+
+
+class ResNetParams(_Strict):
+    """ResNet-101 (He et al., CVPR 2016): a local weights file (None: random init)."""
+
+    weights: Path | None = None
+
+
+class CALParams(_Strict):
+    """CAL (Rao et al., ICCV 2021) on ResNet-101: weights file and attention maps."""
+
+    weights: Path | None = None
+    num_attentions: int = Field(32, ge=1)
+
+
 class ModelParams(_Strict):
     """The shared backbone plus one section per model (a train stage reads only its own)."""
 
     backbone: BackboneParams = BackboneParams()
     vit: VitParams = VitParams()
     glsim: GLSimParams = GLSimParams()
+    transfg: TransFGParams = TransFGParams()
+    ffvt: FFVTParams = FFVTParams()
+    resnet101: ResNetParams = ResNetParams()
+    cal: CALParams = CALParams()
 
 
 class PretrainParams(_Strict):

@@ -2,7 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glsim.models.gls import crop_and_resize, crop_boxes, enlarge_boxes, global_local_similarity, gls_flops
+from glsim.models.gls import (
+    crop_and_resize,
+    crop_boxes,
+    enlarge_boxes,
+    global_local_similarity,
+    gls_flops,
+)
 
 
 def one_hot_scores(grid: tuple[int, int], hot: list[tuple[int, int]], batch: int = 1) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""FFVT baseline: Wang et al., "Feature Fusion Vision Transformer for Fine-Grained Visual
+Categorization", BMVC 2021 (reference code: Markin-Wang/FFVT).
+
+1. Mutual attention weight selection, MAWS (Sec. 3.2, Eq. 6-8): after each of the first
+   L-1 blocks, score every token by (CLS row of the attention weights) x (CLS column of the
+   scores, softmax over tokens), head-averaged, and keep that layer's top-K tokens.
+2. Feature fusion (Sec. 3.1): the final CLS token and the (L-1) K selected tokens go
+   through the last block alone; the head classifies its CLS output.
+
+Plain non-overlapping patches and the plain classification loss, as the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from glsim.config import BackboneParams
+from glsim.models.attention import block_with_attention, maws_scores
+from glsim.models.backbone import create_vit
+from glsim.models.registry import register_model
+
+
+def select_tokens(x: Tensor, scores: Tensor, top_k: int) -> Tensor:
+    """The ``top_k`` patch tokens of ``x`` (B, 1+N, D) by ``scores`` (B, N): (B, top_k, D)."""
+    with torch.no_grad():
+        index = scores.topk(top_k, dim=-1).indices + 1  # (B, K) token indices, CLS skipped
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+
+
+class FFVT(nn.Module):
+    """ViT whose last block fuses the MAWS-selected tokens of every earlier layer."""
+
+    def __init__(self, vit: VisionTransformer, *, num_classes: int, tokens_per_layer: int) -> None:
+        super().__init__()
+        num_patches = vit.patch_embed.num_patches
+        if vit.num_prefix_tokens != 1 or len(vit.blocks) < 2:
+            raise ValueError("FFVT needs a ViT with one CLS token, no registers, and >= 2 blocks")
+        if not 1 <= tokens_per_layer <= num_patches:
+            raise ValueError(
+                f"FFVT tokens_per_layer must be in [1, {num_patches}] (the patch count), got {tokens_per_layer}"
+            )
+        self.vit = vit
+        self.vit.reset_classifier(0)
+        self.tokens_per_layer = tokens_per_layer
+        self.head = nn.Linear(vit.embed_dim, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) -> normalised (B, 1 + (L-1) K, D): CLS and fused tokens."""
+        x = self.vit.patch_embed(images)  # (B, N, D)
+        x = self.vit.norm_pre(self.vit.patch_drop(self.vit._pos_embed(x)))  # (B, 1+N, D)
+        selected = []
+        for block in self.vit.blocks[:-1]:
+            x, logits = block_with_attention(block, x)  # (B, 1+N, D), (B, H, 1+N, 1+N)
+            scores = maws_scores(logits.detach())  # (B, N)
+            selected.append(select_tokens(x, scores, self.tokens_per_layer))  # (B, K, D)
+        fused = torch.cat([x[:, :1], *selected], dim=1)  # (B, 1 + (L-1) K, D)
+        return self.vit.norm(self.vit.blocks[-1](fused))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(features[:, 0])  # (B, K)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+@register_model("ffvt")
+def build_ffvt(
+    *,
+    num_classes: int,
+    image_size: int,
+    backbone: BackboneParams | None = None,
+    drop_path_rate: float = 0.0,
+    tokens_per_layer: int = 12,
+    **_: object,
+) -> FFVT:
+    """FFVT on the configured ViT; ``tokens_per_layer`` is the paper's K (12 in the
+    reference's default config)."""
+    backbone = backbone or BackboneParams()
+    vit = create_vit(
+        backbone.name,
+        image_size=image_size,
+        weights=backbone.weights,
+        drop_path_rate=drop_path_rate,
+        **backbone.overrides,
+    )
+    return FFVT(vit, num_classes=num_classes, tokens_per_layer=tokens_per_layer)
