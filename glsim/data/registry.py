@@ -117,6 +117,13 @@ class DatasetSpec:
     homepage: str = ""
     notes: str = ""
     parametric: bool = False
+    expected_for: Callable[[Any], ExpectedCounts] | None = None  # generated sets: from params
+
+    def expected_counts(self, params: Any = None) -> ExpectedCounts:
+        """Counts to validate against: the entry's, or derived from params for generated sets."""
+        if self.expected_for is not None and params is not None:
+            return self.expected_for(params)
+        return self.expected
 
     def file(self, name: str) -> RemoteFile:
         for f in self.files:

@@ -1,0 +1,292 @@
+"""WebDataset shards -> torch batches, deterministic given (seed, epoch).
+
+The pipeline is webdataset's own stages (``SimpleShardList``, ``split_by_worker``,
+``tar_file_iterator``, ``group_by_keys``, ``shuffle``) in a ``wds.DataPipeline``, fed to a
+``torch.utils.data.DataLoader`` that batches. Two stages are ours: :func:`open_shards` replaces webdataset's opener, which never closes the files it
+opens (ResourceWarnings) and, with a ``handler`` that swallows errors, would hide a
+truncated shard; ours checks each shard's size and sample count against ``index.json`` and turns any read
+error into a :class:`~glsim.data.shards.ShardError` naming the shard. And the transform
+stage reseeds the albumentations pipeline per (seed, epoch, worker), since albumentations
+2.0.8 gives every DataLoader worker the same copy of its random state.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, get_worker_info
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+from glsim.data.manifest import BOX_COLUMNS
+from glsim.data.shards import ShardError, read_index
+
+SHUFFLE_BUFFER = 1000  # samples held by the streaming shuffle (per worker)
+
+
+def _split_entry(shards_dir: str | Path, split: str) -> dict[str, Any]:
+    index = read_index(shards_dir)
+    if split not in index["splits"]:
+        raise ShardError(
+            f"{Path(shards_dir) / 'index.json'} has no split {split!r} (has {sorted(index['splits'])})"
+        )
+    return index["splits"][split]
+
+
+def dataset_length(shards_dir: str | Path, split: str) -> int:
+    """Number of samples in a split, from ``index.json``."""
+    return int(_split_entry(shards_dir, split)["count"])
+
+
+def epoch_shards(
+    shards_dir: str | Path, split: str, *, shuffle: bool, seed: int, epoch: int
+) -> list[dict[str, Any]]:
+    """The split's index entries in the order an epoch reads them (before worker splitting).
+
+    Shards are shuffled once, before they are dealt to workers, so the (seed, epoch) ->
+    shard order map does not depend on the worker count.
+    """
+    shards = list(_split_entry(shards_dir, split)["shards"])
+    if shuffle:
+        random.Random(_seed_for(seed, epoch, _SHARD_ORDER)).shuffle(shards)
+    return shards
+
+
+def num_batches(
+    shards_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int,
+    workers: int,
+    drop_last: bool,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> int:
+    """Exactly how many batches :func:`make_loader` yields with the same arguments.
+
+    Each DataLoader worker batches its own shards (``shards[w::workers]``), so with
+    ``workers > 1`` this can exceed ``ceil(count / batch_size)`` by up to one partial
+    batch per worker.
+    """
+    shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
+    workers = max(1, min(workers, len(shards)))
+    counts = [sum(s["count"] for s in shards[w::workers]) for w in range(workers)]
+    per_worker = (c // batch_size if drop_last else -(-c // batch_size) for c in counts)
+    return sum(per_worker)
+
+
+def open_shards(
+    sources: Iterable[dict[str, Any]], expected: dict[str, dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """Yield the files of each shard (webdataset's ``{"fname", "data", "__url__"}`` dicts).
+
+    Each shard is checked against its ``index.json`` entry (``expected[url]``) before and
+    after reading: its size (a copy cut at a member boundary reads as a valid, shorter tar)
+    and its sample count (``tarfile`` silently ends a stream at a garbage header). Any
+    error while reading is re-raised as :class:`ShardError` naming the shard file. Files
+    are closed as soon as their shard is read.
+    """
+    hint = "re-run the shards stage (or `dvc checkout`) to restore it"
+    for source in sources:
+        url = source["url"]
+        entry = expected[url]
+        try:
+            size = Path(url).stat().st_size
+        except FileNotFoundError:
+            raise ShardError(f"shard missing: {url}; {hint}") from None
+        if size != entry["bytes"]:
+            raise ShardError(
+                f"shard {url} is {size} bytes but index.json says {entry['bytes']}: truncated or "
+                f"overwritten; {hint}"
+            )
+        keys = 0
+        last_key = None
+        with open(url, "rb") as stream:
+            try:
+                for file in tar_file_iterator(stream):
+                    key, _ = base_plus_ext(file["fname"])
+                    if key != last_key:
+                        keys, last_key = keys + 1, key
+                    yield {**file, "__url__": url}
+            except Exception as err:
+                raise ShardError(
+                    f"cannot read shard {url}: {err.args[0] if err.args else err!r}; {hint}"
+                ) from err
+        if keys != entry["count"]:
+            raise ShardError(
+                f"cannot read shard {url}: it holds {keys} samples but index.json says {entry['count']}: "
+                f"corrupt; {hint}"
+            )
+        yield {}  # end-of-shard marker: group_by_keys never joins samples across shards
+
+
+def decode_image(data: bytes, key: str = "?") -> np.ndarray:
+    """Image bytes -> RGB uint8 array (H, W, 3); errors name the sample key."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:
+        raise ShardError(
+            f"sample {key!r}: image does not decode ({err}); run the validation suite to find all bad images"
+        ) from err
+
+
+def image_member(sample: dict[str, Any]) -> bytes:
+    """The image bytes of a sample: its one member besides ``cls`` and ``json``."""
+    members = [k for k in sample if not k.startswith("__") and k not in ("cls", "json")]
+    if len(members) != 1:
+        raise ShardError(
+            f"sample {sample['__key__']!r} in {sample.get('__url__')} should have one image member "
+            f"besides cls/json, has {sorted(members)}; re-run the shards stage"
+        )
+    return sample[members[0]]
+
+
+_SHARD_ORDER, _SAMPLE_ORDER, _AUGMENT = 0, 1, 2  # independent random streams of an epoch
+
+
+def _seed_for(seed: int, epoch: int, stream: int, worker: int = 0) -> int:
+    # SeedSequence mixes the ints so nearby (seed, epoch, worker) give unrelated streams.
+    return int(np.random.SeedSequence([seed, epoch, stream, worker]).generate_state(1)[0])
+
+
+class _ToTensors:
+    """Decode, transform and pack one sample; reseeds the transform once per worker."""
+
+    def __init__(
+        self, transform: Callable[..., dict[str, Any]], seed: int, epoch: int, with_meta: bool
+    ):
+        self.transform = transform
+        self.seed, self.epoch = seed, epoch
+        self.with_meta = with_meta
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple]:
+        info = get_worker_info()
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(
+                _seed_for(self.seed, self.epoch, _AUGMENT, info.id if info else 0)
+            )
+        for sample in samples:
+            key = sample["__key__"]
+            pixels = decode_image(image_member(sample), key)  # (H, W, 3)
+            image = self.transform(image=pixels)["image"]
+            label = torch.tensor(int(sample["cls"]), dtype=torch.int64)
+            if not self.with_meta:
+                yield image, label
+                continue
+            height, width = pixels.shape[:2]
+            meta: dict[str, Any] = {"key": key, "size": torch.tensor([width, height])}
+            extra = json.loads(sample["json"]) if "json" in sample else {}
+            if all(extra.get(c) is not None for c in BOX_COLUMNS):
+                meta["box"] = torch.tensor(
+                    [float(extra[c]) for c in BOX_COLUMNS], dtype=torch.float32
+                )
+            yield image, label, meta
+
+
+def make_dataset(
+    shards_dir: str | Path,
+    split: str,
+    *,
+    transform: Callable[..., dict[str, Any]],
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    with_meta: bool = False,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+) -> wds.DataPipeline:
+    """The per-sample WebDataset pipeline behind :func:`make_loader` (an IterableDataset)."""
+    shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
+    expected = {str(Path(shards_dir) / s["name"]): s for s in shards}
+    urls = list(expected)
+    stages: list[Any] = [
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        functools.partial(open_shards, expected=expected),
+        group_by_keys,
+    ]
+    if shuffle:
+        stages.append(_SampleShuffle(shuffle_buffer, seed, epoch))
+    stages.append(_ToTensors(transform, seed, epoch, with_meta))
+    return wds.DataPipeline(*stages)
+
+
+class _SampleShuffle:
+    """webdataset's buffered shuffle, seeded per (seed, epoch, worker)."""
+
+    def __init__(self, bufsize: int, seed: int, epoch: int):
+        self.bufsize, self.seed, self.epoch = bufsize, seed, epoch
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        rng = random.Random(_seed_for(self.seed, self.epoch, _SAMPLE_ORDER, info.id if info else 0))
+        return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
+
+
+def make_loader(
+    shards_dir: str | Path,
+    split: str,
+    *,
+    transform: Callable[..., dict[str, Any]],
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    workers: int,
+    drop_last: bool = False,
+    with_meta: bool = False,
+) -> DataLoader:
+    """Batches ``(images, labels)`` (or ``(images, labels, meta)``) from a split's shards.
+
+    ``images`` is float32 (B, 3, S, S) as the albumentations ``transform`` leaves it,
+    ``labels`` int64 (B,). With ``with_meta``, ``meta`` is ``{"key": list[str], "size":
+    int64 (B, 2), "box": float32 (B, 4)}``: ``size`` the original (width, height), ``box``
+    the object box ``x0,y0,x1,y1`` in original pixels (only when the manifest has it);
+    :func:`glsim.data.transforms.eval_box_transform` maps it to model-input pixels. The stream is a function of (seed, epoch) only: shard order, the
+    shuffle buffer and the augmentations are seeded from them (per worker when
+    ``workers > 0``), so a resumed run sees the batches an uninterrupted one would. With
+    ``workers > 0`` each worker batches its own shards, so ``drop_last`` drops up to one
+    partial batch per worker; without it an epoch yields exactly ``dataset_length`` samples.
+    :func:`num_batches` gives the exact batch count. ``transform`` is reseeded (its
+    ``set_random_seed``) at the start of every pass, in each worker.
+
+    Args:
+        shards_dir: Folder written by :func:`glsim.data.shards.write_shards`.
+        split: ``train`` or ``test``.
+        transform: An ``albumentations.Compose`` (see :func:`glsim.data.transforms.build_transforms`).
+        batch_size: Samples per batch.
+        shuffle: Shuffle shards and samples (training); False reads in index order.
+        seed: Run seed.
+        epoch: Epoch number; a new epoch gives a new order and new augmentations.
+        workers: DataLoader worker processes (0: load in this process); capped at the shard count.
+        drop_last: Drop the last partial batch.
+        with_meta: Also yield keys and boxes.
+    """
+    dataset = make_dataset(
+        shards_dir,
+        split,
+        transform=transform,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        with_meta=with_meta,
+    )
+    workers = min(workers, len(_split_entry(shards_dir, split)["shards"]))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -1,0 +1,184 @@
+"""Loader: batch shapes, full epochs, determinism per (seed, epoch), corrupt shards."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from glsim.data.loader import dataset_length, make_loader, num_batches
+from glsim.data.manifest import write_manifest
+from glsim.data.shards import ShardError, read_index, read_samples, write_shards
+from glsim.data.transforms import build_transforms
+
+SIZE = 16
+
+
+def write_tiny_dataset(
+    root: Path, *, classes: int = 3, train: int = 7, test: int = 3, side: int = 24
+) -> Path:
+    """``classes * (train + test)`` random PNGs plus a manifest with a box; returns the manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in range(classes):
+        for i in range(train + test):
+            path = f"images/class_{label}/{i:03d}.png"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / path)
+            split = "train" if i < train else "test"
+            rows.append(
+                dict(
+                    path=path,
+                    label=label,
+                    split=split,
+                    class_name=f"c{label}",
+                    x0=2,
+                    y0=3,
+                    x1=20,
+                    y1=21,
+                )
+            )
+    return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loader")
+    manifest = write_tiny_dataset(root / "raw")
+    write_shards(manifest, root / "shards", max_count=4, max_bytes=1 << 20)  # 6 train shards
+    return root / "shards"
+
+
+def _loader(shards_dir: Path, *, epoch: int = 0, workers: int = 0, split: str = "train", **kw):
+    transform = build_transforms(image_size=SIZE, train=split == "train", augreg="strong")
+    kw.setdefault("shuffle", split == "train")
+    return make_loader(
+        shards_dir,
+        split,
+        transform=transform,
+        batch_size=4,
+        seed=7,
+        epoch=epoch,
+        workers=workers,
+        **kw,
+    )
+
+
+def _epoch(loader) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(batch[:2]) for batch in loader]
+
+
+def _same(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.Tensor, ...]]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x, y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)
+    )
+
+
+def test_batches_have_the_model_input_shapes(shards_dir: Path) -> None:
+    images, labels = next(iter(_loader(shards_dir)))
+    assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert labels.shape == (4,) and labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_full_epoch_yields_exactly_the_index_count(shards_dir: Path, workers: int) -> None:
+    assert dataset_length(shards_dir, "train") == 21
+    labels = torch.cat([y for _, y in _loader(shards_dir, workers=workers)])
+    assert len(labels) == dataset_length(shards_dir, "train")
+    samples = read_samples(shards_dir)
+    assert Counter(labels.tolist()) == Counter(
+        samples.loc[samples["split"] == "train", "label"].tolist()
+    )
+
+
+@pytest.mark.parametrize(("workers", "drop_last"), [(0, False), (0, True), (2, False), (2, True)])
+def test_num_batches_predicts_the_loader(shards_dir: Path, workers: int, drop_last: bool) -> None:
+    loader = _loader(shards_dir, epoch=1, workers=workers, drop_last=drop_last)
+    expected = num_batches(
+        shards_dir,
+        "train",
+        batch_size=4,
+        workers=workers,
+        drop_last=drop_last,
+        shuffle=True,
+        seed=7,
+        epoch=1,
+    )
+    assert sum(1 for _ in loader) == expected
+
+
+def test_meta_has_keys_and_boxes(shards_dir: Path) -> None:
+    batches = list(_loader(shards_dir, split="test", with_meta=True))
+    keys = [k for _, _, meta in batches for k in meta["key"]]
+    samples = read_samples(shards_dir)
+    assert (
+        keys == samples.loc[samples["split"] == "test", "key"].tolist()
+    )  # unshuffled: index order
+    _, _, meta = batches[0]
+    assert meta["box"].shape == (4, 4) and meta["box"].dtype == torch.float32
+    assert meta["box"][0].tolist() == [2, 3, 20, 21]
+    assert meta["size"].tolist() == [[24, 24]] * 4
+
+
+def test_same_seed_and_epoch_give_the_same_batches(shards_dir: Path) -> None:
+    assert _same(_epoch(_loader(shards_dir, epoch=3)), _epoch(_loader(shards_dir, epoch=3)))
+    loader = _loader(shards_dir, epoch=3)
+    assert _same(_epoch(loader), _epoch(loader))  # iterating again replays the epoch
+
+
+def test_epochs_differ_in_order_and_augmentation(shards_dir: Path) -> None:
+    a, b = _epoch(_loader(shards_dir, epoch=0)), _epoch(_loader(shards_dir, epoch=1))
+    assert [y.tolist() for _, y in a] != [y.tolist() for _, y in b]
+    assert not _same(a, b)
+
+
+def test_workers_are_deterministic_and_seeded_apart(shards_dir: Path) -> None:
+    a = _epoch(_loader(shards_dir, epoch=2, workers=2))
+    assert _same(a, _epoch(_loader(shards_dir, epoch=2, workers=2)))
+    # The two workers must not replay the same augmentation stream: the first images of
+    # their first batches (flat test images differ only through augmentation) differ.
+    assert not torch.equal(a[0][0], a[1][0])
+
+
+def test_no_resource_warnings(shards_dir: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _epoch(_loader(shards_dir))
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_truncated_shard_is_named(shards_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for path in shards_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    victim = copy / read_index(copy)["splits"]["train"]["shards"][2]["name"]
+    victim.write_bytes(victim.read_bytes()[:1536])  # ends on a member boundary: a valid-looking tar
+    with pytest.raises(ShardError, match=rf"{victim.name}.*truncated"):
+        _epoch(_loader(copy, shuffle=False))
+
+
+def test_corrupt_shard_is_named(shards_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for path in shards_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    victim = copy / read_index(copy)["splits"]["train"]["shards"][1]["name"]
+    data = bytearray(victim.read_bytes())
+    data[2048:2560] = b"\xff" * 512  # same size, garbage where a member header should be
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"cannot read shard .*{victim.name}"):
+        _epoch(_loader(copy, shuffle=False))
+
+
+def test_unknown_split_is_named(shards_dir: Path) -> None:
+    with pytest.raises(ShardError, match="no split 'val'"):
+        dataset_length(shards_dir, "val")
