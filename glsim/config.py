@@ -56,14 +56,18 @@ class SyntheticParams(_Strict):
     def _check_ranges(self) -> SyntheticParams:
         lo, hi = self.object_size
         if not 6 <= lo <= hi:
-            raise ValueError(f"object_size must be (min, max) with 6 <= min <= max, got {self.object_size}")
+            raise ValueError(
+                f"object_size must be (min, max) with 6 <= min <= max, got {self.object_size}"
+            )
         if hi * 2 > self.canvas_size:
             raise ValueError(
                 f"object_size max {hi} must be at most half of canvas_size {self.canvas_size} so the "
                 "object survives the random crop; raise canvas_size or lower object_size"
             )
         if not 0 <= self.distractors[0] <= self.distractors[1]:
-            raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got {self.distractors}")
+            raise ValueError(
+                f"distractors must be (min, max) with 0 <= min <= max, got {self.distractors}"
+            )
         return self
 
 
@@ -111,7 +115,9 @@ class GLSimParams(_Strict):
 class VitParams(_Strict):
     """The ViT baseline's knobs."""
 
-    cls_block: bool = Field(False, description="Table 5: one extra transformer block on the CLS token only")
+    cls_block: bool = Field(
+        False, description="Table 5: one extra transformer block on the CLS token only"
+    )
 
 
 class TransFGParams(_Strict):
@@ -257,7 +263,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -276,18 +284,24 @@ def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
 def params_from_dict(data: dict[str, Any], *, source: str = "<params>") -> Params:
     """Validate a plain dict into :class:`Params`, with readable errors."""
     if not isinstance(data, dict):
-        raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+        raise ParamsError(
+            f"{source}: the top level must be a mapping of sections, got {type(data).__name__}"
+        )
     try:
         return Params.model_validate(data)
     except ValidationError as err:
         raise ParamsError(_format_errors(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Load ``params.yaml`` (and optional dotted overrides such as ``{"train.lr": 0.1}``)."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"params file not found: {path} (run from the repo root or pass --params)")
+        raise ParamsError(
+            f"params file not found: {path} (run from the repo root or pass --params)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

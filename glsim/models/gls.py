@@ -47,7 +47,11 @@ def _grid(grid_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def crop_boxes(
-    scores: Tensor, *, grid_size: int | tuple[int, int], patch_size: int | tuple[int, int], top_k: int
+    scores: Tensor,
+    *,
+    grid_size: int | tuple[int, int],
+    patch_size: int | tuple[int, int],
+    top_k: int,
 ) -> Tensor:
     """The smallest pixel rectangle enclosing the ``top_k`` highest-scoring patches (Sec. 3.2).
 
@@ -67,9 +71,13 @@ def crop_boxes(
     rows, cols = _grid(grid_size)
     ph, pw = _grid(patch_size)
     if scores.ndim != 2 or scores.shape[1] != rows * cols:
-        raise ValueError(f"scores must be (B, {rows * cols}) for a {rows}x{cols} grid, got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be (B, {rows * cols}) for a {rows}x{cols} grid, got {tuple(scores.shape)}"
+        )
     if not 1 <= top_k <= rows * cols:
-        raise ValueError(f"top_k must be in [1, {rows * cols}] for a {rows}x{cols} grid, got {top_k}")
+        raise ValueError(
+            f"top_k must be in [1, {rows * cols}] for a {rows}x{cols} grid, got {top_k}"
+        )
     index = scores.topk(top_k, dim=-1).indices  # (B, O)
     r, c = index // cols, index % cols  # (B, O) each
     x0, x1 = c.amin(-1) * pw, (c.amax(-1) + 1) * pw  # (B,)

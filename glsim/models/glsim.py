@@ -37,7 +37,12 @@ class GLSimOutput:
     logits_local: Tensor | None = None  # (B, C)
 
     def detach(self) -> GLSimOutput:
-        return GLSimOutput(**{f.name: None if (v := getattr(self, f.name)) is None else v.detach() for f in fields(self)})
+        return GLSimOutput(
+            **{
+                f.name: None if (v := getattr(self, f.name)) is None else v.detach()
+                for f in fields(self)
+            }
+        )
 
 
 class GLSim(nn.Module):
@@ -73,7 +78,9 @@ class GLSim(nn.Module):
                 f"(got class_token={encoder.cls_token is not None}, prefix tokens={encoder.num_prefix_tokens})"
             )
         if getattr(encoder, "dynamic_img_size", False):
-            raise ValueError("GLSim needs a fixed image size; create the backbone with dynamic_img_size=False")
+            raise ValueError(
+                "GLSim needs a fixed image size; create the backbone with dynamic_img_size=False"
+            )
         self.encoder = encoder
         self.encoder.reset_classifier(0)  # the encoder's own head is unused
         dim = encoder.embed_dim
@@ -81,7 +88,9 @@ class GLSim(nn.Module):
         self.grid_size: tuple[int, int] = tuple(encoder.patch_embed.grid_size)  # type: ignore[assignment]
         self.top_k, self.metric, self.selector, self.min_box = top_k, metric, selector, min_box
         if not 1 <= top_k <= self.grid_size[0] * self.grid_size[1]:
-            raise ValueError(f"glsim.top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens")
+            raise ValueError(
+                f"glsim.top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens"
+            )
 
         # A separate learnable CLS token for crops, initialised from the backbone's (Sec. 3.2).
         self.crop_cls_token = nn.Parameter(encoder.cls_token.detach().clone())  # (1, 1, D)
@@ -92,7 +101,9 @@ class GLSim(nn.Module):
                 num_heads=block0.attn.num_heads,
                 mlp_ratio=block0.mlp.fc1.out_features / dim,
                 qkv_bias=block0.attn.qkv.bias is not None,
-                norm_layer=type(encoder.norm) if isinstance(encoder.norm, nn.LayerNorm) else nn.LayerNorm,
+                norm_layer=type(encoder.norm)
+                if isinstance(encoder.norm, nn.LayerNorm)
+                else nn.LayerNorm,
             )
             if aggregator
             else None
@@ -139,12 +150,16 @@ class GLSim(nn.Module):
             return cls_attention(attention[-1])
         if self.selector == "rollout":
             return attention_rollout(attention)
-        raise ValueError(f"unknown selector {self.selector!r}; use gls, attention, rollout or random")
+        raise ValueError(
+            f"unknown selector {self.selector!r}; use gls, attention, rollout or random"
+        )
 
     @torch.no_grad()
     def crop(self, images: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Boxes enclosing the top-O tokens, and the crops resized to the input size."""
-        boxes = crop_boxes(scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=self.top_k)  # (B, 4)
+        boxes = crop_boxes(
+            scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=self.top_k
+        )  # (B, 4)
         boxes = enlarge_boxes(boxes, min_size=self.min_box, image_size=tuple(images.shape[-2:]))
         crops = crop_and_resize(images, boxes, tuple(images.shape[-2:]))  # (B, 3, S, S)
         return boxes, crops
@@ -161,7 +176,12 @@ class GLSim(nn.Module):
         crop_tokens = self.encode(crops, self.crop_cls_token)  # (B, 1+N, D)
         cls_global, cls_local = tokens[:, 0], crop_tokens[:, 0]  # (B, D) each
         return GLSimOutput(
-            logits=torch.empty(0), scores=scores, boxes=boxes, crops=crops, cls_global=cls_global, cls_local=cls_local
+            logits=torch.empty(0),
+            scores=scores,
+            boxes=boxes,
+            crops=crops,
+            cls_global=cls_global,
+            cls_local=cls_local,
         )
 
     def forward_head(self, out: GLSimOutput) -> GLSimOutput:
@@ -184,7 +204,9 @@ class GLSim(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_explain(images).logits
 
-    def training_loss(self, images: Tensor, targets: Tensor, criterion: nn.Module) -> tuple[Tensor, Tensor]:
+    def training_loss(
+        self, images: Tensor, targets: Tensor, criterion: nn.Module
+    ) -> tuple[Tensor, Tensor]:
         """Eq. 6: cross-entropy on the prediction; without the aggregator, on both views."""
         out = self.forward_explain(images)
         if self.aggregator is None:

@@ -11,7 +11,9 @@ from glsim.models.gls import (
 )
 
 
-def one_hot_scores(grid: tuple[int, int], hot: list[tuple[int, int]], batch: int = 1) -> torch.Tensor:
+def one_hot_scores(
+    grid: tuple[int, int], hot: list[tuple[int, int]], batch: int = 1
+) -> torch.Tensor:
     rows, cols = grid
     s = torch.zeros(batch, rows * cols)
     for rank, (r, c) in enumerate(hot):
@@ -25,7 +27,9 @@ def test_gls_cosine_matches_definition():
     cls = tokens[:, 0]
     for b in range(3):
         for i in range(16):
-            expected = torch.dot(cls[b], tokens[b, 1 + i]) / (cls[b].norm() * tokens[b, 1 + i].norm())
+            expected = torch.dot(cls[b], tokens[b, 1 + i]) / (
+                cls[b].norm() * tokens[b, 1 + i].norm()
+            )
             assert scores[b, i] == pytest.approx(expected.item(), abs=1e-5)
     assert scores.shape == (3, 16)
 
@@ -83,7 +87,9 @@ def test_crop_and_resize_equals_per_sample_interpolate():
     boxes = torch.tensor([[0, 0, 32, 32], [8, 4, 24, 20], [5, 0, 12, 32]])
     crops = crop_and_resize(images, boxes, (32, 32))
     for b, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        ref = F.interpolate(images[b : b + 1, :, y0:y1, x0:x1], size=(32, 32), mode="bilinear", align_corners=False)
+        ref = F.interpolate(
+            images[b : b + 1, :, y0:y1, x0:x1], size=(32, 32), mode="bilinear", align_corners=False
+        )
         assert torch.allclose(crops[b], ref[0], atol=1e-5), b
 
 

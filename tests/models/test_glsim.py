@@ -8,7 +8,9 @@ from glsim.models.glsim import GLSim
 
 
 def make(tiny_backbone, **glsim) -> GLSim:
-    return create_model("glsim", num_classes=5, image_size=32, backbone=tiny_backbone, glsim=GLSimParams(**glsim))
+    return create_model(
+        "glsim", num_classes=5, image_size=32, backbone=tiny_backbone, glsim=GLSimParams(**glsim)
+    )
 
 
 def test_registry_has_glsim_and_vit_and_names_close_match():
@@ -33,10 +35,17 @@ def test_boxes_enclose_top_k_gls_tokens(tiny_backbone):
     images = torch.randn(3, 3, 32, 32)
     out = model.forward_explain(images)
     tokens = model.encode(images, model.encoder.cls_token)
-    top = torch.nn.functional.cosine_similarity(tokens[:, 1:], tokens[:, :1], dim=-1).topk(2).indices
+    top = (
+        torch.nn.functional.cosine_similarity(tokens[:, 1:], tokens[:, :1], dim=-1).topk(2).indices
+    )
     for b in range(3):
         r, c = top[b] // 4, top[b] % 4
-        assert out.boxes[b].tolist() == [c.min() * 8, r.min() * 8, (c.max() + 1) * 8, (r.max() + 1) * 8]
+        assert out.boxes[b].tolist() == [
+            c.min() * 8,
+            r.min() * 8,
+            (c.max() + 1) * 8,
+            (r.max() + 1) * 8,
+        ]
 
 
 def test_identity_crop_reduces_to_two_passes_of_the_same_image(tiny_backbone):
@@ -47,7 +56,9 @@ def test_identity_crop_reduces_to_two_passes_of_the_same_image(tiny_backbone):
     # the crop CLS starts as a copy of the backbone's, so both views are the same
     assert torch.allclose(out.cls_local, out.cls_global, atol=1e-4)
     with torch.no_grad():
-        model.crop_cls_token.add_(torch.randn_like(model.crop_cls_token))  # a constant vanishes in LayerNorm
+        model.crop_cls_token.add_(
+            torch.randn_like(model.crop_cls_token)
+        )  # a constant vanishes in LayerNorm
     out2 = model.forward_explain(images)
     assert not torch.allclose(out2.cls_local, out2.cls_global, atol=1e-3)
 
@@ -80,7 +91,9 @@ def test_aggregator_off_predicts_with_more_confident_view(tiny_backbone):
     for b in range(6):
         want = out.logits_global[b] if conf_g[b] >= conf_l[b] else out.logits_local[b]
         assert torch.equal(out.logits[b], want)
-    loss, _ = model.training_loss(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), nn.CrossEntropyLoss())
+    loss, _ = model.training_loss(
+        torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), nn.CrossEntropyLoss()
+    )
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -94,14 +107,18 @@ def test_selectors(tiny_backbone, selector):
 def test_min_box_bounds_zoom(tiny_backbone):
     model = make(tiny_backbone, top_k=1, min_box=16).eval()
     out = model.forward_explain(torch.randn(4, 3, 32, 32))
-    assert ((out.boxes[:, 2] - out.boxes[:, 0]) >= 16).all() and ((out.boxes[:, 3] - out.boxes[:, 1]) >= 16).all()
+    assert ((out.boxes[:, 2] - out.boxes[:, 0]) >= 16).all() and (
+        (out.boxes[:, 3] - out.boxes[:, 1]) >= 16
+    ).all()
 
 
 def test_vit_baseline_and_cls_block_variant(tiny_backbone):
     vit = create_model("vit", num_classes=5, image_size=32, backbone=tiny_backbone)
     assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert vit.head.weight.abs().sum() == 0  # zero-initialised head, as GLSim's
-    blk = create_model("vit", num_classes=5, image_size=32, backbone=tiny_backbone, vit=VitParams(cls_block=True))
+    blk = create_model(
+        "vit", num_classes=5, image_size=32, backbone=tiny_backbone, vit=VitParams(cls_block=True)
+    )
     assert blk(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert sum(p.numel() for p in blk.parameters()) > sum(p.numel() for p in vit.parameters())
 
@@ -109,6 +126,14 @@ def test_vit_baseline_and_cls_block_variant(tiny_backbone):
 def test_glsim_needs_a_cls_token():
     from timm.models.vision_transformer import VisionTransformer
 
-    enc = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, class_token=False, global_pool="avg")
+    enc = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        class_token=False,
+        global_pool="avg",
+    )
     with pytest.raises(ValueError, match="CLS token"):
         GLSim(enc, 3)

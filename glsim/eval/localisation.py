@@ -1,0 +1,119 @@
+"""Does a selector's crop find the object? Box hit rates against a shuffled-box baseline.
+
+A crop *hits* when the centre of the object's box (in model-input pixels) lies inside it,
+the pointing-game criterion. Large boxes hit more often by chance, so every rate is
+reported beside the *shuffled* rate: the same boxes paired with another image's object
+(a cyclic shift over the evaluated set), which keeps the box-size distribution and
+removes only the link between box and image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from glsim.models.gls import crop_boxes, global_local_similarity
+
+
+def centre_inside(boxes: Tensor, targets: Tensor) -> Tensor:
+    """(B, 4) crop boxes, (B, 4) object boxes -> (B,) bool: object centre inside the crop."""
+    cx = (targets[:, 0] + targets[:, 2]).float() / 2
+    cy = (targets[:, 1] + targets[:, 3]).float() / 2
+    return (boxes[:, 0] <= cx) & (cx < boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy < boxes[:, 3])
+
+
+def hit_rates(boxes: Tensor, targets: Tensor, image_size: int) -> dict[str, float]:
+    """Hit rate, shuffled-box hit rate, mean zoom (S / box side) and mean IoU with the object."""
+    boxes, targets = boxes.long().cpu(), targets.float().cpu()
+    shuffled = boxes.roll(1, dims=0)
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().sqrt()
+    ix = (
+        torch.minimum(boxes[:, 2], targets[:, 2]) - torch.maximum(boxes[:, 0], targets[:, 0])
+    ).clamp(min=0)
+    iy = (
+        torch.minimum(boxes[:, 3], targets[:, 3]) - torch.maximum(boxes[:, 1], targets[:, 1])
+    ).clamp(min=0)
+    inter = ix * iy
+    area_b = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float()
+    area_t = (targets[:, 2] - targets[:, 0]) * (targets[:, 3] - targets[:, 1])
+    return {
+        "hit_rate": 100.0 * centre_inside(boxes, targets).float().mean().item(),
+        "hit_rate_shuffled": 100.0 * centre_inside(shuffled, targets).float().mean().item(),
+        "zoom": (image_size / side).mean().item(),
+        "iou": (inter / (area_b + area_t - inter)).mean().item(),
+    }
+
+
+@torch.no_grad()
+def vit_gls_boxes(vit, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
+    """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
+    tokens = vit.forward_features(images)  # (B, 1+N, D)
+    scores = global_local_similarity(tokens[:, vit.num_prefix_tokens - 1 :], metric)  # (B, N)
+    return crop_boxes(
+        scores,
+        grid_size=tuple(vit.patch_embed.grid_size),
+        patch_size=tuple(vit.patch_embed.patch_size),
+        top_k=top_k,
+    )
+
+
+@torch.no_grad()
+def probe_backbone(params, *, split: str = "test") -> dict[str, dict[str, float]]:
+    """Hit rates of the *pretrained* backbone's selectors before any fine-tuning.
+
+    GLS (the configured metric) and last-layer CLS attention, each with the configured O,
+    on ``split`` of the configured dataset (which must carry object boxes).
+    """
+    from glsim.data.loader import make_loader
+    from glsim.data.transforms import build_transforms, eval_box_transform
+    from glsim.models.attention import cls_attention, forward_blocks_with_attention
+    from glsim.models.backbone import create_vit, pretrained_norm
+    from glsim.train.run import shards_dir
+
+    bb, d, top_k = params.model.backbone, params.data, params.model.glsim.top_k
+    vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()
+    mean, std = pretrained_norm(vit)
+    transform = build_transforms(
+        image_size=d.image_size, resize_ratio=d.resize_ratio, train=False, mean=mean, std=std
+    )
+    loader = make_loader(
+        shards_dir(params), split, transform=transform, batch_size=params.eval.batch_size,
+        shuffle=False, seed=0, epoch=0, workers=d.workers, with_meta=True,
+    )  # fmt: skip
+    grid, patch = tuple(vit.patch_embed.grid_size), tuple(vit.patch_embed.patch_size)
+    gls, attn, targets = [], [], []
+    for images, _, meta in loader:
+        if "box" not in meta:
+            raise ValueError(
+                f"dataset {d.dataset!r} has no object boxes (x0,y0,x1,y1); nothing to probe"
+            )
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        x, attention = forward_blocks_with_attention(vit.blocks, x)
+        tokens = vit.norm(x)  # (B, 1+N, D)
+        gls.append(
+            crop_boxes(
+                global_local_similarity(tokens, params.model.glsim.metric),
+                grid_size=grid,
+                patch_size=patch,
+                top_k=top_k,
+            )
+        )
+        attn.append(
+            crop_boxes(cls_attention(attention[-1]), grid_size=grid, patch_size=patch, top_k=top_k)
+        )
+        targets.append(
+            torch.from_numpy(
+                eval_box_transform(
+                    meta["box"].numpy(),
+                    meta["size"].numpy(),
+                    image_size=d.image_size,
+                    resize_ratio=d.resize_ratio,
+                )
+            ).float()
+        )
+    target = torch.cat(targets)
+    return {
+        "gls": hit_rates(torch.cat(gls), target, d.image_size),
+        "attention": hit_rates(torch.cat(attn), target, d.image_size),
+        "top_k": top_k,
+    }

@@ -1,0 +1,66 @@
+"""Checkpoints: written atomically every epoch, read back to resume a killed run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from glsim.utils import atomic_torch_save
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the next epoch to run, optimiser steps done, per-epoch history."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write model, optimiser, grad-scaler and loop state in one atomic file."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": asdict(state),
+        "extra": extra or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore what :func:`save_checkpoint` wrote; returns the loop state and ``extra``."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file
+        raise RuntimeError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to restart the run"
+        ) from None
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    return TrainState(**payload["state"]), payload.get("extra", {})

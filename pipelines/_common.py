@@ -1,0 +1,46 @@
+"""What every stage script shares: ``--params`` and optional ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import yaml
+
+import glsim  # noqa: F401  (sets the telemetry switches before any other import)
+from glsim.config import Params, ParamsError, load_params
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. train.lr=0.03",
+    )
+    return p
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
+        overrides[key] = yaml.safe_load(value)
+    return load_params(args.params, overrides)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; known input errors exit 2 with their message, not a traceback."""
+    from glsim.errors import user_errors
+
+    try:
+        main()
+    except user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
