@@ -306,6 +306,10 @@ def load_params(
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(
+            f"{path}: the top level must be a mapping of sections, got {type(data).__name__}"
+        )
     if overrides:
         data = _deep_merge(data, dotted_to_nested(overrides))
     return params_from_dict(data, source=str(path))

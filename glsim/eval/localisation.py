@@ -44,11 +44,16 @@ def hit_rates(boxes: Tensor, targets: Tensor, image_size: int) -> dict[str, floa
     }
 
 
+def cls_and_patches(vit, tokens: Tensor) -> Tensor:
+    """(B, P+N, D) with P prefix tokens (CLS first, then registers) -> (B, 1+N, D)."""
+    return torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
+
+
 @torch.no_grad()
 def vit_gls_boxes(vit, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
     """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
-    tokens = vit.forward_features(images)  # (B, 1+N, D)
-    scores = global_local_similarity(tokens[:, vit.num_prefix_tokens - 1 :], metric)  # (B, N)
+    tokens = cls_and_patches(vit, vit.forward_features(images))  # (B, 1+N, D)
+    scores = global_local_similarity(tokens, metric)  # (B, N)
     return crop_boxes(
         scores,
         grid_size=tuple(vit.patch_embed.grid_size),
@@ -89,7 +94,7 @@ def probe_backbone(params, *, split: str = "test") -> dict[str, dict[str, float]
             )
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         x, attention = forward_blocks_with_attention(vit.blocks, x)
-        tokens = vit.norm(x)  # (B, 1+N, D)
+        tokens = cls_and_patches(vit, vit.norm(x))  # (B, 1+N, D)
         gls.append(
             crop_boxes(
                 global_local_similarity(tokens, params.model.glsim.metric),
@@ -99,7 +104,12 @@ def probe_backbone(params, *, split: str = "test") -> dict[str, dict[str, float]
             )
         )
         attn.append(
-            crop_boxes(cls_attention(attention[-1]), grid_size=grid, patch_size=patch, top_k=top_k)
+            crop_boxes(
+                cls_attention(attention[-1], num_prefix_tokens=vit.num_prefix_tokens),
+                grid_size=grid,
+                patch_size=patch,
+                top_k=top_k,
+            )
         )
         targets.append(
             torch.from_numpy(

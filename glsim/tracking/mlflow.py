@@ -26,15 +26,27 @@ def tracking_uri(root: str | Path = ".") -> str:
     )
 
 
-def _experiment_id(name: str, root: Path) -> str:
+def _experiment_id(name: str, root: Path, *, embedded: bool) -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (
-        None if os.environ.get("MLFLOW_TRACKING_URI") else (root.resolve() / "mlartifacts").as_uri()
-    )
+    location = (root.resolve() / "mlartifacts").as_uri() if embedded else None
     return client.create_experiment(name, artifact_location=location)
+
+
+def use_store(root: str | Path = ".") -> bool:
+    """Point MLflow at :func:`tracking_uri`; True when that is the embedded store.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; for the embedded store
+    the variable is removed again, so it does not pin later roots (or child processes) to
+    this one.
+    """
+    embedded = not os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri(root))
+    if embedded:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return embedded
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -89,8 +101,8 @@ class Tracker:
     ) -> None:
         self.root = Path(root)
         self.run_dir = Path(run_dir) if run_dir else None
-        mlflow.set_tracking_uri(tracking_uri(self.root))
-        self.experiment_id = _experiment_id(experiment, self.root)
+        embedded = use_store(self.root)
+        self.experiment_id = _experiment_id(experiment, self.root, embedded=embedded)
         self.run_name, self.tags, self.parent_run_id = run_name, tags or {}, parent_run_id
         self.run: mlflow.ActiveRun | None = None
 

@@ -43,6 +43,33 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw payload :func:`save_checkpoint` wrote (nothing is applied yet)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file
+        raise RuntimeError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to restart the run"
+        ) from None
+
+
+def restore_checkpoint(
+    payload: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Apply a payload to model/optimiser/scaler; returns the loop state and ``extra``."""
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    return TrainState(**payload["state"]), payload.get("extra", {})
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -51,16 +78,6 @@ def load_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore what :func:`save_checkpoint` wrote; returns the loop state and ``extra``."""
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file
-        raise RuntimeError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to restart the run"
-        ) from None
-    model.load_state_dict(payload["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    return TrainState(**payload["state"]), payload.get("extra", {})
+    return restore_checkpoint(
+        read_checkpoint(path), model=model, optimizer=optimizer, scaler=scaler
+    )

@@ -22,7 +22,14 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 
-from glsim.train.checkpoint import CHECKPOINT_NAME, TrainState, load_checkpoint, save_checkpoint
+from glsim.train.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainState,
+    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from glsim.utils import seed_everything
 
 LoaderFactory = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
@@ -115,23 +122,21 @@ def fit(
     state = TrainState()
     ckpt = out_dir / CHECKPOINT_NAME
     if ckpt.exists():
-        initial = {k: v.clone() for k, v in model.state_dict().items()}
-        state, extra = load_checkpoint(ckpt, model=model, optimizer=optimizer, scaler=scaler)
-        if extra.get("run_key", "") != run_key:
+        payload = read_checkpoint(ckpt)  # check whose it is before applying anything
+        if payload.get("extra", {}).get("run_key", "") != run_key:
             stale = ckpt.with_suffix(".pt.stale")
             ckpt.replace(stale)
-            model.load_state_dict(initial)
-            optimizer.state.clear()
-            state = TrainState()
             print(
                 f"{ckpt} belongs to another configuration; moved to {stale}, starting afresh",
                 flush=True,
             )
         else:
+            state, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, scaler=scaler)
             print(
                 f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
                 flush=True,
             )
+        del payload
 
     epochs_run = 0
     while state.epoch < recipe.epochs:

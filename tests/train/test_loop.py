@@ -1,0 +1,357 @@
+"""glsim/train/loop.py + checkpoint.py: exact resumption, stale checkpoints, the LR schedule,
+NaN guard, model-defined losses and atomic checkpoint files."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from glsim.config import BackboneParams
+from glsim.models import create_model
+from glsim.train.checkpoint import CHECKPOINT_NAME, TrainState, load_checkpoint, save_checkpoint
+from glsim.train.loop import Recipe, compute_loss, fit, load_trained
+
+TINY_VIT = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+NUM_CLASSES, IMAGE_SIZE, BATCH, STEPS = 3, 32, 4, 3
+CPU = torch.device("cpu")
+
+
+def tiny_vit(num_classes: int = NUM_CLASSES, init_seed: int = 0) -> nn.Module:
+    torch.manual_seed(init_seed)
+    return create_model(
+        "vit",
+        num_classes=num_classes,
+        image_size=IMAGE_SIZE,
+        backbone=BackboneParams(name="vit_tiny_patch16_224", overrides=dict(TINY_VIT)),
+        drop_path_rate=0.1,
+    )
+
+
+def loader_for_epoch(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Data fixed by ``epoch``; flip + noise drawn from the global torch RNG (the loop reseeds it)."""
+    g = torch.Generator().manual_seed(1000 + epoch)
+    for _ in range(STEPS):
+        images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+        labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
+        flip = torch.rand(BATCH) < 0.5  # global RNG
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        yield images + 0.1 * torch.randn_like(images), labels
+
+
+def recipe(**kw) -> Recipe:
+    base = dict(epochs=3, lr=0.05, warmup_steps=2, label_smoothing=0.1, amp=False, log_every=1)
+    return Recipe(**{**base, **kw})
+
+
+def run(model: nn.Module, out_dir: Path, rec: Recipe | None = None, **kw) -> TrainState:
+    return fit(
+        model,
+        loader_for_epoch=kw.pop("loader", loader_for_epoch),
+        steps_per_epoch=STEPS,
+        recipe=rec or recipe(),
+        out_dir=out_dir,
+        seed=1,
+        device=CPU,
+        **kw,
+    )
+
+
+def losses(state: TrainState) -> list[tuple[float, float]]:
+    return [(h["train/loss"], h["train/acc"]) for h in state.history]
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"weights differ at {k}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: fast on a shared 2-core machine, and the same for every run compared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(_one_thread, tmp_path_factory) -> tuple[nn.Module, TrainState]:
+    """One uninterrupted 3-epoch run under run_key 'ref'."""
+    model = tiny_vit()
+    state = run(model, tmp_path_factory.mktemp("ref"), run_key="ref")
+    return model, state
+
+
+# ---------------------------------------------------------------------------------------
+# (a) exact resumption
+
+
+def test_killed_and_resumed_run_is_bit_identical(reference, tmp_path):
+    ref_model, ref_state = reference
+    first = run(tiny_vit(), tmp_path, stop_after_epochs=1, run_key="ref")
+    assert (first.epoch, first.step, len(first.history)) == (1, STEPS, 1)
+    assert (tmp_path / CHECKPOINT_NAME).is_file()
+
+    torch.manual_seed(12345)  # a new process: different global RNG state and initial weights
+    resumed_model = tiny_vit(init_seed=7)
+    resumed = run(resumed_model, tmp_path, run_key="ref")
+
+    assert (resumed.epoch, resumed.step) == (3, 3 * STEPS)
+    assert losses(resumed) == losses(ref_state)
+    assert_same_weights(resumed_model, ref_model)
+
+
+def test_resume_check_is_sensitive_to_reseeding(reference, tmp_path, monkeypatch):
+    """Guard for the test above: without the per-epoch reseed the resumed run diverges."""
+    _, ref_state = reference
+    monkeypatch.setattr("glsim.train.loop.seed_everything", lambda seed: None)
+    torch.manual_seed(1)
+    run(tiny_vit(), tmp_path, stop_after_epochs=1, run_key="ref")
+    torch.manual_seed(12345)
+    resumed = run(tiny_vit(init_seed=7), tmp_path, run_key="ref")
+    assert losses(resumed) != losses(ref_state)
+
+
+def test_history_is_per_epoch(reference):
+    _, state = reference
+    assert [h["epoch"] for h in state.history] == [1.0, 2.0, 3.0]
+    assert all(math.isfinite(loss) for loss, _ in losses(state))
+    # different epochs see different data, so epoch losses differ
+    assert len({loss for loss, _ in losses(state)}) == 3
+
+
+def test_finished_run_is_not_trained_again(reference, tmp_path):
+    ref_model, ref_state = reference
+    run(tiny_vit(), tmp_path, run_key="ref")
+    again_model = tiny_vit(init_seed=3)
+    again = run(again_model, tmp_path, run_key="ref")
+    assert again.epoch == 3 and losses(again) == losses(ref_state)
+    assert_same_weights(again_model, ref_model)
+
+
+def test_load_trained_restores_final_weights(reference, tmp_path):
+    ref_model, _ = reference
+    run(tiny_vit(), tmp_path, run_key="ref")
+    fresh = tiny_vit(init_seed=9)
+    info = load_trained(fresh, tmp_path)
+    assert (info["epoch"], info["step"], len(info["history"])) == (3, 3 * STEPS, 3)
+    assert_same_weights(fresh, ref_model)
+
+
+# ---------------------------------------------------------------------------------------
+# (b) checkpoints of another configuration
+
+
+def test_checkpoint_of_other_run_key_is_moved_aside(reference, tmp_path):
+    ref_model, ref_state = reference
+    run(tiny_vit(), tmp_path, stop_after_epochs=1, run_key="other")
+    other_bytes = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    model = tiny_vit()
+    state = run(model, tmp_path, run_key="ref")
+
+    stale = tmp_path / "last.pt.stale"
+    assert stale.read_bytes() == other_bytes
+    assert (state.epoch, state.step) == (3, 3 * STEPS)  # restarted from epoch 0, not resumed
+    assert losses(state) == losses(ref_state)
+    assert_same_weights(model, ref_model)
+    _, extra = load_checkpoint(tmp_path / CHECKPOINT_NAME, model=tiny_vit())
+    assert extra == {"run_key": "ref"}
+
+
+def test_restart_after_foreign_checkpoint_uses_own_recipe(reference, tmp_path):
+    ref_model, ref_state = reference
+    run(tiny_vit(), tmp_path, rec=recipe(momentum=0.5), stop_after_epochs=1, run_key="other")
+    model = tiny_vit()
+    state = run(model, tmp_path, run_key="ref")
+    assert (tmp_path / "last.pt.stale").is_file()
+    assert losses(state) == losses(ref_state)
+    assert_same_weights(model, ref_model)
+
+
+def test_foreign_checkpoint_of_other_architecture_is_moved_aside(tmp_path):
+    run(tiny_vit(num_classes=5), tmp_path, stop_after_epochs=1, run_key="other")
+    state = run(tiny_vit(), tmp_path, rec=recipe(epochs=1), run_key="ref")
+    assert (tmp_path / "last.pt.stale").is_file()
+    assert state.epoch == 1
+
+
+# ---------------------------------------------------------------------------------------
+# (c) schedule
+
+
+def test_lr_warms_up_linearly_then_follows_cosine(tmp_path):
+    lr, warmup, epochs = 0.08, 4, 3
+    logged: dict[int, float] = {}
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        if "train/lr" in metrics:
+            logged[step] = metrics["train/lr"]
+
+    run(
+        tiny_vit(),
+        tmp_path,
+        rec=recipe(lr=lr, warmup_steps=warmup, epochs=epochs),
+        log_metrics=sink,
+    )
+    total = epochs * STEPS
+    assert sorted(logged) == list(range(1, total + 1))  # log_every=1: every optimiser step
+    lrs = [logged[s] for s in range(1, total + 1)]  # lrs[t]: the LR used by step t (0-based)
+
+    # warm-up: a straight line from 0 up to the peak, equal increments
+    for t in range(warmup):
+        assert lrs[t] == pytest.approx(lr * t / warmup)
+    assert lrs[warmup] == pytest.approx(lr)  # peak right after warm-up
+    # cosine from the peak to 0 over the remaining steps
+    for t in range(warmup, total):
+        expected = 0.5 * lr * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+        assert lrs[t] == pytest.approx(expected)
+    assert all(a > b for a, b in zip(lrs[warmup:], lrs[warmup + 1 :], strict=False))
+
+
+def test_epoch_metrics_are_logged_at_epoch_end(tmp_path):
+    calls: list[tuple[dict[str, float], int]] = []
+    run(
+        tiny_vit(),
+        tmp_path,
+        rec=recipe(epochs=2, log_every=100),
+        log_metrics=lambda m, s: calls.append((m, s)),
+    )
+    assert [s for _, s in calls] == [STEPS, 2 * STEPS]
+    assert all({"train/loss", "train/acc", "train/epoch_seconds"} <= m.keys() for m, _ in calls)
+
+
+# ---------------------------------------------------------------------------------------
+# (d) NaN guard
+
+
+def test_nan_loss_raises_naming_the_lr(tmp_path):
+    def nan_loader(epoch: int):
+        for images, labels in loader_for_epoch(epoch):
+            yield torch.full_like(images, float("nan")), labels
+
+    with pytest.raises(FloatingPointError, match=r"lower train\.lr \(now 0\.05\)") as info:
+        run(tiny_vit(), tmp_path, loader=nan_loader)
+    assert "epoch 0 step 0" in str(info.value)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_empty_loader_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="yielded no batch"):
+        run(tiny_vit(), tmp_path, loader=lambda epoch: iter(()))
+
+
+# ---------------------------------------------------------------------------------------
+# (e) model-defined training loss
+
+
+class _OwnLoss(nn.Module):
+    """A model with ``training_loss``: its forward must not be used for the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, NUM_CLASSES)
+        self.calls = 0
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise AssertionError("forward called; training_loss should be used")
+
+    def training_loss(
+        self, images: Tensor, targets: Tensor, criterion: nn.Module
+    ) -> tuple[Tensor, Tensor]:
+        self.calls += 1
+        logits = self.linear(images)
+        return 2.0 * criterion(logits, targets), logits
+
+
+def test_compute_loss_prefers_training_loss():
+    model, crit = _OwnLoss(), nn.CrossEntropyLoss()
+    images, targets = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    loss, logits = compute_loss(model, images, targets, crit)
+    assert model.calls == 1
+    assert torch.allclose(loss, 2.0 * crit(model.linear(images), targets))
+    assert logits.shape == (5, NUM_CLASSES)
+
+
+def test_compute_loss_without_training_loss_is_criterion_on_logits():
+    model, crit = nn.Linear(4, NUM_CLASSES), nn.CrossEntropyLoss(label_smoothing=0.1)
+    images, targets = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    loss, logits = compute_loss(model, images, targets, crit)
+    assert torch.equal(logits, model(images))
+    assert torch.equal(loss, crit(logits, targets))
+
+
+def test_fit_uses_training_loss(tmp_path):
+    model = _OwnLoss()
+
+    def loader(epoch: int):
+        g = torch.Generator().manual_seed(epoch)
+        for _ in range(STEPS):
+            yield (
+                torch.randn(BATCH, 4, generator=g),
+                torch.randint(0, NUM_CLASSES, (BATCH,), generator=g),
+            )
+
+    state = run(model, tmp_path, rec=recipe(epochs=2), loader=loader)
+    assert model.calls == 2 * STEPS
+    assert state.step == 2 * STEPS
+
+
+# ---------------------------------------------------------------------------------------
+# (f) checkpoint files
+
+
+def test_checkpoint_dir_holds_only_last_pt(tmp_path):
+    run(tiny_vit(), tmp_path, rec=recipe(epochs=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_failed_checkpoint_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    run(tiny_vit(), tmp_path, stop_after_epochs=1)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def torn_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        run(tiny_vit(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_corrupt_checkpoint_error_names_path_and_fix(tmp_path):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    ckpt.write_bytes(b"not a torch file")
+    with pytest.raises(RuntimeError) as info:
+        run(tiny_vit(), tmp_path)
+    msg = str(info.value)
+    assert str(ckpt) in msg
+    assert "delete it to restart the run" in msg
+
+
+def test_save_and_load_checkpoint_round_trip(tmp_path):
+    model = tiny_vit()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).sum().backward()
+    opt.step()
+    state = TrainState(epoch=2, step=7, history=[{"train/loss": 1.5}])
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, optimizer=opt, scaler=None, state=state, extra={"k": 1}
+    )
+
+    other = tiny_vit(init_seed=5)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    loaded, extra = load_checkpoint(path, model=other, optimizer=other_opt)
+    assert loaded == state and extra == {"k": 1}
+    assert_same_weights(other, model)
+    bufs = [s["momentum_buffer"] for s in other_opt.state.values()]
+    assert len(bufs) == len(list(model.parameters())) and all(b is not None for b in bufs)
