@@ -80,7 +80,14 @@ class ExpectedCounts(_Strict):
 
 
 class DataParams(_Strict):
-    dataset: str = "synthetic_fg"
+    datasets: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"synthetic_fg": {}},
+        description="the datasets the protocol runs on, each with dotted param overrides "
+        "(e.g. dogs: {model.glsim.top_k: 16}); DVC generates every stage per dataset",
+    )
+    dataset: str = Field(
+        "synthetic_fg", description="the dataset a stage works on (set by --dataset)"
+    )
     raw_dir: Path = Path("data/raw")
     shards_dir: Path = Path("data/shards")
     image_size: int = Field(64, ge=16)
@@ -205,6 +212,57 @@ class TrainParams(_Strict):
         }
 
 
+class ProtocolParams(_Strict):
+    """The paper's protocol (App. C): LR search on a train/val split, then multi-seed runs."""
+
+    lr_grid: list[float] = Field(
+        default_factory=lambda: [0.03, 0.01, 0.003, 0.001],
+        description="the LR search grid; [] skips the search and trains with train.lr",
+    )
+    search_seed: int = 1
+    search_epochs: int | None = Field(None, ge=1, description="None: train.epochs")
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> ProtocolParams:
+        if any(lr <= 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid must hold positive LRs, got {self.lr_grid}")
+        return self
+
+
+class Variant(_Strict):
+    """An ablation run: a registered model plus dotted param overrides."""
+
+    model: str
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class TableSpec(_Strict):
+    """An ablation table: each row label maps to one run reference per column.
+
+    A reference is a main model (a ``train.models`` entry) or an ablation variant name.
+    """
+
+    title: str
+    columns: list[str]
+    rows: dict[str, list[str]]
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> TableSpec:
+        for label, refs in self.rows.items():
+            if len(refs) != len(self.columns):
+                raise ValueError(
+                    f"row {label!r} has {len(refs)} cells for {len(self.columns)} columns"
+                )
+        return self
+
+
+class AblationParams(_Strict):
+    """Ablation runs (Tables 5, 11-15) and the tables they fill."""
+
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    tables: dict[str, TableSpec] = Field(default_factory=dict)
+
+
 class EvalParams(_Strict):
     batch_size: int = Field(64, ge=1)
 
@@ -217,7 +275,44 @@ class Params(_Strict):
     model: ModelParams = ModelParams()
     pretrain: PretrainParams = PretrainParams()
     train: TrainParams = TrainParams()
+    protocol: ProtocolParams = ProtocolParams()
+    ablations: AblationParams = AblationParams()
     eval: EvalParams = EvalParams()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Params:
+        from glsim.models import list_models  # importing registers every model
+
+        known = set(list_models())
+        for name in self.train.models:
+            if name not in known:
+                raise ValueError(
+                    f"train.models: unknown model {name!r} (registered: {sorted(known)})"
+                )
+        for name, variant in self.ablations.variants.items():
+            if name in self.train.models:
+                raise ValueError(
+                    f"ablations.variants.{name}: the name is a main model; pick another"
+                )
+            if variant.model not in known:
+                raise ValueError(
+                    f"ablations.variants.{name}.model: unknown model {variant.model!r}"
+                )
+        runs = set(self.train.models) | set(self.ablations.variants)
+        for tname, table in self.ablations.tables.items():
+            for label, refs in table.rows.items():
+                for ref in refs:
+                    if ref not in runs:
+                        raise ValueError(
+                            f"ablations.tables.{tname}.rows.{label}: {ref!r} is neither in train.models "
+                            "nor in ablations.variants"
+                        )
+        return self
+
+    @property
+    def dataset_reports(self) -> Path:
+        """Where the current dataset's reports go: ``reports/datasets/<dataset>/``."""
+        return self.base.reports_dir / "datasets" / self.data.dataset
 
     def digest(self, *sections: str) -> str:
         """Short stable hash of the named sections (all when none given)."""
@@ -313,6 +408,19 @@ def load_params(
     if overrides:
         data = _deep_merge(data, dotted_to_nested(overrides))
     return params_from_dict(data, source=str(path))
+
+
+def for_dataset(params: Params, name: str) -> Params:
+    """The params a stage uses for dataset ``name``: its ``data.datasets`` overrides applied."""
+    if name not in params.data.datasets:
+        close = difflib.get_close_matches(name, list(params.data.datasets), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ParamsError(
+            f"dataset {name!r} is not in data.datasets{hint} (listed: {sorted(params.data.datasets)})"
+        )
+    overrides = {"data.dataset": name, **params.data.datasets[name]}
+    data = _deep_merge(params.model_dump(mode="json"), dotted_to_nested(overrides))
+    return params_from_dict(data, source=f"data.datasets.{name}")
 
 
 def write_resolved(params: Params, out_dir: str | Path, name: str = "params.resolved.yaml") -> Path:

@@ -9,12 +9,13 @@ from collections.abc import Callable
 import yaml
 
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
-from glsim.config import Params, ParamsError, load_params
+from glsim.config import Params, ParamsError, for_dataset, load_params
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--dataset", help="a data.datasets entry (default: data.dataset)")
     p.add_argument(
         "--set",
         action="append",
@@ -32,7 +33,8 @@ def params_from(args: argparse.Namespace) -> Params:
         if not sep:
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
         overrides[key] = yaml.safe_load(value)
-    return load_params(args.params, overrides)
+    params = load_params(args.params, overrides)
+    return for_dataset(params, args.dataset or params.data.dataset)
 
 
 def run(main: Callable[[], None]) -> None:

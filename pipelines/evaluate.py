@@ -3,6 +3,8 @@
 from _common import params_from, parser, run
 
 from glsim.eval.evaluate import evaluate_run
+from glsim.eval.report import eval_report_path
+from glsim.train.protocol import chosen_lr
 from glsim.train.run import RunSpec
 
 
@@ -12,14 +14,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
     params = params_from(args)
-    out = (
-        params.base.reports_dir
-        / "eval"
-        / params.data.dataset
-        / args.model
-        / f"seed{args.seed}.json"
-    )
-    report = evaluate_run(params, RunSpec(model=args.model, seed=args.seed), out)
+    spec = RunSpec(model=args.model, seed=args.seed, lr=chosen_lr(params, args.model))
+    report = evaluate_run(params, spec, eval_report_path(params, args.model, args.seed))
     print(
         f"{args.model} seed {args.seed}: top-1 {report['top1']:.2f}% {report.get('localisation', '')}"
     )

@@ -10,7 +10,7 @@ from glsim.utils import atomic_write_json
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
     report = probe_backbone(params)
-    atomic_write_json(params.base.reports_dir / "probe_pretrained.json", report)
+    atomic_write_json(params.dataset_reports / "probe.json", report)
     print(report)
 
 

@@ -1,24 +1,34 @@
-"""Stage `shard`: manifest -> size-bounded WebDataset shards, class map and count index."""
+"""Stage `shard`: manifest -> size-bounded WebDataset shards, class map and count index,
+plus the LR-search train/val shards in the `lrsearch/` subfolder."""
 
 import os
 
 from _common import params_from, parser, run
 
-from glsim.data.registry import manifest_path
+from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
+from glsim.data.registry import get_dataset, manifest_path
 from glsim.data.shards import write_shards
 
 
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
     d = params.data
-    index = write_shards(
-        manifest_path(d.dataset, d.raw_dir),
-        d.shards_dir / d.dataset,
+    manifest, out = manifest_path(d.dataset, d.raw_dir), d.shards_dir / d.dataset
+    limits = dict(
         max_count=d.shard_max_count,
         max_bytes=d.shard_max_bytes,
         workers=max(1, min(4, os.cpu_count() or 1)),
     )
-    print({split: entry["count"] for split, entry in index["splits"].items()})
+    index = write_shards(manifest, out, **limits)
+    print("final:", {split: entry["count"] for split, entry in index["splits"].items()})
+    large = get_dataset(d.dataset).large
+    index = write_lr_search_shards(
+        manifest, out / LR_SEARCH_DIR, seed=params.protocol.search_seed, large=large, **limits
+    )
+    print(
+        "lr search (test = val):",
+        {split: entry["count"] for split, entry in index["splits"].items()},
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Stage `train@MODEL-SEED`: fine-tune one model with one seed; resumes a killed run."""
+"""Stage `train@MODEL-SEED`: fine-tune one model with one seed at its searched LR; a killed
+run resumes from its last checkpoint and a finished one is not repeated."""
 
 from _common import params_from, parser, run
 
+from glsim.train.protocol import chosen_lr
 from glsim.train.run import RunSpec, train_run
 
 
@@ -10,7 +12,10 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
-    out = train_run(params_from(args), RunSpec(model=args.model, seed=args.seed))
+    params = params_from(args)
+    out = train_run(
+        params, RunSpec(model=args.model, seed=args.seed, lr=chosen_lr(params, args.model))
+    )
     print(f"run: {out}")
 
 

@@ -14,7 +14,7 @@ from glsim.validation.expected import expected_counts
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
     d = params.data
-    out = params.base.reports_dir / "validation" / f"{d.dataset}.json"
+    out = params.dataset_reports / "validation.json"
     report = validate_dataset(
         manifest_path(d.dataset, d.raw_dir),
         d.shards_dir / d.dataset,

@@ -1,18 +1,22 @@
 """The stage chain end to end at a tiny size, through the same library calls the DVC stages
-make: prepare -> shard -> validate -> pretrain -> train (vit, glsim) -> evaluate -> aggregate."""
+make: prepare -> shard -> validate -> pretrain -> LR search -> train -> evaluate ->
+ablation -> aggregate."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import tiny_params
+import torch
+from tiny import tiny_params
 
+from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
 from glsim.data.registry import manifest_path, prepare_dataset
-from glsim.data.shards import write_shards
+from glsim.data.shards import read_index, write_shards
 from glsim.eval.evaluate import evaluate_run
 from glsim.eval.report import aggregate_reports, eval_report_path
 from glsim.train.pretrain import pretrain_backbone
+from glsim.train.protocol import chosen_lr, run_variant, search_lr
 from glsim.train.run import RunSpec, train_run
 from glsim.validation import validate_dataset
 from glsim.validation.expected import expected_counts
@@ -24,15 +28,14 @@ def chain(tmp_path, monkeypatch):
     params = tiny_params(tmp_path)
     d = params.data
     prepare_dataset(d.dataset, d.raw_dir, params=params, force=True)
-    write_shards(
-        manifest_path(d.dataset, d.raw_dir),
-        d.shards_dir / d.dataset,
-        max_count=8,
-        max_bytes=1 << 20,
+    manifest, shards = manifest_path(d.dataset, d.raw_dir), d.shards_dir / d.dataset
+    write_shards(manifest, shards, max_count=8, max_bytes=1 << 20)
+    write_lr_search_shards(
+        manifest, shards / LR_SEARCH_DIR, seed=1, large=False, max_count=8, max_bytes=1 << 20
     )
     validate_dataset(
-        manifest_path(d.dataset, d.raw_dir), d.shards_dir / d.dataset, expected_counts(params),
-        min_side=d.min_image_side, report_path=tmp_path / "reports/validation.json",
+        manifest, shards, expected_counts(params),
+        min_side=d.min_image_side, report_path=params.dataset_reports / "validation.json",
     )  # fmt: skip
     report = pretrain_backbone(params, work_dir=tmp_path / "runs/pretrain")
     assert 0 <= report["upstream_test_acc"] <= 100
@@ -40,61 +43,80 @@ def chain(tmp_path, monkeypatch):
     return params
 
 
+def test_lr_search_shards_split_train_per_class(chain):
+    index = read_index(chain.data.shards_dir / chain.data.dataset / LR_SEARCH_DIR)
+    # 6 train images per class: int(6 * 0.8) = 4 train, 2 val ("test") per class, 3 classes
+    assert index["splits"]["train"]["count"] == 12 and index["splits"]["test"]["count"] == 6
+
+
 @pytest.mark.integration
-def test_stage_chain_end_to_end(chain, tmp_path):
+def test_protocol_end_to_end(chain, tmp_path):
     params = chain
     for model in ("vit", "glsim"):
-        run_dir = train_run(params, RunSpec(model=model, seed=1))
+        search = search_lr(params, model)
+        assert set(search["val_top1"]) == {"0.03", "0.01"} and search["chosen_lr"] in (0.03, 0.01)
+        best = max(search["val_top1"].values())
+        assert search["val_top1"][f"{search['chosen_lr']:g}"] == best
+        lr = chosen_lr(params, model)
+        run_dir = train_run(params, RunSpec(model=model, seed=1, lr=lr))
         assert (run_dir / "last.pt").is_file() and (run_dir / "params.resolved.yaml").is_file()
         history = json.loads((run_dir / "train.json").read_text())["history"]
         assert len(history) == params.train.epochs
         report = evaluate_run(
-            params, RunSpec(model=model, seed=1), eval_report_path(params, model, 1)
+            params, RunSpec(model=model, seed=1, lr=lr), eval_report_path(params, model, 1)
         )
-        assert report["count"] == 9 and 0 <= report["top1"] <= 100
+        assert report["count"] == 9 and 0 <= report["top1"] <= 100 and report["lr"] == lr
         loc = report["localisation"]  # the built-in set has object boxes
         assert 0 <= loc["hit_rate"] <= 100 and 0 <= loc["hit_rate_shuffled"] <= 100
+    ablation = run_variant(params, "glsim_no_aggregator", 1)
+    assert ablation["model"] == "glsim_no_aggregator" and ablation["kind"] == "ablation"
+
     paths = aggregate_reports(params)
     results = json.loads(paths[0].read_text())
     entry = results["synthetic_fg"]["glsim"]
     assert set(entry) == {"top1_mean", "top1_std", "seeds", "lr"} and entry["seeds"].keys() == {"1"}
-    assert "glsim" in paths[1].read_text() and "vit" in paths[1].read_text()
+    assert "glsim_no_aggregator" in results["synthetic_fg"]["ablations"]
+    md = paths[1].read_text()
+    assert "Table 5 (synthetic_fg)" in md and "no aggregator" in md and "LR search" in md
+    assert "\\textbf" in paths[2].read_text()
 
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=[params.base.experiment])
-    assert {"synthetic_fg/vit/seed1", "synthetic_fg/glsim/seed1", "synthetic_fg/aggregate"} <= set(
-        runs["tags.mlflow.runName"]
-    )
+    names = set(runs["tags.mlflow.runName"])
+    assert {"synthetic_fg/vit/seed1", "synthetic_fg/glsim/seed1", "aggregate"} <= names
+    assert "synthetic_fg/lrsearch/glsim/lr0.03/seed1" in names
+    assert "synthetic_fg/ablation/glsim_no_aggregator/seed1" in names
     glsim_run = runs[runs["tags.mlflow.runName"] == "synthetic_fg/glsim/seed1"].iloc[0]
-    assert glsim_run["metrics.test_top1"] == pytest.approx(
-        json.loads(eval_report_path(params, "glsim", 1).read_text())["top1"]
-    )
+    assert glsim_run["metrics.test_top1"] == pytest.approx(report["top1"])
     assert glsim_run["params.train.epochs"] == str(params.train.epochs)
 
 
 @pytest.mark.integration
-def test_killed_training_resumes_to_the_same_result(chain, tmp_path):
+def test_finished_run_is_not_repeated_and_killed_run_resumes_identically(chain, tmp_path):
     params = chain
     params.train.epochs = 3
-    whole = train_run(
-        params.model_copy(
-            update={"base": params.base.model_copy(update={"runs_dir": tmp_path / "a"})}
-        ),
-        RunSpec("glsim", 1),
-        track=False,
-    )
-    part_params = params.model_copy(
-        update={"base": params.base.model_copy(update={"runs_dir": tmp_path / "b"})}
-    )
-    killed = train_run(part_params, RunSpec("glsim", 1), track=False, stop_after_epochs=1)
+
+    def at(runs_dir):
+        return params.model_copy(
+            update={"base": params.base.model_copy(update={"runs_dir": tmp_path / runs_dir})}
+        )
+
+    whole = train_run(at("a"), RunSpec("glsim", 1, lr=0.01), track=False)
+    stamp = (whole / "last.pt").stat().st_mtime_ns
+    assert train_run(at("a"), RunSpec("glsim", 1, lr=0.01), track=False) == whole
+    assert (whole / "last.pt").stat().st_mtime_ns == stamp  # finished: not trained again
+
+    killed = train_run(at("b"), RunSpec("glsim", 1, lr=0.01), track=False, stop_after_epochs=1)
     assert json.loads((killed / "train.json").read_text())["epochs_done"] == 1
-    resumed = train_run(part_params, RunSpec("glsim", 1), track=False)
+    resumed = train_run(at("b"), RunSpec("glsim", 1, lr=0.01), track=False)
     h_whole = json.loads((whole / "train.json").read_text())["history"]
     h_resumed = json.loads((resumed / "train.json").read_text())["history"]
     assert [h["train/loss"] for h in h_whole] == [h["train/loss"] for h in h_resumed]
-    import torch
-
     a = torch.load(whole / "last.pt", weights_only=False)["model"]
     b = torch.load(resumed / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # another LR is another configuration: the old checkpoint is moved aside, not resumed
+    train_run(at("a"), RunSpec("glsim", 1, lr=0.03), track=False)
+    assert (whole / "last.pt.stale").is_file()

@@ -21,7 +21,7 @@ from glsim.train.run import RunSpec, build, num_classes, shards_dir
 from glsim.utils import atomic_write_json, resolve_device, set_threads
 
 
-def eval_loader(params: Params, model: nn.Module, split: str = "test"):
+def eval_loader(params: Params, model: nn.Module, split: str = "test", kind: str = "final"):
     mean, std = pretrained_norm(getattr(model, "encoder", model))
     transform = build_transforms(
         image_size=params.data.image_size,
@@ -31,7 +31,7 @@ def eval_loader(params: Params, model: nn.Module, split: str = "test"):
         std=std,
     )
     return make_loader(
-        shards_dir(params), split, transform=transform, batch_size=params.eval.batch_size,
+        shards_dir(params, kind), split, transform=transform, batch_size=params.eval.batch_size,
         shuffle=False, seed=0, epoch=0, workers=params.data.workers, with_meta=True,
     )  # fmt: skip
 
@@ -94,7 +94,7 @@ def accuracy_report(labels: np.ndarray, preds: np.ndarray, class_count: int) -> 
 def evaluate_run(
     params: Params, spec: RunSpec, out_path: str | Path, *, track: bool = True
 ) -> dict[str, Any]:
-    """Evaluate a finished run on the test split; write ``out_path`` (a DVC metrics file)."""
+    """Evaluate a finished run on its test split (val for LR-search runs); write ``out_path``."""
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     run_dir = spec.run_dir(params)
@@ -104,13 +104,15 @@ def evaluate_run(
         raise RuntimeError(
             f"{run_dir}: training stopped at epoch {state['epoch']} of {params.train.epochs}; rerun the train stage"
         )
-    loader = eval_loader(params, model)
+    loader = eval_loader(params, model, kind=spec.kind)
     result = predict(
         model, loader, device, top_k=params.model.glsim.top_k, resize_ratio=params.data.resize_ratio
     )
     report: dict[str, Any] = {
         "dataset": params.data.dataset,
-        "model": spec.model,
+        "model": spec.name,
+        "base_model": spec.model,
+        "kind": spec.kind,
         "seed": spec.seed,
         "lr": spec.lr if spec.lr is not None else params.train.lr,
         **accuracy_report(result["labels"], result["preds"], num_classes(params)),
@@ -128,11 +130,15 @@ def evaluate_run(
 
         with Tracker(
             experiment=params.base.experiment,
-            run_name=f"{params.data.dataset}/{spec.model}/seed{spec.seed}",
+            run_name=spec.label(params),
             run_dir=run_dir,
         ) as tracker:
-            flat = {"test/top1": report["top1"], "test/mean_per_class": report["mean_per_class"]}
-            flat.update({f"test/{k}": v for k, v in report.get("localisation", {}).items()})
+            split = "val" if spec.kind == "lrsearch" else "test"  # the search scores its val part
+            flat = {
+                f"{split}/top1": report["top1"],
+                f"{split}/mean_per_class": report["mean_per_class"],
+            }
+            flat.update({f"{split}/{k}": v for k, v in report.get("localisation", {}).items()})
             tracker.log_metrics(flat)
             tracker.log_artifact(out_path, artifact_path="eval")
     return report

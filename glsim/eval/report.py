@@ -1,77 +1,146 @@
-"""The `aggregate` stage: every eval report of the configured runs -> results and tables."""
+"""The `aggregate` stage: every dataset's eval, ablation and LR-search reports -> the
+results tree, Table 4, the ablation tables and the localisation table."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
+from typing import Any
 
-from glsim.config import Params
+from glsim.config import Params, TableSpec, for_dataset
 from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.utils import atomic_write_json, atomic_write_text
 
 
 def eval_report_path(params: Params, model: str, seed: int) -> Path:
-    return params.base.reports_dir / "eval" / params.data.dataset / model / f"seed{seed}.json"
+    return params.dataset_reports / "eval" / model / f"seed{seed}.json"
 
 
-def localisation_table(reports: list[dict]) -> str:
-    """Per model: mean crop hit rate vs the shuffled-box rate, zoom and IoU over seeds."""
-    by_model: dict[str, list[dict]] = {}
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+
+
+def localisation_table(reports: list[dict[str, Any]]) -> str:
+    """Per dataset and run: crop hit rate vs the shuffled-box rate, zoom and IoU (mean ± std)."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in reports:
         if "localisation" in r:
-            by_model.setdefault(r["model"], []).append(r["localisation"])
-    if not by_model:
+            groups.setdefault((r["dataset"], r["model"]), []).append(r["localisation"])
+    if not groups:
         return ""
     lines = [
-        "| Model | crop hit rate (%) | shuffled-box hit rate (%) | zoom (x) | IoU with object |",
-        "|---|---|---|---|---|",
+        "| Dataset | Run | crop hit rate (%) | shuffled-box hit rate (%) | zoom (x) | IoU with object |",
+        "|---|---|---|---|---|---|",
     ]
-    for model, locs in sorted(by_model.items()):
-        mean = {k: statistics.fmean(loc[k] for loc in locs) for k in locs[0]}
-        lines.append(
-            f"| {model} | {mean['hit_rate']:.1f} | {mean['hit_rate_shuffled']:.1f} | {mean['zoom']:.2f} | {mean['iou']:.3f} |"
+    for (dataset, run), locs in sorted(groups.items()):
+        cells = [
+            _mean_std([loc[k] for loc in locs])
+            for k in ("hit_rate", "hit_rate_shuffled", "zoom", "iou")
+        ]
+        lines.append(f"| {dataset} | {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table(spec: TableSpec, results: dict[str, dict[str, Any]], dataset: str) -> str:
+    """One ablation table (rows x columns of run references) as Markdown, mean ± std."""
+    lines = [
+        f"### {spec.title} ({dataset})",
+        "",
+        "| | " + " | ".join(spec.columns) + " |",
+        "|---|" + "---|" * len(spec.columns),
+    ]
+    for label, refs in spec.rows.items():
+        cells = []
+        for ref in refs:
+            entry = results.get(ref)
+            cells.append(f"{entry['top1_mean']:.2f} ± {entry['top1_std']:.2f}" if entry else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lr_table(lr_reports: list[dict[str, Any]]) -> str:
+    if not lr_reports:
+        return ""
+    lines = ["| Dataset | Model | val top-1 (%) by LR | chosen LR |", "|---|---|---|---|"]
+    for r in lr_reports:
+        by_lr = (
+            ", ".join(f"{lr}: {acc:.2f}" for lr, acc in r.get("val_top1", {}).items())
+            or "(no search)"
         )
+        lines.append(f"| {r['dataset']} | {r['model']} | {by_lr} | {r['chosen_lr']:g} |")
     return "\n".join(lines) + "\n"
 
 
 def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
-    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``."""
-    reports = load_reports(
-        eval_report_path(params, m, s) for m in params.train.models for s in params.train.seeds
-    )
-    results = aggregate(reports)
-    rdir = params.base.reports_dir
-    models = list(params.train.models)
-    md = (
-        f"# Results: top-1 (%) mean ± std over seeds {params.train.seeds}\n\n"
-        + render_table(results, models, fmt="markdown")
-        + "\nBold: best; underlined: second best.\n"
-    )
-    loc = localisation_table(reports)
-    if loc:
-        md += (
-            "\n## Where the crop lands (test split; GLS boxes for models without a crop)\n\n" + loc
+    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``.
+
+    ``results.json``: ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}`` for the main
+    models (Table 4); ablation variants are under ``{dataset: {"ablations": {variant: ...}}}``.
+    """
+    from glsim.train.protocol import ablation_report_path, lr_report_path
+
+    models, seeds = list(params.train.models), list(params.train.seeds)
+    main, variant_reports, ablation, lr_reports = [], [], {}, []
+    for dataset in params.data.datasets:
+        p = for_dataset(params, dataset)
+        main += load_reports(eval_report_path(p, m, s) for m in models for s in seeds)
+        variants = load_reports(
+            ablation_report_path(p, v, s) for v in params.ablations.variants for s in seeds
         )
+        variant_reports += variants
+        ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
+        lr_reports += [
+            json.loads(lr_report_path(p, m).read_text())
+            for m in models
+            if lr_report_path(p, m).is_file()
+        ]
+    results: dict[str, Any] = aggregate(main)
+    for dataset, entries in ablation.items():
+        if entries:
+            results.setdefault(dataset, {})["ablations"] = entries
+
+    md = [
+        f"# Results: top-1 (%) mean ± std over seeds {seeds}",
+        "",
+        render_table(
+            {d: {m: v for m, v in r.items() if m != "ablations"} for d, r in results.items()},
+            models,
+        ),
+        "Bold: best; underlined: second best. Std: sample std over seeds.",
+        "",
+    ]
+    for dataset in params.data.datasets:
+        runs = {
+            **{m: v for m, v in results.get(dataset, {}).items() if m != "ablations"},
+            **ablation.get(dataset, {}),
+        }
+        for spec in params.ablations.tables.values():
+            md += [ablation_table(spec, runs, dataset)]
+    loc = localisation_table(main + variant_reports)
+    if loc:
+        md += ["## Where the crop lands (test split; GLS boxes for models without a crop)", "", loc]
+    lrs = lr_table(lr_reports)
+    if lrs:
+        md += ["## LR search (val split)", "", lrs]
+    rdir = params.base.reports_dir
+    table4 = {d: {m: v for m, v in r.items() if m != "ablations"} for d, r in results.items()}
     paths = [
         atomic_write_json(rdir / "results.json", results),
-        atomic_write_text(rdir / "results.md", md),
-        atomic_write_text(rdir / "results.tex", render_table(results, models, fmt="latex")),
+        atomic_write_text(rdir / "results.md", "\n".join(md)),
+        atomic_write_text(rdir / "results.tex", render_table(table4, models, fmt="latex")),
     ]
     if track:
         from glsim.tracking.mlflow import Tracker
 
         with Tracker(
-            experiment=params.base.experiment,
-            run_name=f"{params.data.dataset}/aggregate",
-            tags={"stage": "aggregate"},
+            experiment=params.base.experiment, run_name="aggregate", tags={"stage": "aggregate"}
         ) as tracker:
             tracker.log_params(
-                {
-                    "train": {"models": models, "seeds": params.train.seeds},
-                    "data": {"dataset": params.data.dataset},
-                }
+                {"datasets": list(params.data.datasets), "models": models, "seeds": seeds}
             )
-            for dataset, per_model in results.items():
+            for dataset, per_model in table4.items():
                 for model, entry in per_model.items():
                     tracker.log_metrics(
                         {

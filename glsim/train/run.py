@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
 from glsim.config import Params, write_resolved
 from glsim.data.loader import make_loader, num_batches
+from glsim.data.lrsearch import LR_SEARCH_DIR
 from glsim.data.shards import read_index
 from glsim.data.transforms import build_transforms
 from glsim.models import create_model
@@ -19,23 +21,51 @@ from glsim.models.backbone import pretrained_norm
 from glsim.train.loop import Recipe, fit
 from glsim.utils import atomic_write_json, resolve_device, seed_everything, set_threads
 
+RunKind = Literal["final", "lrsearch", "ablation"]
+
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Identifies a run: which model on which data with which seed (and optional LR)."""
+    """Identifies a run: which model (or ablation variant) with which seed and LR.
+
+    ``final`` runs train on the whole train split (Table 4); ``lrsearch`` runs train on the
+    search split's train part and are scored on its val part; ``ablation`` runs are the
+    named variants of ``ablations.variants``.
+    """
 
     model: str
     seed: int
     lr: float | None = None
-    split: str = "train"  # "train" (final runs) or an LR-search split name
+    kind: RunKind = "final"
+    variant: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.variant or self.model
+
+    def label(self, params: Params) -> str:
+        """The MLflow run name: ``dataset/[kind/]name[/lrX]/seedS``."""
+        parts = [params.data.dataset]
+        if self.kind != "final":
+            parts.append(self.kind)
+        parts.append(self.name)
+        if self.kind == "lrsearch":
+            parts.append(f"lr{self.lr:g}")
+        return "/".join([*parts, f"seed{self.seed}"])
 
     def run_dir(self, params: Params) -> Path:
-        lr = f"-lr{self.lr:g}" if self.lr is not None else ""
-        return params.base.runs_dir / params.data.dataset / f"{self.model}{lr}" / f"seed{self.seed}"
+        root = params.base.runs_dir / params.data.dataset
+        if self.kind == "lrsearch":
+            return root / "lrsearch" / self.model / f"lr{self.lr:g}" / f"seed{self.seed}"
+        if self.kind == "ablation":
+            return root / "ablation" / self.name / f"seed{self.seed}"
+        return root / self.model / f"seed{self.seed}"
 
 
-def shards_dir(params: Params) -> Path:
-    return params.data.shards_dir / params.data.dataset
+def shards_dir(params: Params, kind: RunKind = "final") -> Path:
+    """The shard folder a run of ``kind`` reads (LR-search runs read the train/val split)."""
+    root = params.data.shards_dir / params.data.dataset
+    return root / LR_SEARCH_DIR if kind == "lrsearch" else root
 
 
 def num_classes(params: Params) -> int:
@@ -101,6 +131,17 @@ def run_key(params: Params, spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_finished(run_dir: Path, key: str, epochs: int) -> bool:
+    """Whether ``run_dir`` holds a finished run of this exact configuration."""
+    from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+    ckpt = run_dir / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        return False
+    payload = read_checkpoint(ckpt)
+    return payload.get("extra", {}).get("run_key") == key and payload["state"]["epoch"] >= epochs
+
+
 def train_run(
     params: Params, spec: RunSpec, *, track: bool = True, stop_after_epochs: int | None = None
 ) -> Path:
@@ -112,6 +153,13 @@ def train_run(
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     out = spec.run_dir(params)
+    key = run_key(params, spec)
+    if is_finished(out, key, recipe(params, spec.lr).epochs):
+        print(
+            f"{out}: already finished with this configuration (run key {key}); not repeated",
+            flush=True,
+        )
+        return out
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(params, out)
     seed_everything(spec.seed)  # the fresh aggregator/head init depends on the seed only
@@ -127,11 +175,11 @@ def train_run(
         mean=mean,
         std=std,
     )
-    src = shards_dir(params)
+    src = shards_dir(params, spec.kind)
     bs = params.train.batch_size
     steps = num_batches(
         src,
-        spec.split,
+        "train",
         batch_size=bs,
         workers=params.data.workers,
         drop_last=True,
@@ -142,14 +190,14 @@ def train_run(
 
     def loader_for_epoch(epoch: int):
         return make_loader(
-            src, spec.split, transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
+            src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
         )  # fmt: skip
 
     rcp = recipe(params, spec.lr)
     kwargs = dict(
         loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=rcp, out_dir=out,
-        seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs, run_key=run_key(params, spec),
+        seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs, run_key=key,
     )  # fmt: skip
     if not track:
         state = fit(model, **kwargs)
@@ -158,12 +206,11 @@ def train_run(
 
         tags = {
             "dataset": params.data.dataset, "model": spec.model, "seed": str(spec.seed),
-            "lr": f"{rcp.lr:g}", "split": spec.split, "stage": "train",
-            "data_dvc_md5": dvc_hash(src), "params_hash": params.digest(),
+            "lr": f"{rcp.lr:g}", "kind": spec.kind, "variant": spec.name, "stage": "train",
+            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(), "run_key": key,
         }  # fmt: skip
-        run_name = f"{params.data.dataset}/{spec.model}/seed{spec.seed}"
         with Tracker(
-            experiment=params.base.experiment, run_name=run_name, run_dir=out, tags=tags
+            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out, tags=tags
         ) as tracker:
             tracker.log_params(params.model_dump(mode="json"))
             state = fit(model, log_metrics=tracker.log_metrics, **kwargs)

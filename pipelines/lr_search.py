@@ -1,0 +1,18 @@
+"""Stage `lr_search@MODEL`: train each LR of protocol.lr_grid on the search split, keep the
+best on val (reports/lr_search/DATASET/MODEL.json)."""
+
+from _common import params_from, parser, run
+
+from glsim.train.protocol import search_lr
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--model", required=True)
+    args = p.parse_args()
+    report = search_lr(params_from(args), args.model)
+    print(f"{args.model}: val top-1 by LR {report['val_top1']} -> {report['chosen_lr']:g}")
+
+
+if __name__ == "__main__":
+    run(main)

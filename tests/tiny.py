@@ -1,0 +1,45 @@
+"""Tiny settings shared by the tests: a ViT of depth 2 / width 64 at 32x32, and params for a
+whole pipeline run in ``tmp_path`` in seconds on a CPU."""
+
+from __future__ import annotations
+
+from glsim.config import Params
+
+TINY_VIT = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+
+
+def tiny_params(tmp_path, **sections) -> Params:
+    """Params for a whole pipeline run in ``tmp_path`` in seconds on a CPU."""
+    base = {
+        "base": {"reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "device": "cpu"},
+        "data": {
+            "raw_dir": str(tmp_path / "data/raw"),
+            "shards_dir": str(tmp_path / "data/shards"),
+            "image_size": 32,
+            "synthetic": {
+                "num_classes": 3, "train_per_class": 6, "test_per_class": 3,
+                "canvas_size": 43, "object_size": [8, 12], "distractors": [1, 2],
+            },
+        },
+        "model": {"backbone": {"name": "vit_tiny_patch16_224", "overrides": dict(TINY_VIT), "weights": None}},
+        "pretrain": {
+            "num_classes": 4, "images_per_epoch": 32, "epochs": 1, "batch_size": 16,
+            "warmup_steps": 1, "test_images": 32, "output": str(tmp_path / "models/backbone.safetensors"),
+        },
+        "train": {"models": ["vit", "glsim"], "seeds": [1], "epochs": 2, "batch_size": 6, "warmup_steps": 1},
+        "protocol": {"lr_grid": [0.03, 0.01], "search_epochs": 1},
+        "ablations": {
+            "variants": {"glsim_no_aggregator": {"model": "glsim", "set": {"model.glsim.aggregator": False}}},
+            "tables": {
+                "table5": {
+                    "title": "Table 5",
+                    "columns": ["top-1"],
+                    "rows": {"ViT": ["vit"], "no aggregator": ["glsim_no_aggregator"], "GLSim": ["glsim"]},
+                }
+            },
+        },
+        "eval": {"batch_size": 8},
+    }  # fmt: skip
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return Params.model_validate(base)
