@@ -1,27 +1,18 @@
 """Stage `validate`: the great-expectations suite over the manifest and shard index.
 
 A failing expectation exits non-zero with the expectation and offending rows, so nothing
-downstream runs; the report lands in reports/validation/ either way.
+downstream runs; the report lands in reports/datasets/<dataset>/validation.json and in
+MLflow (run `<dataset>/validate`) either way.
 """
 
 from _common import params_from, parser, run
 
-from glsim.data.registry import manifest_path
-from glsim.validation import validate_dataset
-from glsim.validation.expected import expected_counts
+from glsim.validation.stage import validate_and_track
 
 
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
-    d = params.data
-    out = params.dataset_reports / "validation.json"
-    report = validate_dataset(
-        manifest_path(d.dataset, d.raw_dir),
-        d.shards_dir / d.dataset,
-        expected_counts(params),
-        min_side=d.min_image_side,
-        report_path=out,
-    )
+    report = validate_and_track(params)
     print(f"validation passed: {report.summary()}")
 
 

@@ -16,6 +16,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+MAX_KEYS_IN_MESSAGE = 8
 
 
 class WeightsError(ValueError):
@@ -46,6 +47,12 @@ def create_vit(
         )
     except RuntimeError as err:  # timm's "Unknown model"
         raise ValueError(f"model.backbone.name: {err}; see timm.list_models('vit_*')") from None
+    except TypeError as err:  # a non-ViT class refuses img_size, or an override is not an argument
+        raise ValueError(
+            f"model.backbone.name {name!r} with overrides {overrides}: timm cannot build it ({err}); "
+            "GLSim needs a timm VisionTransformer (e.g. vit_base_patch16_224) and "
+            "model.backbone.overrides must be its constructor arguments"
+        ) from None
     if not isinstance(model, VisionTransformer):
         raise ValueError(
             f"model.backbone.name {name!r} builds a {type(model).__name__}, not a timm "
@@ -65,7 +72,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"({', '.join(WEIGHT_SUFFIXES)}) or run the `pretrain` stage that writes it"
         )
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise WeightsError(f"{path}: unsupported weights format {path.suffix!r}; use one of {WEIGHT_SUFFIXES}")
+        raise WeightsError(
+            f"{path}: unsupported weights format {path.suffix!r}; use one of {WEIGHT_SUFFIXES}"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -74,7 +83,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file
-        raise WeightsError(f"{path}: could not read weights ({type(err).__name__}: {err})") from None
+        raise WeightsError(
+            f"{path}: could not read weights ({type(err).__name__}: {err})"
+        ) from None
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -82,6 +93,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: is not a state dict of tensors")
     return state
+
+
+def _listed(what: str, keys: list[str], limit: int = MAX_KEYS_IN_MESSAGE) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{what}: {keys[:limit]}{more}"
 
 
 def load_vit_weights(model: VisionTransformer, path: str | Path) -> None:
@@ -99,7 +115,18 @@ def load_vit_weights(model: VisionTransformer, path: str | Path) -> None:
         except Exception as err:  # noqa: BLE001
             raise WeightsError(f"{path}: does not fit {type(model).__name__}: {err}") from None
         return
-    state = checkpoint_filter_fn(read_state_dict(path), model)  # resamples pos/patch embeds
+    fix = (
+        "check model.backbone.name and model.backbone.overrides match the architecture the "
+        "file was saved from"
+    )
+    try:
+        state = checkpoint_filter_fn(read_state_dict(path), model)  # resamples pos/patch embeds
+    except WeightsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - timm's resampling fails on a foreign layout
+        raise WeightsError(
+            f"{path}: does not fit the backbone ({type(err).__name__}: {err}); {fix}"
+        ) from None
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("head.")}  # task-specific
     mismatched = [
@@ -109,32 +136,46 @@ def load_vit_weights(model: VisionTransformer, path: str | Path) -> None:
     ]
     missing = sorted(k for k in own if k not in state and not k.startswith("head."))
     unexpected = sorted(k for k in state if k not in own)
-    if mismatched or missing or unexpected:
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatch: {mismatched[:8]}")
-        if missing:
-            parts.append(f"missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        raise WeightsError(
-            f"{path}: does not fit the backbone ({'; '.join(parts)}); check model.backbone.name "
-            "and model.backbone.overrides match the architecture the file was saved from"
+    problems = [
+        _listed(what, keys)
+        for what, keys in (
+            ("shape mismatch", mismatched),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
         )
+        if keys
+    ]
+    if problems:
+        raise WeightsError(f"{path}: does not fit the backbone ({'; '.join(problems)}); {fix}")
     model.load_state_dict(state, strict=False)
 
 
 def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
-    """Save the backbone (without its head) as ``.safetensors``, atomically."""
+    """Save the backbone (without its head), atomically, in the format its suffix names:
+    ``.safetensors``, or a torch state dict for ``.pth``/``.pt``/``.bin``."""
     from safetensors.torch import save_file
 
     from glsim.utils import _atomic
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    return _atomic(path, lambda p: save_file(state, str(p)))
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise WeightsError(
+            f"{path}: cannot save weights as {path.suffix!r}; name the file .safetensors "
+            "(or .pth/.pt/.bin), e.g. pretrain.output: models/pretrained/backbone.safetensors"
+        )
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("head.")
+    }
+    if path.suffix == ".safetensors":
+        return _atomic(path, lambda p: save_file(state, str(p)))
+    return _atomic(path, lambda p: torch.save(state, p))
 
 
 def pretrained_norm(model: VisionTransformer) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation (mean, std) from the backbone's pretrained config (ImageNet by default)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return mean, std

@@ -1,5 +1,6 @@
 """Test helpers: a local HTTP file server with Range support and fault injection, and
-miniature archives with each dataset's real layout (same folders and list files, 8x8 images).
+miniature archives with each dataset's real layout (same folders and list files, a few
+distinct ``MINI_SIDE`` x ``MINI_SIDE`` images, every class in both splits).
 """
 
 from __future__ import annotations
@@ -103,10 +104,14 @@ def start_server(state: FileServer) -> tuple[ThreadingHTTPServer, threading.Thre
 # archive builders
 
 
-def tiny_image(seed: int = 0, fmt: str = "JPEG") -> bytes:
+MINI_SIDE = 24  # px: the validation suite's min_side for the miniatures
+
+
+def tiny_image(seed: int = 0, fmt: str = "JPEG", side: int = MINI_SIDE) -> bytes:
+    """Random noise: distinct seeds give distinct bytes (the suite checks train/test content)."""
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format=fmt)
+    Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -282,7 +287,15 @@ def mini_inat17() -> Miniature:
             rel = f"train_val_images/{sup}/{name}/{img_id:032x}.jpg"
             images[rel] = tiny_image(img_id)
             ims, anns = coco["train" if k < 2 else "val"]
-            ims.append({"id": img_id, "width": 8, "height": 8, "file_name": rel, "license": 1})
+            ims.append(
+                {
+                    "id": img_id,
+                    "width": MINI_SIDE,
+                    "height": MINI_SIDE,
+                    "file_name": rel,
+                    "license": 1,
+                }
+            )
             anns.append({"id": img_id, "image_id": img_id, "category_id": cid})
     categories = [{"id": c, "name": n, "supercategory": s} for c, n, s in cats]
     ann = {

@@ -1,19 +1,24 @@
 """Every registered dataset end to end on a miniature of its real layout, served over HTTP
-from 127.0.0.1: download -> verify -> extract -> manifest. Plus the registry and the CLI."""
+from 127.0.0.1: download -> verify -> extract -> manifest -> shards -> validation -> one
+batch through the loader. Plus the registry and the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
-from miniatures import MINIATURES, Miniature, make_tar, tiny_image
+from miniatures import MINI_SIDE, MINIATURES, Miniature, make_tar, tiny_image
 
 from glsim.cli import main
 from glsim.config import ExpectedCounts
 from glsim.data.cli import dataset_rows
 from glsim.data.download import ChecksumError
+from glsim.data.loader import make_loader
 from glsim.data.manifest import read_manifest
 from glsim.data.registry import (
     DatasetError,
@@ -25,6 +30,9 @@ from glsim.data.registry import (
     prepare_dataset,
     register_dataset,
 )
+from glsim.data.shards import write_shards
+from glsim.data.transforms import build_transforms
+from glsim.validation import ValidationFailed, validate_dataset
 
 PAPER = {  # Table 9 (with the release differences of NABirds and VegFru)
     "cub": (200, 5994, 5794, False),
@@ -98,6 +106,60 @@ def test_prepare_miniature_end_to_end(name, file_server, tmp_path):
     prepare_dataset(name, tmp_path, overrides=overrides, progress=False, force=True)
     assert len(file_server.requests) == before
     assert read_manifest(manifest_path).equals(df)
+
+    _shard_validate_load(name, mini, manifest_path, tmp_path)
+
+
+def _shard_validate_load(name: str, mini: Miniature, manifest_path: Path, tmp_path: Path) -> None:
+    """The rest of the chain: shards -> validation (own counts pass, Table 9's fail) -> a batch."""
+    df = read_manifest(manifest_path)
+    hashes = [
+        hashlib.sha256((manifest_path.parent / p).read_bytes()).hexdigest() for p in df["path"]
+    ]
+    assert len(set(hashes)) == len(df), "the miniature's images are distinct"
+
+    shards = tmp_path / "shards" / name
+    index = write_shards(manifest_path, shards, max_count=4, max_bytes=1 << 20)
+    assert index["num_classes"] == mini.num_classes
+    assert {s: e["count"] for s, e in index["splits"].items()} == {
+        "train": mini.train,
+        "test": mini.test,
+    }
+    assert len(index["splits"]["train"]["shards"]) > 1, "max_count splits the train set"
+
+    own = ExpectedCounts(num_classes=mini.num_classes, train=mini.train, test=mini.test)
+    report_path = tmp_path / "reports" / name / "validation.json"
+    report = validate_dataset(
+        manifest_path, shards, own, min_side=MINI_SIDE, report_path=report_path
+    )
+    assert report.success, report.summary()
+    assert len(report.results) == 9  # every expectation ran, counts included
+    assert json.loads(report_path.read_text())["success"] is True
+
+    # The entry's real counts (Table 9) are what the stage checks: a miniature fails them.
+    real = get_dataset(name).expected_counts()
+    with pytest.raises(ValidationFailed) as info:
+        validate_dataset(manifest_path, shards, real, min_side=MINI_SIDE)
+    failed = {r.description for r in info.value.report.failed}
+    assert {f"{real.num_classes} classes", f"{real.train} train images"} <= failed
+    assert f"{real.test} test images" in failed
+    assert f"{real.num_classes} classes" in str(info.value)
+
+    loader = make_loader(
+        shards,
+        "test",
+        transform=build_transforms(image_size=32, train=False),
+        batch_size=mini.test,
+        shuffle=False,
+        seed=0,
+        epoch=0,
+        workers=0,
+    )
+    images, labels = next(iter(loader))
+    assert images.shape == (mini.test, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.isfinite(images).all()
+    test_labels = df.loc[df["split"] == "test", "label"]
+    assert sorted(labels.tolist()) == sorted(test_labels.tolist())
 
 
 @pytest.mark.parametrize("name", sorted(MANUAL))
