@@ -50,6 +50,16 @@ class SyntheticParams(_Strict):
     canvas_size: int = Field(86, ge=16, description="side of the generated square image, px")
     object_size: tuple[int, int] = (14, 22)
     distractors: tuple[int, int] = (2, 5)
+    detail: Literal["colour", "pattern"] = Field(
+        "colour",
+        description="what tells the classes apart: the hue of a small spot, or a 3x3 dot pattern",
+    )
+    marking_scale: float = Field(
+        0.2, gt=0, le=0.3, description="spot side (or dot pitch) / object side"
+    )
+    marking_distance: int = Field(
+        2, ge=1, le=5, description="min cells in which two classes' markings differ"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -167,7 +177,8 @@ class ModelParams(_Strict):
 class PretrainParams(_Strict):
     """Upstream pretraining of the backbone on a generated task (stand-in for IN-21k)."""
 
-    num_classes: int = Field(48, ge=2)
+    task: Literal["shape_colour", "colour"] = "colour"
+    num_classes: int = Field(12, ge=2)
     images_per_epoch: int = Field(8192, ge=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)

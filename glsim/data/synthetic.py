@@ -2,14 +2,15 @@
 
 Both are deterministic from a seed and need no download.
 
-* ``synthetic_fg`` (fine-grained): every image holds one small *target* (a rounded square
-  with a dark outline, random colour, position and scale) among distractor shapes on a
-  textured background. Classes differ only in a 3x3 dot *marking* inside the target, a
-  detail smaller than one ViT patch in the full image but several patches wide once the
-  target is cropped and resized: finding and zooming into the object matters, as in real
-  fine-grained data. Markings are symmetric under horizontal flip (the training flip keeps
-  the label) and no marking is a rotation of another. The manifest adds the target's box
-  (``x0,y0,x1,y1``) so that localisation can be measured.
+* ``synthetic_fg`` (fine-grained): every image holds one small *target* (a grey square
+  with a dark outline, random position and scale) among coloured distractor shapes on a
+  textured background. Classes differ only in a detail at the target's centre: by default
+  the hue of a small spot (``detail: colour``), a few pixels wide, well under one ViT patch
+  in the full image but about a patch once the target is cropped and resized, so finding
+  and zooming into the object matters, as in real fine-grained data (a bird's wing bar).
+  ``detail: pattern`` uses 3x3 dot markings instead (symmetric under the training flip,
+  none a rotation of another), which the small CPU ViTs here could not learn (BENCHMARKS.md).
+  The manifest adds the target's box (``x0,y0,x1,y1``) so that localisation can be measured.
 * the upstream task (stand-in for ImageNet-21k): many coarse categories (shape x colour
   family) at random positions and scales among small clutter, generated on the fly.
 """
@@ -43,8 +44,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _colour(rng: np.random.Generator, hue: float | None = None) -> tuple[int, int, int]:
-    h = float(rng.uniform(0, 180)) if hue is None else (hue + rng.uniform(-6, 6)) % 180
+def _colour(
+    rng: np.random.Generator, hue: float | None = None, jitter: float = 6
+) -> tuple[int, int, int]:
+    h = float(rng.uniform(0, 180)) if hue is None else (hue + rng.uniform(-jitter, jitter)) % 180
     hsv = np.uint8([[[h, rng.integers(150, 256), rng.integers(150, 256)]]])
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
@@ -86,11 +89,11 @@ def _draw_shape(
 # the fine-grained markings
 
 
-def markings(num_classes: int) -> list[np.ndarray]:
+def markings(num_classes: int, distance: int = 2) -> list[np.ndarray]:
     """``num_classes`` distinct 3x3 binary markings, flip-symmetric, none a rotation of another.
 
     Deterministic: patterns are enumerated in a fixed order and kept greedily when they
-    differ from every kept pattern (and its rotations) in at least two cells.
+    differ from every kept pattern (and its rotations) in at least ``distance`` cells.
     """
     kept: list[np.ndarray] = []
     for bits in itertools.product((0, 1), repeat=6):
@@ -99,7 +102,7 @@ def markings(num_classes: int) -> list[np.ndarray]:
         if not 3 <= pattern.sum() <= 6:
             continue
         rotations = [np.rot90(pattern, k) for k in range(4)]
-        if all(min(np.abs(r - q).sum() for r in rotations) >= 2 for q in kept):
+        if all(min(np.abs(r - q).sum() for r in rotations) >= distance for q in kept):
             kept.append(pattern)
         if len(kept) == num_classes:
             return kept
@@ -108,19 +111,32 @@ def markings(num_classes: int) -> list[np.ndarray]:
     )
 
 
-def _draw_target(img: np.ndarray, x0: int, y0: int, side: int, marking: np.ndarray, rng) -> None:
-    """A rounded square with a dark outline and the class marking centred in it."""
-    body = _colour(rng)
+def _draw_target(
+    img: np.ndarray, x0: int, y0: int, side: int, label: int, params: SyntheticParams, patterns, rng
+) -> None:
+    """A grey square with a dark outline and the class detail centred in it."""
     x1, y1 = x0 + side - 1, y0 + side - 1
     cv2.rectangle(img, (x0, y0), (x1, y1), (20, 20, 20), -1)
+    grey = int(rng.integers(110, 200))
+    tint = rng.integers(-12, 13, size=3)
+    body = tuple(
+        int(np.clip(grey + t, 0, 255)) for t in tint
+    )  # desaturated: the detail is the colour
     cv2.rectangle(img, (x0 + 1, y0 + 1), (x1 - 1, y1 - 1), body, -1)
-    cell = max(2, int(round(side * 0.16)))  # dot pitch: a marking spans ~half the target
+    if params.detail == "colour":
+        spot = max(2, int(round(side * params.marking_scale)))
+        sx, sy = x0 + (side - spot) // 2, y0 + (side - spot) // 2
+        hue = label * 180 / params.num_classes
+        cv2.rectangle(
+            img, (sx, sy), (sx + spot - 1, sy + spot - 1), _colour(rng, hue, jitter=3), -1
+        )
+        return
+    cell = max(2, int(round(side * params.marking_scale)))  # dot pitch: the marking spans 3 cells
     start_x = x0 + (side - 3 * cell) // 2
     start_y = y0 + (side - 3 * cell) // 2
-    dark = (15, 15, 15) if sum(body) > 250 else (245, 245, 245)
-    for r, c in zip(*np.nonzero(marking), strict=True):
+    for r, c in zip(*np.nonzero(patterns[label]), strict=True):
         xs, ys = start_x + c * cell, start_y + r * cell
-        cv2.rectangle(img, (xs, ys), (xs + cell - 2, ys + cell - 2), dark, -1)
+        cv2.rectangle(img, (xs, ys), (xs + cell - 2, ys + cell - 2), (15, 15, 15), -1)
 
 
 def _overlaps(box, others, margin: int = 1) -> bool:
@@ -161,7 +177,7 @@ def fine_grained_image(
                 )
                 placed.append(dbox)
                 break
-    _draw_target(img, x0, y0, side, patterns[label], rng)
+    _draw_target(img, x0, y0, side, label, params, patterns, rng)
     return img, box
 
 
@@ -172,7 +188,9 @@ def generate_fine_grained(root: str | Path, params: SyntheticParams) -> Path:
     ``(params.seed, s, i)``, so the files do not depend on generation order.
     """
     root = Path(root)
-    patterns = markings(params.num_classes)
+    patterns = (
+        markings(params.num_classes, params.marking_distance) if params.detail == "pattern" else []
+    )
     rows = []
     for split_id, (split, per_class) in enumerate(
         (("train", params.train_per_class), ("test", params.test_per_class))
@@ -187,7 +205,12 @@ def generate_fine_grained(root: str | Path, params: SyntheticParams) -> Path:
             if not ok:
                 raise RuntimeError(f"could not encode {rel}")
             (root / rel).write_bytes(buf.tobytes())
-            rows.append((rel, label, split, f"marking_{label:02d}", x0, y0, x1, y1))
+            name = (
+                f"hue_{label * 180 // params.num_classes:03d}"
+                if params.detail == "colour"
+                else f"marking_{label:02d}"
+            )
+            rows.append((rel, label, split, name, x0, y0, x1, y1))
     df = pd.DataFrame(
         rows, columns=["path", "label", "split", "class_name", "x0", "y0", "x1", "y1"]
     )
@@ -198,8 +221,11 @@ def generate_fine_grained(root: str | Path, params: SyntheticParams) -> Path:
 # the upstream task
 
 
+UPSTREAM_TASKS = ("shape_colour", "colour")
+
+
 def upstream_classes(num_classes: int) -> list[tuple[str, int]]:
-    """(shape, hue) categories, shape-major; at most len(SHAPES) * len(HUES)."""
+    """(shape, hue) categories of the ``shape_colour`` task, shape-major."""
     combos = [(s, h) for s in SHAPES for h in HUES]
     if num_classes > len(combos):
         raise ValueError(
@@ -210,21 +236,34 @@ def upstream_classes(num_classes: int) -> list[tuple[str, int]]:
 
 
 def upstream_batch(
-    seed: int | list[int], count: int, *, num_classes: int, size: int
+    seed: int | list[int], count: int, *, num_classes: int, size: int, task: str = "shape_colour"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` upstream images (count, size, size, 3) uint8 and labels (count,) int64."""
+    """``count`` upstream images (count, size, size, 3) uint8 and labels (count,) int64.
+
+    Each image holds one object (a random scale from 0.2 to 0.45 of the side, at a random
+    position) among small clutter on the textured background. Tasks:
+
+    * ``shape_colour``: the label is the object's (shape, hue family) category;
+    * ``colour``: the label is the object's hue, in ``num_classes`` bins; its shape is
+      random. Learned several times faster by a small ViT from scratch, and it still needs
+      the object to be found among clutter of other colours.
+    """
+    if task not in UPSTREAM_TASKS:
+        raise ValueError(f"unknown upstream task {task!r}; use one of {UPSTREAM_TASKS}")
     rng = np.random.default_rng(seed)
-    classes = upstream_classes(num_classes)
+    classes = upstream_classes(num_classes) if task == "shape_colour" else None
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, size=count)
     for n in range(count):
         img = _background(rng, size)
-        for _ in range(int(rng.integers(3, 9))):  # small clutter
-            d = float(rng.uniform(2, 5))
-            cx, cy = rng.uniform(0, size, size=2)
-            cv2.circle(img, (int(cx), int(cy)), int(d), _colour(rng), -1)
-        shape, hue = classes[labels[n]]
-        d = float(rng.uniform(0.18, 0.5) * size)
+        for _ in range(int(rng.integers(0, 7))):  # small clutter
+            centre = tuple(int(v) for v in rng.uniform(0, size, size=2))
+            cv2.circle(img, centre, int(rng.uniform(2, 4)), _colour(rng), -1)
+        if classes is not None:
+            shape, hue = classes[labels[n]]
+        else:
+            shape, hue = str(rng.choice(SHAPES)), labels[n] * 180 / num_classes
+        d = float(rng.uniform(0.2, 0.45) * size)
         cx, cy = rng.uniform(d / 2, size - d / 2, size=2)
         _draw_shape(img, shape, cx, cy, d, _colour(rng, hue), rng)
         images[n] = img

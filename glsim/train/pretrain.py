@@ -26,22 +26,33 @@ def _to_tensor(images: np.ndarray, mean, std) -> Tensor:
 
 
 def upstream_stream(
-    *, seed: int, epoch: int, steps: int, batch_size: int, num_classes: int, size: int, mean, std
+    *,
+    seed: int,
+    epoch: int,
+    steps: int,
+    batch_size: int,
+    num_classes: int,
+    size: int,
+    mean,
+    std,
+    task: str,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Fresh upstream batches for one epoch, deterministic from (seed, epoch, step)."""
     for step in range(steps):
         images, labels = upstream_batch(
-            [seed, epoch, step], batch_size, num_classes=num_classes, size=size
+            [seed, epoch, step], batch_size, num_classes=num_classes, size=size, task=task
         )
         yield _to_tensor(images, mean, std), torch.from_numpy(labels)
 
 
 @torch.no_grad()
 def upstream_accuracy(
-    model, *, seed: int, count: int, num_classes: int, size: int, mean, std, device
+    model, *, seed: int, count: int, num_classes: int, size: int, mean, std, device, task: str
 ) -> float:
     model.eval()
-    images, labels = upstream_batch([seed, 10**6], count, num_classes=num_classes, size=size)
+    images, labels = upstream_batch(
+        [seed, 10**6], count, num_classes=num_classes, size=size, task=task
+    )
     correct = 0
     for i in range(0, count, 256):
         x = _to_tensor(images[i : i + 256], mean, std).to(device)
@@ -75,7 +86,7 @@ def pretrain_backbone(
     def loader_for_epoch(epoch: int):
         return upstream_stream(
             seed=seed, epoch=epoch, steps=steps, batch_size=cfg.batch_size,
-            num_classes=cfg.num_classes, size=size, mean=mean, std=std,
+            num_classes=cfg.num_classes, size=size, mean=mean, std=std, task=cfg.task,
         )  # fmt: skip
 
     state = fit(
@@ -91,9 +102,11 @@ def pretrain_backbone(
         mean=mean,
         std=std,
         device=device,
+        task=cfg.task,
     )
     save_vit_weights(model, cfg.output)
     report = {
+        "task": cfg.task,
         "upstream_test_acc": round(acc, 2),
         "epochs": state.epoch,
         "steps": state.step,

@@ -66,11 +66,11 @@ def test_marking_is_the_only_class_signal_in_the_target():
 
 
 def test_upstream_batch_shapes_and_classes():
-    images, labels = upstream_batch([0, 1], 16, num_classes=24, size=32)
+    images, labels = upstream_batch([0, 1], 16, num_classes=24, size=32, task="shape_colour")
     assert images.shape == (16, 32, 32, 3) and images.dtype == np.uint8
     assert labels.min() >= 0 and labels.max() < 24
     assert len(set(upstream_classes(24))) == 24
-    again, _ = upstream_batch([0, 1], 16, num_classes=24, size=32)
+    again, _ = upstream_batch([0, 1], 16, num_classes=24, size=32, task="shape_colour")
     assert np.array_equal(images, again)
 
 
@@ -80,3 +80,12 @@ def test_registered_with_expected_counts_from_params():
     params = Params.model_validate({"data": {"synthetic": small().model_dump()}})
     counts = get_dataset("synthetic_fg").expected_counts(params)
     assert (counts.num_classes, counts.train, counts.test) == (4, 12, 8)
+
+
+def test_colour_task_labels_are_hue_bins():
+    images, labels = upstream_batch([3], 64, num_classes=6, size=48, task="colour")
+    assert sorted(set(labels.tolist())) == list(range(6))
+    again, labels_again = upstream_batch([3], 64, num_classes=6, size=48, task="colour")
+    assert np.array_equal(images, again) and np.array_equal(labels, labels_again)
+    with pytest.raises(ValueError, match="unknown upstream task"):
+        upstream_batch([3], 1, num_classes=6, size=48, task="texture")
