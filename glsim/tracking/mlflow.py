@@ -9,6 +9,7 @@ A resumed training run continues the same MLflow run (its id is kept in the run 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ class Tracker:
         return self.run.info.run_id
 
     def log_params(self, tree: dict[str, Any]) -> None:
-        flat = {k: str(v)[:6000] for k, v in flatten(tree).items()}
+        # MLflow keys allow only alphanumerics, _ - . space : / (table row labels may not)
+        flat = {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
         existing = mlflow.get_run(self.run_id).data.params
         mlflow.log_params(
             {k: v for k, v in flat.items() if k not in existing}

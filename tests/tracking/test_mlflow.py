@@ -175,3 +175,12 @@ def test_dvc_hash_without_lock_or_empty_lock(tmp_path):
     assert dvc_hash("data/shards", root=tmp_path) == ""
     (tmp_path / "dvc.lock").write_text("")
     assert dvc_hash("data/shards", root=tmp_path) == ""
+
+
+def test_param_keys_with_characters_mlflow_refuses_are_sanitised(store):
+    root, client, _ = store
+    with Tracker(experiment=EXPERIMENT, run_name="keys", root=root) as tracker:
+        tracker.log_params({"ablations": {"tables": {"t5": {"rows": {"ViT + extra block (CLS)": ["vit"]}}}}})
+        run_id = tracker.run_id
+    params = client.get_run(run_id).data.params
+    assert params["ablations.tables.t5.rows.ViT _ extra block _CLS_"] == "['vit']"
