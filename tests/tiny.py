@@ -3,7 +3,14 @@ whole pipeline run in ``tmp_path`` in seconds on a CPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
 from glsim.config import Params
+from glsim.data.manifest import write_manifest
 
 TINY_VIT = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
@@ -43,3 +50,36 @@ def tiny_params(tmp_path, **sections) -> Params:
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
     return Params.model_validate(base)
+
+
+def write_image_dataset(
+    root: Path,
+    *,
+    classes: int = 3,
+    train: int = 4,
+    test: int = 2,
+    side: int = 24,
+    name: str = "{i:03d}.png",
+) -> Path:
+    """``classes * (train + test)`` random PNGs plus a manifest with a box; returns the manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in range(classes):
+        for i in range(train + test):
+            path = f"images/class_{label}/" + name.format(i=i)
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / path)
+            split = "train" if i < train else "test"
+            rows.append(
+                dict(
+                    path=path,
+                    label=label,
+                    split=split,
+                    class_name=f"c{label}",
+                    x0=2,
+                    y0=3,
+                    x1=20,
+                    y1=21,
+                )
+            )
+    return write_manifest(pd.DataFrame(rows), root / "manifest.csv")

@@ -5,47 +5,21 @@ from __future__ import annotations
 import gc
 import warnings
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from tiny import write_image_dataset
 
 from glsim.data.loader import dataset_length, make_loader, num_batches
-from glsim.data.manifest import write_manifest
 from glsim.data.shards import ShardError, read_index, read_samples, write_shards
 from glsim.data.transforms import build_transforms
 
 SIZE = 16
 
 
-def write_tiny_dataset(
-    root: Path, *, classes: int = 3, train: int = 7, test: int = 3, side: int = 24
-) -> Path:
-    """``classes * (train + test)`` random PNGs plus a manifest with a box; returns the manifest."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for label in range(classes):
-        for i in range(train + test):
-            path = f"images/class_{label}/{i:03d}.png"
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / path)
-            split = "train" if i < train else "test"
-            rows.append(
-                dict(
-                    path=path,
-                    label=label,
-                    split=split,
-                    class_name=f"c{label}",
-                    x0=2,
-                    y0=3,
-                    x1=20,
-                    y1=21,
-                )
-            )
-    return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+write_tiny_dataset = partial(write_image_dataset, train=7, test=3)
 
 
 @pytest.fixture(scope="module")
