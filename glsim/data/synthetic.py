@@ -286,7 +286,7 @@ def expected_counts(params: SyntheticParams) -> ExpectedCounts:
 @register_dataset(
     "synthetic_fg",
     generated=True,
-    description="built-in generated fine-grained set: a 3x3 marking on a small object among distractors",
+    description="built-in generated set: the hue of a spot on a small object among distractors",
     notes="size and difficulty from params data.synthetic; deterministic from data.synthetic.seed",
     expected_for=lambda params: expected_counts(params.data.synthetic),
 )
