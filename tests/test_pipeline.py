@@ -120,3 +120,19 @@ def test_finished_run_is_not_repeated_and_killed_run_resumes_identically(chain, 
     # another LR is another configuration: the old checkpoint is moved aside, not resumed
     train_run(at("a"), RunSpec("glsim", 1, lr=0.03), track=False)
     assert (whole / "last.pt.stale").is_file()
+
+
+def test_pretraining_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    params = tiny_params(tmp_path)
+    weights = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        p = params.model_copy(
+            update={"pretrain": params.pretrain.model_copy(update={"output": out})}
+        )
+        torch.manual_seed(hash(name) % 1000)  # whatever ran before must not matter
+        pretrain_backbone(p, work_dir=tmp_path / f"work_{name}")
+        weights.append(load_file(str(out)))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

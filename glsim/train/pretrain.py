@@ -17,7 +17,7 @@ from glsim.config import Params
 from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import create_vit, pretrained_norm, save_vit_weights
 from glsim.train.loop import Recipe, fit
-from glsim.utils import atomic_write_json, resolve_device
+from glsim.utils import atomic_write_json, resolve_device, seed_everything
 
 
 def _to_tensor(images: np.ndarray, mean, std) -> Tensor:
@@ -69,6 +69,7 @@ def pretrain_backbone(
     """
     cfg, bb, size = params.pretrain, params.model.backbone, params.data.image_size
     device = resolve_device(params.base.device)
+    seed_everything(params.base.seed)  # the initial weights depend on the seed only
     model = create_vit(bb.name, image_size=size, num_classes=cfg.num_classes, **bb.overrides)
     mean, std = pretrained_norm(model)
     steps = max(1, cfg.images_per_epoch // cfg.batch_size)

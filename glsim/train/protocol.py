@@ -60,6 +60,13 @@ def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, An
             epochs=epochs,
             seed=params.protocol.search_seed,
         )
+    # the stage's run folder exists even when nothing was trained (empty grid)
+    (params.base.runs_dir / params.data.dataset / "lrsearch" / model).mkdir(
+        parents=True, exist_ok=True
+    )
+    atomic_write_json(
+        params.base.runs_dir / params.data.dataset / "lrsearch" / model / "search.json", report
+    )
     atomic_write_json(lr_report_path(params, model), report)
     return report
 

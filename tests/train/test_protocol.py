@@ -107,3 +107,9 @@ def test_run_dirs_and_labels_key_every_kind(tmp_path):
     assert search.label(params) == "synthetic_fg/lrsearch/glsim/lr0.03/seed1"
     assert ablation.label(params) == "synthetic_fg/ablation/glsim_no_aggregator/seed10"
     assert final.label(params) == "synthetic_fg/glsim/seed10"
+
+
+def test_empty_grid_still_creates_the_stage_output_folder(tmp_path, fake_runs):
+    params = tiny_params(tmp_path, protocol={"lr_grid": []})
+    protocol.search_lr(params, "glsim")
+    assert (params.base.runs_dir / "synthetic_fg/lrsearch/glsim/search.json").is_file()
