@@ -117,14 +117,7 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
             _extract_tar(archive, staging)
         else:
             raise ValueError(f"{archive}: not a tar or zip archive (by its name)")
-        for entry in sorted(staging.iterdir()):
-            target = dest / entry.name
-            if target.is_dir() and entry.is_dir():
-                _merge_dirs(entry, target)
-            else:
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(entry, target)
+        _merge_dirs(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(_marker(dest, archive), f"{archive.name}\n")

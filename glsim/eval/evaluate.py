@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from glsim.config import Params
 from glsim.data.loader import make_loader
 from glsim.data.transforms import build_transforms, eval_box_transform
-from glsim.eval.localisation import hit_rates, vit_gls_boxes
+from glsim.eval.localisation import gls_boxes_from_tokens, hit_rates, vit_gls_boxes
 from glsim.models.backbone import pretrained_norm
 from glsim.models.glsim import GLSim
 from glsim.train.loop import load_trained
@@ -48,6 +49,10 @@ def predict(
         if isinstance(model, GLSim):
             out = model.forward_explain(images)
             logits, crop = out.logits, out.boxes
+        elif isinstance(model, VisionTransformer):  # one encoder pass for logits and boxes
+            tokens = model.forward_features(images)  # (B, 1+N, D)
+            logits = model.forward_head(tokens)
+            crop = gls_boxes_from_tokens(model, tokens, top_k=top_k)
         else:
             logits = model(images)
             vit = getattr(model, "encoder", model)

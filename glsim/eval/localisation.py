@@ -49,17 +49,21 @@ def cls_and_patches(vit, tokens: Tensor) -> Tensor:
     return torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
 
 
-@torch.no_grad()
-def vit_gls_boxes(vit, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
-    """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
-    tokens = cls_and_patches(vit, vit.forward_features(images))  # (B, 1+N, D)
-    scores = global_local_similarity(tokens, metric)  # (B, N)
+def gls_boxes_from_tokens(vit, tokens: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
+    """GLS crop boxes from a timm ViT's ``forward_features`` output (B, P+N, D)."""
+    scores = global_local_similarity(cls_and_patches(vit, tokens), metric)  # (B, N)
     return crop_boxes(
         scores,
         grid_size=tuple(vit.patch_embed.grid_size),
         patch_size=tuple(vit.patch_embed.patch_size),
         top_k=top_k,
     )
+
+
+@torch.no_grad()
+def vit_gls_boxes(vit, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
+    """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
+    return gls_boxes_from_tokens(vit, vit.forward_features(images), top_k=top_k, metric=metric)
 
 
 @torch.no_grad()

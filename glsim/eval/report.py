@@ -96,7 +96,8 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
             for m in models
             if lr_report_path(p, m).is_file()
         ]
-    results: dict[str, Any] = aggregate(main)
+    table4 = aggregate(main)  # the main models only (Table 4)
+    results: dict[str, Any] = {d: dict(per_model) for d, per_model in table4.items()}
     for dataset, entries in ablation.items():
         if entries:
             results.setdefault(dataset, {})["ablations"] = entries
@@ -104,18 +105,12 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     md = [
         f"# Results: top-1 (%) mean ± std over seeds {seeds}",
         "",
-        render_table(
-            {d: {m: v for m, v in r.items() if m != "ablations"} for d, r in results.items()},
-            models,
-        ),
+        render_table(table4, models),
         "Bold: best; underlined: second best. Std: sample std over seeds.",
         "",
     ]
     for dataset in params.data.datasets:
-        runs = {
-            **{m: v for m, v in results.get(dataset, {}).items() if m != "ablations"},
-            **ablation.get(dataset, {}),
-        }
+        runs = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
         for spec in params.ablations.tables.values():
             md += [ablation_table(spec, runs, dataset)]
     loc = localisation_table(main + variant_reports)
@@ -125,7 +120,6 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     if lrs:
         md += ["## LR search (val split)", "", lrs]
     rdir = params.base.reports_dir
-    table4 = {d: {m: v for m, v in r.items() if m != "ablations"} for d, r in results.items()}
     paths = [
         atomic_write_json(rdir / "results.json", results),
         atomic_write_text(rdir / "results.md", "\n".join(md)),

@@ -152,9 +152,10 @@ def fit(
             scheduler.step_update(state.step)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss, logits = compute_loss(model, images, targets, criterion)
-            if not math.isfinite(loss.item()):
+            loss_value = loss.item()  # one host sync per step
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch} step {state.step}; lower train.lr (now {recipe.lr})"
+                    f"loss is {loss_value} at epoch {epoch} step {state.step}; lower train.lr (now {recipe.lr})"
                 )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -172,11 +173,11 @@ def fit(
             state.step += 1
             n = targets.shape[0]
             seen += n
-            loss_sum += loss.item() * n
+            loss_sum += loss_value * n
             correct += (logits.argmax(-1) == targets).sum().item()
             if log_metrics and state.step % recipe.log_every == 0:
                 log_metrics(
-                    {"train/loss_step": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]},
+                    {"train/loss_step": loss_value, "train/lr": optimizer.param_groups[0]["lr"]},
                     state.step,
                 )
         if seen == 0:
