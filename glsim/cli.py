@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 
 from glsim.data.cli import add_data_commands
+from glsim.errors import debug_requested, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glsim", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an input error"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_data_commands(subparsers)
     return parser
@@ -16,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return guarded(lambda: args.func(args), debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":

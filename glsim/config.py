@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +21,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 AugRegLevel = Literal["minimal", "weak", "medium", "strong"]
 Metric = Literal["cosine", "l1", "l2"]
 Selector = Literal["gls", "attention", "rollout", "random"]
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+SOURCE_KEY = "source"  # the data.datasets entry key that is not a dotted override
 
 
 class ParamsError(ValueError):
     """A params file or override is invalid; the message names the key, value and fix."""
+
+
+def check_dataset_name(name: str, key: str) -> str:
+    """A dataset name becomes folder, stage and run names: letters, digits, ``_`` and ``-``."""
+    if not DATASET_NAME.fullmatch(str(name)):
+        family, sep, rest = str(name).partition(":")
+        example = Path(rest).stem if sep else re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)).strip("_")
+        example = re.sub(r"[^A-Za-z0-9_-]+", "_", example).strip("_") or "mydata"
+        hint = (
+            f"name it and give the source: data.datasets: {{{example}: {{source: '{name}'}}}}"
+            if sep
+            else f"use letters, digits, '_' and '-' only, e.g. {example!r}"
+        )
+        raise ValueError(
+            f"{key}: {name!r} is not a plain dataset name (it names folders and DVC stages); {hint}"
+        )
+    return name
 
 
 class _Strict(BaseModel):
@@ -92,11 +112,18 @@ class ExpectedCounts(_Strict):
 class DataParams(_Strict):
     datasets: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"synthetic_fg": {}},
-        description="the datasets the protocol runs on, each with dotted param overrides "
-        "(e.g. dogs: {model.glsim.top_k: 16}); DVC generates every stage per dataset",
+        description="the datasets the protocol runs on, by plain name, each with an optional "
+        "`source` (a registered dataset, imagefolder:PATH or csv:FILE; default: the name) and "
+        "dotted param overrides (e.g. dogs: {model.glsim.top_k: 16}); DVC generates every "
+        "stage per dataset and every folder is named by the dataset's name",
     )
     dataset: str = Field(
         "synthetic_fg", description="the dataset a stage works on (set by --dataset)"
+    )
+    source: str | None = Field(
+        None,
+        description="where the current dataset comes from (set from its data.datasets entry): "
+        "a registered name, imagefolder:PATH or csv:FILE; None: the registered dataset `dataset`",
     )
     raw_dir: Path = Path("data/raw")
     shards_dir: Path = Path("data/shards")
@@ -109,6 +136,29 @@ class DataParams(_Strict):
     expected: ExpectedCounts = ExpectedCounts()
     registry_overrides: Path | None = None
     synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _check_names(self) -> DataParams:
+        for name, entry in self.datasets.items():
+            check_dataset_name(name, "data.datasets")
+            if not isinstance(entry, dict):
+                raise ValueError(
+                    f"data.datasets.{name} must be a mapping ({{source: ..., dotted.key: value}}), "
+                    f"got {entry!r}"
+                )
+            source = entry.get(SOURCE_KEY)
+            if source is not None and (not isinstance(source, str) or not source.strip()):
+                raise ValueError(
+                    f"data.datasets.{name}.source must be a dataset name, imagefolder:PATH or "
+                    f"csv:FILE, got {source!r}"
+                )
+        check_dataset_name(self.dataset, "data.dataset")
+        return self
+
+    @property
+    def dataset_source(self) -> str:
+        """The registry source of the current dataset (its ``source``, else its name)."""
+        return self.source or self.dataset
 
 
 class BackboneParams(_Strict):
@@ -351,7 +401,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid params ({err.error_count()} problem(s)):"]
+    problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc)
@@ -359,10 +409,21 @@ def _format_errors(err: ValidationError, source: str) -> str:
             valid = _fields_at(Params, loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
-            lines.append(f"  - unknown key '{key}'{hint} (valid here: {', '.join(valid)})")
+            problems.append(f"unknown key '{key}'{hint} (valid here: {', '.join(valid)})")
+        elif e["type"] == "value_error":  # our validators: the message names key and value
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            named = not key or msg.startswith(key.split(".")[0])
+            problems.append(msg if named else f"{key}: {msg}")
         else:
-            lines.append(f"  - {key} = {e.get('input')!r}: {e['msg']}")
-    lines.append("Fix the key or value in the params file (see params.yaml for every valid key).")
+            shown = repr(e.get("input"))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            problems.append(f"{key} = {shown}: {e['msg']}")
+    fix = "fix the key or value in the params file (see params.yaml for every valid key)"
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}; {fix}"
+    lines = [f"{source}: invalid params ({len(problems)} problems):"]
+    lines += [f"  - {p}" for p in problems]
+    lines.append(fix[0].upper() + fix[1:] + ".")
     return "\n".join(lines)
 
 
@@ -429,7 +490,8 @@ def for_dataset(params: Params, name: str) -> Params:
         raise ParamsError(
             f"dataset {name!r} is not in data.datasets{hint} (listed: {sorted(params.data.datasets)})"
         )
-    overrides = {"data.dataset": name, **params.data.datasets[name]}
+    entry = dict(params.data.datasets[name])
+    overrides = {"data.dataset": name, "data.source": entry.pop(SOURCE_KEY, None), **entry}
     data = _deep_merge(params.model_dump(mode="json"), dotted_to_nested(overrides))
     return params_from_dict(data, source=f"data.datasets.{name}")
 

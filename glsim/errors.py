@@ -1,23 +1,65 @@
-"""The errors that mean "bad input" (a message for the user, not a traceback)."""
+"""The errors that mean "bad input" (a message for the user, not a traceback), and the one
+guard every entry point (stage scripts, the ``glsim`` command) runs its work under.
+
+A user error exits with status 2 and one line ``error: <message>`` naming the file, key or
+value and what to do; ``--debug`` or ``GLSIM_DEBUG=1`` shows the traceback instead. A
+disk-full or permission error names the path. Anything else is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+
+DEBUG_ENV = "GLSIM_DEBUG"
+
+_OS_ADVICE = {
+    errno.ENOSPC: "free disk space there (or point data.raw_dir, data.shards_dir or "
+    "base.runs_dir at another disk) and run again: finished work is kept and runs resume",
+    errno.EDQUOT: "your disk quota is used up; free space and run again (runs resume)",
+    errno.EACCES: "you may not write or read there: fix its permissions or use another folder",
+    errno.EPERM: "the operation is not permitted there: fix its permissions or use another folder",
+    errno.EROFS: "that file system is read-only: point the params at a writable folder",
+}
+
+
+class RunError(RuntimeError):
+    """A run folder is missing what a step needs (no checkpoint, unfinished training)."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Every error class whose message names the bad file/key/value and what to do."""
     from glsim.config import ParamsError
+    from glsim.data.download import DownloadError
+    from glsim.data.extract import UnsafeArchiveError
     from glsim.data.manifest import ManifestError
     from glsim.data.registry import DatasetError
     from glsim.data.shards import ShardError
     from glsim.models.backbone import WeightsError
+    from glsim.models.registry import UnknownModel
+    from glsim.train.loop import TrainingDiverged
 
     errors: list[type[BaseException]] = [
         ParamsError,
         ManifestError,
         DatasetError,
+        DownloadError,
+        UnsafeArchiveError,
         ShardError,
         WeightsError,
+        UnknownModel,
+        RunError,
+        TrainingDiverged,
     ]
+    try:
+        from glsim.tracking.mlflow import TrackingUnavailable
+
+        errors.append(TrackingUnavailable)
+    except ImportError:  # pragma: no cover - before the tracking module defines it
+        pass
     try:
         from glsim.validation import ValidationFailed
 
@@ -25,3 +67,41 @@ def user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - validation extras missing
         pass
     return tuple(errors)
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``GLSIM_DEBUG`` set to a true value."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return "--debug" in argv or env not in ("", "0", "false", "no")
+
+
+def describe_os_error(err: OSError) -> str | None:
+    """One line for a disk-full or permission error, naming the path; None for other errors."""
+    advice = _OS_ADVICE.get(err.errno or -1)
+    if advice is None:
+        return None
+    where = err.filename or "(path not reported)"
+    if err.filename2:
+        where = f"{where} -> {err.filename2}"
+    return f"{where}: {err.strerror or os.strerror(err.errno or 0)}; {advice}"
+
+
+def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int:
+    """Run ``main``; a user error becomes one ``error:`` line on stderr and exit status 2."""
+    debug = debug_requested() if debug is None else debug
+    if debug:
+        return int(main() or 0)
+    try:
+        return int(main() or 0)
+    except user_errors() as err:
+        message = str(err).strip() or type(err).__name__
+    except OSError as err:
+        message = describe_os_error(err)
+        if message is None:
+            raise
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -60,7 +60,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        from glsim.config import ParamsError
+
+        raise ParamsError(
             "base.device is 'cuda' but no CUDA device is available; set it to 'auto' or 'cpu'"
         )
     return torch.device(name)

@@ -16,6 +16,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--dataset", help="a data.datasets entry (default: data.dataset)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     p.add_argument(
         "--set",
         action="append",
@@ -38,11 +39,9 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage; known input errors exit 2 with their message, not a traceback."""
-    from glsim.errors import user_errors
+    """Run a stage; input errors exit 2 with one line naming the problem (``--debug``: the
+    traceback). The tracking store is checked first, so a server that does not answer stops
+    the stage before any long work."""
+    from glsim.errors import guarded
 
-    try:
-        main()
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(guarded(main))

@@ -7,7 +7,10 @@ from glsim.data.registry import prepare_dataset
 
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
-    path = prepare_dataset(params.data.dataset, params.data.raw_dir, params=params, force=True)
+    d = params.data
+    path = prepare_dataset(
+        d.dataset_source, d.raw_dir, name=d.dataset, params=params, force=True
+    )
     print(f"manifest: {path}")
 
 

@@ -21,7 +21,7 @@ def main() -> None:
     )
     index = write_shards(manifest, out, **limits)
     print("final:", {split: entry["count"] for split, entry in index["splits"].items()})
-    large = get_dataset(d.dataset).large
+    large = get_dataset(d.dataset_source).large
     index = write_lr_search_shards(
         manifest, out / LR_SEARCH_DIR, seed=params.protocol.search_seed, large=large, **limits
     )

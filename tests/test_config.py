@@ -95,7 +95,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ParamsError) as info:
         load_params(_write(tmp_path, "train:\n  epoch: 3\n  lr: zero\n"))
     msg = str(info.value)
-    assert "2 problem(s)" in msg
+    assert "2 problems" in msg
     assert "train.epoch" in msg and "train.lr = 'zero'" in msg
 
 

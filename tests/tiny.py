@@ -83,3 +83,44 @@ def write_image_dataset(
                 )
             )
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+
+
+def _png(path: Path, rng: np.random.Generator, side: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+
+
+def write_imagefolder(
+    root: Path, *, classes: int, train: int = 2, test: int = 1, side: int = 24
+) -> Path:
+    """A user's ``root/<train|test>/<class>/*.png`` folder with ``classes`` classes."""
+    rng = np.random.default_rng(classes)
+    for c in range(classes):
+        for split, count in (("train", train), ("test", test)):
+            for i in range(count):
+                _png(root / split / f"species_{c:03d}" / f"{i}.png", rng, side)
+    return root
+
+
+def write_csv_dataset(
+    root: Path,
+    *,
+    classes: int,
+    train: int = 2,
+    test: int = 1,
+    side: int = 24,
+    names: bool = True,
+    csv_name: str = "list.csv",
+) -> Path:
+    """Images under ``root/img/`` listed in ``root/<csv_name>`` (path,label,split)."""
+    rng = np.random.default_rng(classes + 1)
+    rows = []
+    for c in range(classes):
+        for split, count in (("train", train), ("test", test)):
+            for i in range(count):
+                rel = f"img/{c:03d}_{split}_{i}.png"
+                _png(root / rel, rng, side)
+                rows.append({"path": rel, "label": f"bird {c:03d}" if names else c, "split": split})
+    csv = root / csv_name
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv

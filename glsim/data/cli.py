@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from glsim.data.registry import (
-    DatasetError,
-    ManualDownloadRequired,
     dataset_status,
+    default_name,
     prepare_dataset,
     registered_specs,
 )
@@ -59,23 +57,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    try:
-        params = None
-        if args.params and Path(args.params).is_file():
-            from glsim.config import load_params
+    """Errors propagate to :func:`glsim.errors.guarded` (one ``error:`` line, exit 2)."""
+    params = None
+    if args.params and Path(args.params).is_file():
+        from glsim.config import load_params
 
-            params = load_params(args.params)
-        root = args.root or (params.data.raw_dir if params is not None else DEFAULT_ROOT)
-        manifest = prepare_dataset(
-            args.name, root, overrides=args.overrides, params=params, force=args.force
-        )
-    except ManualDownloadRequired as err:
-        print(str(err), file=sys.stderr)
-        return 2
-    except (DatasetError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        params = load_params(args.params)
+    root = args.root or (params.data.raw_dir if params is not None else DEFAULT_ROOT)
+    name = args.name or default_name(args.source)
+    if args.name:
+        from glsim.config import ParamsError, check_dataset_name
+
+        try:
+            check_dataset_name(args.name, "--name")
+        except ValueError as err:
+            raise ParamsError(str(err)) from None
+    manifest = prepare_dataset(
+        args.source, root, name=name, overrides=args.overrides, params=params, force=args.force
+    )
     print(manifest)
+    if name != args.source:
+        print(f"(dataset {args.source} prepared as {name!r}: use that name in data.datasets)")
     return 0
 
 
@@ -90,7 +92,13 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("prepare", help="download -> verify -> extract -> manifest")
-    p.add_argument("name", help="registered name, or imagefolder:PATH / csv:FILE")
+    p.add_argument("source", help="registered name, or imagefolder:PATH / csv:FILE")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the dataset's plain name, its folder under the root (default: the registered "
+        "name, or family-<stem>-<hash> for a path)",
+    )
     p.add_argument("--root", default=None, help="raw-data root (default: params data.raw_dir)")
     p.add_argument("--overrides", default=None, help="registry overrides YAML (mirrors, checksums)")
     p.add_argument("--params", default="params.yaml", help="params file (for generated datasets)")

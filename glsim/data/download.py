@@ -73,7 +73,18 @@ def _stamp_matches(path: Path) -> dict | None:
 
 
 def _keep_aside(path: Path) -> Path:
-    """Rename a bad file to ``NAME.corrupt`` (``NAME.corrupt.1``, ... if taken); return it."""
+    """Rename a bad file to ``NAME.corrupt`` (``NAME.corrupt.1``, ... if taken); return it.
+
+    A file byte-identical to one already kept aside (the same bad mirror served again on a
+    retry) is deleted instead, so retries do not pile up copies; that copy is returned.
+    """
+    size, digest = path.stat().st_size, None
+    for kept in sorted(path.parent.glob(path.name + ".corrupt*")):
+        if kept.is_file() and kept.stat().st_size == size:
+            digest = digest or file_digests(path)["sha256"]
+            if file_digests(kept)["sha256"] == digest:
+                path.unlink()
+                return kept
     target = path.with_name(path.name + ".corrupt")
     n = 0
     while target.exists():

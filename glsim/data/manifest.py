@@ -28,6 +28,32 @@ def _rows(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
     return "; ".join(f"row {i + 2}: {r.to_dict()}" for i, r in bad.iterrows())
 
 
+def label_problem(labels: pd.Series, splits: pd.Series, names: list[str] | None = None) -> str | None:
+    """What is wrong with integer ``labels`` (row numbers as in a CSV file with a header),
+    or None: they must be 0..C-1 with no gap and every class must have a train row."""
+    labels = labels.reset_index(drop=True)
+    splits = splits.reset_index(drop=True)
+    count = labels.nunique()
+    outside = labels[(labels < 0) | (labels >= count)]
+    if not outside.empty:
+        row, value = int(outside.index[0]) + 2, int(outside.iloc[0])
+        return (
+            f"row {row} has label {value}, outside 0..{count - 1}: integer labels must be "
+            f"0..C-1 with no gap ({count} distinct labels here); renumber the labels or use "
+            "class names"
+        )
+    in_train = set(labels[splits == "train"].tolist())
+    for label in range(count):
+        if label not in in_train:
+            rows = labels.index[labels == label]
+            name = f" ({names[label]})" if names and label < len(names) else ""
+            return (
+                f"class {label}{name} has no train image (it appears only in the test split, "
+                f"e.g. row {int(rows[0]) + 2}); every class needs at least one train image"
+            )
+    return None
+
+
 def check_manifest(df: pd.DataFrame, source: str = "<manifest>") -> pd.DataFrame:
     """Check structure (columns, types, splits, label/class consistency); return a clean copy."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -53,6 +79,9 @@ def check_manifest(df: pd.DataFrame, source: str = "<manifest>") -> pd.DataFrame
         raise ManifestError(
             f"{source}: labels {per_label[per_label > 1].index.tolist()[:5]} map to several class names"
         )
+    problem = label_problem(df["label"], df["split"])
+    if problem:
+        raise ManifestError(f"{source}: {problem}")
     return df
 
 

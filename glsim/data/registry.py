@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -38,17 +40,26 @@ from glsim.config import ExpectedCounts
 from glsim.data.download import Checksums, download_file, verify_file
 from glsim.data.extract import extract_archive, is_archive, is_extracted
 from glsim.data.manifest import read_manifest, write_manifest
+from glsim.utils import atomic_write_json
 
 if TYPE_CHECKING:
     from glsim.config import Params
 
 OVERRIDES_ENV = "GLSIM_REGISTRY_OVERRIDES"
 MANIFEST = "manifest.csv"
+SOURCE_STAMP = "source.json"
 _OVERRIDE_KEYS = {"url", "sha256", "md5", "size"}
 
 
 class DatasetError(RuntimeError):
     """A dataset cannot be prepared; the message says what is missing and what to do."""
+
+
+class UnknownDataset(DatasetError, KeyError):
+    """No registered dataset has this name (also a ``KeyError``, as a registry lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ManualDownloadRequired(DatasetError):
@@ -190,7 +201,7 @@ def get_dataset(name: str) -> DatasetSpec:
     """The spec for ``name``; ``family:SOURCE`` binds a parametric entry to its source.
 
     Raises:
-        KeyError: unknown name (the message suggests the closest one).
+        UnknownDataset: unknown name or a missing/extra source (the message suggests the fix).
     """
     _ensure_loaded()
     family, _, source = name.partition(":")
@@ -198,27 +209,51 @@ def get_dataset(name: str) -> DatasetSpec:
     if spec is None:
         close = difflib.get_close_matches(family, list(_DATASETS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(
-            f"unknown dataset {family!r}{hint} (registered: {', '.join(sorted(_DATASETS))})"
+        raise UnknownDataset(
+            f"unknown dataset {family!r}{hint} (registered: {', '.join(sorted(_DATASETS))}; "
+            "your own data: source imagefolder:PATH or csv:FILE)"
         )
     if spec.parametric:
         if not source:
-            raise KeyError(
+            raise UnknownDataset(
                 f"dataset {family!r} needs a source: use '{family}:PATH' (e.g. "
                 f"'{family}:/data/my_birds'{' or a CSV file' if family == 'csv' else ''})"
             )
         assert spec.parse is not None
         return replace(spec, name=name, parse=partial(spec.parse, source=Path(source)))
     if source:
-        raise KeyError(f"dataset {family!r} takes no ':SOURCE' suffix (got {name!r})")
+        raise UnknownDataset(f"dataset {family!r} takes no ':SOURCE' suffix (got {name!r})")
     return spec
 
 
+def canonical_source(source: str) -> str:
+    """``family:PATH`` with PATH made absolute (two spellings of one source compare equal)."""
+    family, sep, rest = source.partition(":")
+    if not sep:
+        return source
+    return f"{family}:{Path(rest).expanduser().resolve()}"
+
+
+def default_name(source: str) -> str:
+    """A plain folder name for a source: the name itself, or for ``family:PATH``
+    ``family-<stem>-<hash of the absolute path>``, so two sources never share a folder."""
+    family, sep, rest = source.partition(":")
+    if not sep:
+        return source
+    import hashlib
+
+    canonical = canonical_source(source)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(rest).stem).strip("_") or "source"
+    return f"{family}-{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+
+
 def dataset_dir(name: str, root: str | Path) -> Path:
-    """``ROOT/NAME``; for ``family:PATH`` it is ``ROOT/family-<last folder or file stem>``."""
-    family, _, source = name.partition(":")
-    if source:
-        return Path(root) / f"{family}-{Path(source).stem or 'source'}"
+    """``ROOT/NAME``: every dataset's folder is its plain name (see :func:`default_name`)."""
+    if ":" in name or "/" in name or name in ("", ".", ".."):
+        raise DatasetError(
+            f"{name!r} is a source, not a dataset name; name it (e.g. "
+            f"data.datasets: {{mydata: {{source: '{name}'}}}}, or --name on the command line)"
+        )
     return Path(root) / name
 
 
@@ -348,10 +383,19 @@ def fetch_files(spec: DatasetSpec, ddir: Path, *, progress: bool | None = None) 
     return paths
 
 
+def read_source_stamp(ddir: Path) -> str | None:
+    """The source a dataset folder was prepared from (None: no stamp, an older layout)."""
+    try:
+        return json.loads((ddir / SOURCE_STAMP).read_text()).get("source")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def prepare_dataset(
-    name: str,
+    source: str,
     root: str | Path,
     *,
+    name: str | None = None,
     overrides: str | Path | dict | None = None,
     params: Params | None = None,
     force: bool = False,
@@ -360,8 +404,11 @@ def prepare_dataset(
     """Download -> verify -> extract -> parse; write and return ``ROOT/NAME/manifest.csv``.
 
     Args:
-        name: a registered dataset (``list_datasets()``), or ``imagefolder:PATH`` / ``csv:PATH``.
+        source: a registered dataset (``list_datasets()``), or ``imagefolder:PATH`` / ``csv:FILE``.
         root: the raw-data root (params ``data.raw_dir``).
+        name: the dataset's plain name, its folder under ``root`` (default:
+            :func:`default_name` of the source). ``ROOT/NAME/source.json`` records the
+            source, so a folder is never silently reused for another source.
         overrides: overrides YAML path or dict (default: env, then params).
         params: the params tree, passed to generated datasets.
         force: re-parse even if the manifest exists (downloads are reused when verified).
@@ -371,10 +418,18 @@ def prepare_dataset(
         ManualDownloadRequired: a licence-restricted file is not in place (says where).
         ChecksumError / DownloadError / UnsafeArchiveError / DatasetError.
     """
-    spec = apply_overrides(get_dataset(name), resolve_overrides(overrides, params))
+    spec = apply_overrides(get_dataset(source), resolve_overrides(overrides, params))
+    name = name or default_name(source)
     ddir = dataset_dir(name, root)
     manifest = ddir / MANIFEST
+    canonical = canonical_source(source)
     if manifest.is_file() and not force:
+        stamped = read_source_stamp(ddir)
+        if stamped is not None and stamped != canonical:
+            raise DatasetError(
+                f"{ddir} holds dataset {name!r} prepared from {stamped}, not {canonical}; "
+                "give this source another name, or prepare again with --force to replace it"
+            )
         return manifest
     ddir.mkdir(parents=True, exist_ok=True)
     if spec.generate is not None:
@@ -386,15 +441,17 @@ def prepare_dataset(
         if df is None:
             if not manifest.is_file():
                 raise DatasetError(
-                    f"generator of {name!r} returned no manifest and wrote none at {manifest}"
+                    f"generator of {source!r} returned no manifest and wrote none at {manifest}"
                 )
             read_manifest(manifest)
-            return manifest
-        return write_manifest(df, manifest)
-    for path, f in zip(fetch_files(spec, ddir, progress=progress), spec.files, strict=True):
-        if f.extract and is_archive(path) and not is_extracted(path, ddir / "extracted"):
-            extract_archive(path, ddir / "extracted")
-    if spec.parse is None:
-        raise DatasetError(f"dataset {name!r} has neither a parser nor a generator")
-    df = spec.parse(ddir)
-    return write_manifest(df, manifest)
+        else:
+            write_manifest(df, manifest)
+    else:
+        for path, f in zip(fetch_files(spec, ddir, progress=progress), spec.files, strict=True):
+            if f.extract and is_archive(path) and not is_extracted(path, ddir / "extracted"):
+                extract_archive(path, ddir / "extracted")
+        if spec.parse is None:
+            raise DatasetError(f"dataset {source!r} has neither a parser nor a generator")
+        write_manifest(spec.parse(ddir), manifest)
+    atomic_write_json(ddir / SOURCE_STAMP, {"name": name, "source": canonical})
+    return manifest

@@ -8,7 +8,7 @@ Layout of ``out_dir`` after :func:`write_shards`:
   the object box ``x0,y0,x1,y1``). The key is the manifest path without its extension, with
   characters outside ``[A-Za-z0-9_/-]`` replaced by ``_`` (WebDataset splits a member name
   at the first dot of its last component, so the key must have none).
-- ``classes.json``: class names indexed by label (``null`` for a label no row uses).
+- ``classes.json``: class names indexed by label 0..C-1 (every label has a train image).
 - ``samples.csv``: one row per sample, ``key,path,split,label,shard,bytes,sha256``; the
   sha256 of each image's bytes is what the validation suite checks train/test overlap with.
 - ``index.json``: ``{"format", "manifest_sha256", "num_classes", "max_count", "max_bytes",
@@ -299,7 +299,7 @@ def write_shards(
     index = {
         "format": INDEX_FORMAT,
         "manifest_sha256": file_sha256(manifest_path),
-        "num_classes": len(labels),
+        "num_classes": len(classes),  # labels are 0..C-1, all present (check_manifest)
         "max_count": max_count,
         "max_bytes": max_bytes,
         "samples": SAMPLES_NAME,
@@ -317,7 +317,8 @@ def read_index(shards_dir: str | Path) -> dict[str, Any]:
         index = json.loads(path.read_text())
     except FileNotFoundError:
         raise ShardError(
-            f"shard index not found: {path}; write the shards first (`write_shards`)"
+            f"shard index not found: {path}; run the shard stage for this dataset first "
+            "(dvc repro, or pipelines/shard.py --dataset NAME)"
         ) from None
     except json.JSONDecodeError as err:
         raise ShardError(f"{path}: not valid JSON ({err}); re-run the shards stage") from None
@@ -332,7 +333,7 @@ def read_samples(shards_dir: str | Path) -> pd.DataFrame:
     """The per-sample table ``samples.csv`` (key, path, split, label, shard, bytes, sha256)."""
     path = Path(shards_dir) / SAMPLES_NAME
     if not path.is_file():
-        raise ShardError(f"{path} not found; write the shards first (`write_shards`)")
+        raise ShardError(f"{path} not found; run the shard stage for this dataset first")
     return pd.read_csv(
         path, dtype={"key": str, "path": str, "split": str, "shard": str, "sha256": str}
     )

@@ -17,6 +17,7 @@ from glsim.data.transforms import build_transforms, eval_box_transform
 from glsim.eval.localisation import gls_boxes_from_tokens, hit_rates, vit_gls_boxes
 from glsim.models.backbone import pretrained_norm
 from glsim.models.glsim import GLSim
+from glsim.train.checkpoint import CHECKPOINT_NAME, require_checkpoint
 from glsim.train.loop import load_trained
 from glsim.train.run import RunSpec, build, num_classes, shards_dir
 from glsim.utils import atomic_write_json, resolve_device, set_threads
@@ -103,10 +104,13 @@ def evaluate_run(
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     run_dir = spec.run_dir(params)
+    require_checkpoint(run_dir / CHECKPOINT_NAME)  # never trained: say so before anything
     model = build(params, spec.model)
     state = load_trained(model, run_dir)
     if state["epoch"] < params.train.epochs:
-        raise RuntimeError(
+        from glsim.errors import RunError
+
+        raise RunError(
             f"{run_dir}: training stopped at epoch {state['epoch']} of {params.train.epochs}; rerun the train stage"
         )
     loader = eval_loader(params, model, kind=spec.kind)

@@ -43,13 +43,28 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
+def require_checkpoint(path: str | Path) -> Path:
+    """``path`` if the checkpoint exists, else a :class:`~glsim.errors.RunError` saying to train."""
+    path = Path(path)
+    if not path.is_file():
+        from glsim.errors import RunError
+
+        raise RunError(
+            f"no checkpoint at {path}: this run has not been trained yet; run its train stage "
+            "first (dvc repro, or pipelines/train.py with the same --dataset/--model/--seed)"
+        )
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw payload :func:`save_checkpoint` wrote (nothing is applied yet)."""
-    path = Path(path)
+    path = require_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - a torn or foreign file
-        raise RuntimeError(
+        from glsim.errors import RunError
+
+        raise RunError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to restart the run"
         ) from None
 

@@ -52,6 +52,10 @@ class Recipe:
     log_every: int = 10
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf: the message names the epoch, step and LR to lower."""
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
@@ -154,7 +158,7 @@ def fit(
                 loss, logits = compute_loss(model, images, targets, criterion)
             loss_value = loss.item()  # one host sync per step
             if not math.isfinite(loss_value):
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"loss is {loss_value} at epoch {epoch} step {state.step}; lower train.lr (now {recipe.lr})"
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from glsim.config import Params, ParamsError, dotted_to_nested, params_from_dict
+from glsim.errors import RunError
 from glsim.eval.evaluate import evaluate_run
+from glsim.models.registry import check_model_name
 from glsim.train.run import RunSpec, train_run
 from glsim.utils import atomic_write_json
 
@@ -38,6 +40,7 @@ def _with(params: Params, overrides: dict[str, Any], source: str) -> Params:
 
 def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, Any]:
     """Run the LR search for ``model`` and write its report (see the module docstring)."""
+    check_model_name(model)
     grid = list(params.protocol.lr_grid)
     report: dict[str, Any] = {"dataset": params.data.dataset, "model": model, "grid": grid}
     if not grid:
@@ -73,16 +76,17 @@ def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, An
 
 def chosen_lr(params: Params, model: str) -> float:
     """The LR the search picked for ``model`` (``train.lr`` when the grid is empty)."""
+    check_model_name(model)
     if not params.protocol.lr_grid:
         return params.train.lr
     path = lr_report_path(params, model)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise RunError(
             f"LR search report missing: {path}; run the lr_search stage for {model!r} first"
         )
     report = json.loads(path.read_text())
     if report.get("grid") != list(params.protocol.lr_grid):
-        raise ValueError(
+        raise RunError(
             f"{path} was searched over {report.get('grid')}, but protocol.lr_grid is "
             f"{params.protocol.lr_grid}; rerun the lr_search stage"
         )

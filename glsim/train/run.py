@@ -18,6 +18,7 @@ from glsim.data.shards import read_index
 from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
+from glsim.models.registry import check_model_name
 from glsim.train.loop import Recipe, fit
 from glsim.utils import atomic_write_json, resolve_device, seed_everything, set_threads
 
@@ -69,7 +70,9 @@ def shards_dir(params: Params, kind: RunKind = "final") -> Path:
 
 
 def num_classes(params: Params) -> int:
-    return len(read_index(shards_dir(params))["classes"])
+    """The class count C of the dataset: the head width, the loss and the per-class report
+    all use this one number, the shard index's ``num_classes`` (labels are 0..C-1)."""
+    return int(read_index(shards_dir(params))["num_classes"])
 
 
 CNN_MODELS = ("resnet101", "cal")  # the paper applies stochastic depth to ViTs only
@@ -150,6 +153,7 @@ def train_run(
     Writes ``last.pt`` (checkpoint, every epoch), ``train.json`` (per-epoch history) and
     ``params.resolved.yaml`` into the run dir, and logs all of it to MLflow.
     """
+    check_model_name(spec.model)  # before anything is written into the run folder
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     out = spec.run_dir(params)

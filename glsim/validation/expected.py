@@ -8,7 +8,7 @@ from glsim.data.registry import get_dataset
 
 
 def expected_counts(params: Params) -> ExpectedCounts:
-    base = get_dataset(params.data.dataset).expected_counts(params)
+    base = get_dataset(params.data.dataset_source).expected_counts(params)
     override = params.data.expected
     return ExpectedCounts(
         **{k: v if (v := getattr(override, k)) is not None else getattr(base, k) for k in ExpectedCounts.model_fields}

@@ -318,4 +318,4 @@ def test_cli_prepare_and_status(file_server, tmp_path, capsys, monkeypatch):
     assert main(["data", "prepare", "vegfru", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert str(root / "vegfru" / "downloads" / "vegfru-dataset.zip") in err
-    assert main(["data", "prepare", "nosuch", "--root", str(root)]) == 1
+    assert main(["data", "prepare", "nosuch", "--root", str(root)]) == 2

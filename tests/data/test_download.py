@@ -78,10 +78,16 @@ def test_checksum_mismatch_keeps_file_aside(file_server, tmp_path):
     assert "a.bin.corrupt" in str(info.value)
     assert not (tmp_path / "a.bin").exists(), "a corrupt file must not be left where it is used"
     assert (tmp_path / "a.bin.corrupt").read_bytes() == PAYLOAD
-    # A second bad attempt does not overwrite the first one kept aside.
+    # The same bad bytes served again on a retry are not kept twice...
+    with pytest.raises(ChecksumError, match=r"a\.bin\.corrupt\b"):
+        download_file(file_server.url("a.bin"), tmp_path / "a.bin", Checksums(md5="f" * 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin.corrupt"]
+    # ...but different bad bytes do not overwrite the first copy kept aside.
+    file_server.files["a.bin"] = PAYLOAD[:-1] + b"!"
     with pytest.raises(ChecksumError):
         download_file(file_server.url("a.bin"), tmp_path / "a.bin", Checksums(md5="f" * 32))
-    assert (tmp_path / "a.bin.corrupt.1").exists()
+    assert (tmp_path / "a.bin.corrupt").read_bytes() == PAYLOAD
+    assert (tmp_path / "a.bin.corrupt.1").read_bytes() == PAYLOAD[:-1] + b"!"
 
 
 def test_existing_file_that_changed_is_caught(file_server, tmp_path):

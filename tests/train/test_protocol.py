@@ -8,6 +8,8 @@ import pytest
 from tiny import tiny_params
 
 from glsim.config import ParamsError
+from glsim.errors import RunError
+from glsim.models.registry import UnknownModel
 from glsim.train import protocol
 from glsim.train.run import RunSpec
 
@@ -69,10 +71,12 @@ def test_chosen_lr_refuses_a_report_from_another_grid(tmp_path, fake_runs):
     table.update({0.03: 1.0, 0.01: 2.0})
     protocol.search_lr(params, "vit")
     changed = tiny_params(tmp_path, protocol={"lr_grid": [0.1, 0.01]})
-    with pytest.raises(ValueError, match="rerun the lr_search stage"):
+    with pytest.raises(RunError, match="rerun the lr_search stage"):
         protocol.chosen_lr(changed, "vit")
-    with pytest.raises(FileNotFoundError, match="lr_search stage for 'glsim'"):
+    with pytest.raises(RunError, match="lr_search stage for 'glsim'"):
         protocol.chosen_lr(params, "glsim")
+    with pytest.raises(UnknownModel, match="unknown model 'vitt'; did you mean 'vit'"):
+        protocol.chosen_lr(params, "vitt")
 
 
 def test_variant_params_apply_overrides_and_unknown_names_fail(tmp_path):

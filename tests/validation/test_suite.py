@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from glsim.config import ExpectedCounts, Params
-from glsim.data.manifest import write_manifest
+from glsim.data.manifest import ManifestError, write_manifest
 from glsim.data.shards import write_shards
 from glsim.validation import ValidationFailed, ValidationReport, expected_counts, validate_dataset
 
@@ -91,27 +91,26 @@ def test_wrong_split_size(tmp_path: Path) -> None:
     assert description == "7 test images"
 
 
-def test_label_out_of_range(tmp_path: Path) -> None:
+def test_label_out_of_range_is_refused_before_any_shard(tmp_path: Path) -> None:
+    # Labels are checked where the manifest is written, so the suite never sees them; the
+    # error names the file, row, value and valid range, and no shard exists.
     def relabel(root: Path, rows: Rows) -> None:
         rows[0].update(label=7, class_name="c7")
 
-    report = check(tmp_path, relabel, expected=ExpectedCounts(num_classes=CLASSES))
-    out_of_range = next(r for r in report.failed if r.description == "labels in [0, 3)")
-    assert [(row["path"], row["label"]) for row in out_of_range.rows] == [("images/0/0.png", 7)]
+    with pytest.raises(ManifestError, match=r"manifest\.csv: row 2 has label 7, outside 0\.\.3"):
+        make_dataset(tmp_path, relabel)
+    assert not (tmp_path / "shards").exists()
 
 
-def test_class_missing_from_train(tmp_path: Path) -> None:
+def test_class_missing_from_train_is_refused_before_any_shard(tmp_path: Path) -> None:
     def move_class_2_to_test(root: Path, rows: Rows) -> None:
         for row in rows:
             if row["label"] == 2:
                 row["split"] = "test"
 
-    report = check(tmp_path, move_class_2_to_test, expected=ExpectedCounts(num_classes=CLASSES))
-    description, rows = only_failure(report)
-    assert description == "every class present in train"
-    assert rows == [
-        {"path": None, "label": 2, "split": "train", "problem": "class 2 (c2) has no train image"}
-    ]
+    with pytest.raises(ManifestError, match=r"class 2 has no train image.*row 12"):
+        make_dataset(tmp_path, move_class_2_to_test)
+    assert not (tmp_path / "shards").exists()
 
 
 def test_same_image_in_train_and_test(tmp_path: Path) -> None:

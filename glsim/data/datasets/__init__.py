@@ -51,8 +51,13 @@ def make_manifest(
     dataset_dir: Path,
     *,
     check_files: bool = True,
+    missing_hint: str | None = None,
 ) -> pd.DataFrame:
-    """Build the manifest frame; labels index ``class_names``; every file must exist."""
+    """Build the manifest frame; labels index ``class_names``; every file must exist.
+
+    ``missing_hint`` replaces the default advice for missing files (an incomplete
+    extraction), e.g. for a user's CSV, where the list itself is what to fix.
+    """
     paths = list(paths)
     df = pd.DataFrame(
         {
@@ -64,16 +69,23 @@ def make_manifest(
     if df.empty:
         raise DatasetError(f"no images found for the manifest in {dataset_dir}")
     if check_files:
-        missing = [p for p in paths if not p.is_file()]
+        missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
         if missing:
+            row, first = missing[0]
+            hint = missing_hint or (
+                f"the extraction is incomplete: delete {dataset_dir / 'extracted'} and prepare again"
+            )
             raise DatasetError(
-                f"{len(missing)} image(s) listed by the official split files are missing, e.g. "
-                f"{missing[0]}; the extraction is incomplete: delete {dataset_dir / 'extracted'} "
-                "and prepare again"
+                f"{len(missing)} image(s) listed are missing, e.g. {first}"
+                f"{f' (row {row + 2})' if missing_hint else ''}; {hint}"
             )
     bad = ~df["label"].between(0, len(class_names) - 1)
     if bad.any():
-        raise DatasetError(f"labels {sorted(df.loc[bad, 'label'].unique())[:5]} have no class name")
+        row = int(df.index[bad][0])
+        raise DatasetError(
+            f"{dataset_dir}: label {int(df['label'].iloc[row])} (row {row + 2}, {df['path'].iloc[row]}) "
+            f"has no class name; valid labels are 0..{len(class_names) - 1}"
+        )
     df["class_name"] = [class_names[i] for i in df["label"]]
     return df
 
