@@ -4,20 +4,202 @@ The default store is local and embedded: ``sqlite:///mlflow.db`` at the repo roo
 artifacts in ``mlartifacts/`` (both ignored by git); ``MLFLOW_TRACKING_URI`` points it at a
 server instead. ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows the runs.
 A resumed training run continues the same MLflow run (its id is kept in the run folder).
+
+A server is checked once per process before a stage starts (:func:`check_tracking`, which
+raises :class:`TrackingUnavailable` with one line saying what to do). MLflow's HTTP calls are
+bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT``/``_MAX_RETRIES``/``_BACKOFF_FACTOR``, set here unless
+the user set them), so a lost server costs seconds, not minutes. A server lost mid-run never
+stops training: the :class:`Tracker` prints one line, stops calling the server, and appends
+every unsent call to a JSON-lines file (:func:`pending_calls` reads it back).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import re
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import mlflow
-from mlflow.tracking import MlflowClient
+# MLflow reads these at every request (``_EnvironmentVariable.get()`` in
+# ``mlflow.utils.rest_utils.http_request``); its defaults (120 s timeout, 7 retries with backoff
+# factor 2) stall a stage ~254 s per call when the server is gone. A user's own value wins.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # seconds per connect/read, not per upload
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int for MLflow: sleeps 0, 2 s (+ jitter)
+}
+for _key, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 RUN_ID_FILE = "mlflow_run_id"
+PENDING_FILE = "tracking-pending.jsonl"
+EMBEDDED_HINT = (
+    "`unset MLFLOW_TRACKING_URI` to use the embedded store (sqlite:///mlflow.db at the repo root)"
+)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store does not answer; the message is one line saying what to do."""
+
+
+_CHECKED: set[str] = set()  # URIs that answered in this process
+
+
+def _display(uri: str) -> str:
+    """``uri`` without a password, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err``, its causes/contexts, and urllib3's wrapped ``reason``s (each once)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in e.args if isinstance(a, BaseException)]
+
+
+def describe(err: BaseException) -> tuple[str, bool]:
+    """A short reason for a failed store call, and whether it means the store is unreachable."""
+    import requests
+
+    chain = list(_chain(err))
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "connection refused", True
+    if any(isinstance(e, (TimeoutError, socket.timeout, requests.Timeout)) for e in chain) or (
+        "timed out" in text
+    ):
+        return "timed out", True
+    if any(isinstance(e, socket.gaierror) for e in chain) or "Failed to resolve" in text:
+        return "host not found", True
+    if any(isinstance(e, (ConnectionError, requests.ConnectionError)) for e in chain):
+        return "connection lost", True
+    if m := re.search(r"too many (\d{3}) error", text):
+        return f"HTTP {m.group(1)}", True
+    first = " ".join(str(err).split())  # one line
+    return (first[:200] + "...") if len(first) > 200 else (first or type(err).__name__), False
+
+
+def _probe(uri: str, timeout: float) -> None:
+    """Raise :class:`TrackingUnavailable` unless the store at ``uri`` answers now."""
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        url = uri.rstrip("/") + "/health"
+        verify: bool | str = True
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            verify = False
+        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+        try:
+            r = requests.get(url, timeout=timeout, verify=verify)
+        except requests.RequestException as err:
+            reason = describe(err)[0]
+        else:
+            if r.ok:
+                return
+            reason = f"HTTP {r.status_code} from /health"
+        parts = urlsplit(uri)
+        start = f"mlflow server --host {parts.hostname} --port {parts.port or 5000}"
+        raise TrackingUnavailable(
+            f"MLflow tracking server {_display(uri)} is not reachable ({reason}): "
+            f"start it (e.g. `{start}`), or {EMBEDDED_HINT}"
+        )
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
+        folder = Path(uri[len("sqlite:///") :].split("?")[0]).parent
+    elif scheme in ("", "file"):
+        folder = Path(urlsplit(uri).path if scheme else uri)
+    else:
+        return  # databricks, etc.: nothing cheap to check
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # MLflow creates missing folders under the nearest existing one
+    if not os.access(folder, os.W_OK):
+        raise TrackingUnavailable(
+            f"MLflow tracking store {_display(uri)} is not writable ({folder} is read-only): "
+            "make it writable, or set MLFLOW_TRACKING_URI to a running server"
+        )
+
+
+def check_tracking(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast with :class:`TrackingUnavailable` unless the tracking store answers.
+
+    ``uri`` defaults to :func:`tracking_uri`. For an http(s) server this is one
+    ``GET <uri>/health`` bounded by ``timeout`` seconds; for a sqlite/file store, a check that
+    its folder is writable. A success is remembered for the process (checked once per URI).
+    """
+    uri = uri or tracking_uri()
+    if uri in _CHECKED:
+        return
+    _probe(uri, timeout)
+    _CHECKED.add(uri)
+
+
+def pending_calls(path: str | Path) -> list[dict[str, Any]]:
+    """The tracking calls a :class:`Tracker` could not send, in order, from its pending file
+    (``{"call", "args", "step", "time", "run_id"}`` per line; ``[]`` when there is none).
+    A torn last line (the process died mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    calls = []
+    for i, line in enumerate(lines):
+        try:
+            calls.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return calls
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """Hide urllib3's per-retry warnings (a lost server is reported once, by the Tracker)."""
+    log = logging.getLogger("urllib3.connectionpool")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _forget_active_run(run_id: str | None) -> None:
+    """Drop ``run_id`` from MLflow's active-run stack without calling the store (which is
+    gone), so a later ``start_run`` in this process (or MLflow's atexit end_run) does not
+    trip over it."""
+    if run_id is None:
+        return
+    with contextlib.suppress(Exception):  # private MLflow state: best effort
+        from mlflow.tracking import fluent
+
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == run_id:
+            stack.pop()
+            os.environ.pop("MLFLOW_RUN_ID", None)
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -88,7 +270,14 @@ def dvc_hash(path: str | Path, root: str | Path = ".") -> str:
 
 
 class Tracker:
-    """One MLflow run, resumable: ``with Tracker(...) as t: t.log_metrics(...)``."""
+    """One MLflow run, resumable: ``with Tracker(...) as t: t.log_metrics(...)``.
+
+    The store is checked first (:func:`check_tracking`). If it is lost later, the Tracker goes
+    :attr:`offline`: one line on stderr, no more calls to the store, and each unsent call is
+    appended to :attr:`pending_path` (``<run_dir>/tracking-pending.jsonl``, or
+    ``<root>/mlruns-pending/<run_name>.jsonl`` without a run folder). Tracking never raises
+    into the caller once the run has started.
+    """
 
     def __init__(
         self,
@@ -102,10 +291,26 @@ class Tracker:
     ) -> None:
         self.root = Path(root)
         self.run_dir = Path(run_dir) if run_dir else None
+        self.uri = tracking_uri(self.root)
+        check_tracking(self.uri)  # before anything else: a down server fails the stage now
         embedded = use_store(self.root)
         self.experiment_id = _experiment_id(experiment, self.root, embedded=embedded)
         self.run_name, self.tags, self.parent_run_id = run_name, tags or {}, parent_run_id
         self.run: mlflow.ActiveRun | None = None
+        self._run_id: str | None = None
+        self._offline = False
+
+    @property
+    def offline(self) -> bool:
+        """True once the store was lost: calls go to :attr:`pending_path` only."""
+        return self._offline
+
+    @property
+    def pending_path(self) -> Path:
+        if self.run_dir is not None:
+            return self.run_dir / PENDING_FILE
+        name = re.sub(r"[^\w.-]+", "_", self.run_name).strip("._") or "run"
+        return self.root / "mlruns-pending" / f"{name}.jsonl"
 
     def __enter__(self) -> Tracker:
         run_id = None
@@ -114,54 +319,129 @@ class Tracker:
         tags = {"git_commit": git_commit(self.root), **self.tags}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
+        self._run_id = run_id
         try:
-            self.run = mlflow.start_run(
-                run_id=run_id, experiment_id=self.experiment_id, run_name=self.run_name, tags=tags
-            )
-        except mlflow.exceptions.MlflowException:  # stale id (store wiped): start afresh
-            self.run = mlflow.start_run(
-                experiment_id=self.experiment_id, run_name=self.run_name, tags=tags
-            )
+            with _quiet_retries():
+                self.run = self._start(run_id, tags)
+        except Exception as err:
+            try:  # lost since the check (the store answered then): carry on without it
+                _probe(self.uri, timeout=5.0)
+            except TrackingUnavailable:
+                args = {"run_id": run_id, "experiment_id": self.experiment_id}
+                self._lost("start_run", err, {**args, "run_name": self.run_name, "tags": tags})
+                return self
+            raise  # the store answers: a real error
+        self._run_id = self.run.info.run_id
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_ID_FILE).write_text(self.run.info.run_id)
+            (self.run_dir / RUN_ID_FILE).write_text(self._run_id)
         return self
 
+    def _start(self, run_id: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
+        kw = dict(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags)
+        try:
+            return mlflow.start_run(run_id=run_id, **kw)
+        except mlflow.exceptions.MlflowException as err:
+            if run_id is None or describe(err)[1]:
+                raise
+            return mlflow.start_run(**kw)  # stale id (store wiped): start afresh
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        status = "FAILED" if exc_type else "FINISHED"
+        self._send("end_run", {"status": status}, lambda: mlflow.end_run(status=status))
+        if self._offline:
+            _forget_active_run(self._run_id)
 
     @property
     def run_id(self) -> str:
-        assert self.run is not None, "use Tracker as a context manager"
-        return self.run.info.run_id
+        assert self._run_id is not None, "use Tracker as a context manager"
+        return self._run_id
+
+    def _send(self, call: str, args: dict[str, Any], fn: Callable[[], Any], step=None) -> Any:
+        """``fn()`` unless offline; a failure takes the Tracker offline. Unsent: kept."""
+        if not self._offline:
+            try:
+                with _quiet_retries():
+                    return fn()
+            except Exception as err:  # tracking must never stop the caller
+                self._lost(call, err)
+        self._keep(call, args, step)
+        return None
+
+    def _lost(self, call: str, err: BaseException, args: dict[str, Any] | None = None) -> None:
+        """Go offline: one line on stderr, and the store is not called again by this Tracker
+        (nor trusted by the next one in this process without a new check)."""
+        self._offline = True
+        _CHECKED.discard(self.uri)
+        reason, unreachable = describe(err)
+        what = (
+            f"lost {_display(self.uri)}" if unreachable else f"{_display(self.uri)} failed {call}"
+        )
+        print(
+            f"tracking: {what} ({reason}); training continues, "
+            f"unsent tracking calls are kept in {self.pending_path}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args is not None:
+            self._keep(call, args)
+
+    def _keep(self, call: str, args: dict[str, Any], step: int | None = None) -> None:
+        line = {"call": call, "args": args, "step": step, "time": round(time.time(), 3)}
+        line["run_id"] = self._run_id
+        try:
+            self.pending_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.pending_path.open("a") as f:
+                f.write(json.dumps(line, default=str) + "\n")
+        except OSError as err:  # pragma: no cover - a full/read-only disk
+            print(f"tracking: cannot keep {call} in {self.pending_path} ({err})", file=sys.stderr)
 
     def log_params(self, tree: dict[str, Any]) -> None:
         # MLflow keys allow only alphanumerics, _ - . space : / (table row labels may not)
         flat = {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
-        existing = mlflow.get_run(self.run_id).data.params
-        mlflow.log_params(
-            {k: v for k, v in flat.items() if k not in existing}
-        )  # resumed: same values
+
+        def send() -> None:
+            existing = mlflow.get_run(self.run_id).data.params
+            mlflow.log_params({k: v for k, v in flat.items() if k not in existing})  # resumed
+
+        self._send("log_params", flat, send)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k.replace("/", "_"): float(v) for k, v in metrics.items()}, step=step)
+        flat = {k.replace("/", "_"): float(v) for k, v in metrics.items()}
+        self._send("log_metrics", flat, lambda: mlflow.log_metrics(flat, step=step), step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        args = {"path": str(Path(path).resolve()), "artifact_path": artifact_path}
+        self._send("log_artifact", args, lambda: mlflow.log_artifact(str(path), artifact_path))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        mlflow.set_tags(tags)
+        self._send("set_tags", dict(tags), lambda: mlflow.set_tags(tags))
 
     def log_model(self, model, name: str = "model", registered_model_name: str | None = None):
         """``mlflow.pytorch.log_model`` (pickled; glsim must be importable where it is loaded)
-        with explicit requirements, which skips MLflow's slow requirement inference."""
-        import mlflow.pytorch
-        import torch
+        with explicit requirements, which skips MLflow's slow requirement inference.
+        Offline: only a note is kept (the run folder's checkpoint is the model); returns None."""
 
-        return mlflow.pytorch.log_model(
-            model,
-            name=name,
-            serialization_format="pickle",  # pt2 export would trace GLSim's data-dependent crop
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm==1.0.31", "glsim"],
-            registered_model_name=registered_model_name,
-        )
+        def send():
+            import mlflow.pytorch
+            import torch
+
+            return mlflow.pytorch.log_model(
+                model,
+                name=name,
+                serialization_format="pickle",  # pt2 export would trace GLSim's data-dependent crop
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "timm==1.0.31",
+                    "glsim",
+                ],
+                registered_model_name=registered_model_name,
+            )
+
+        note = {
+            "name": name,
+            "registered_model_name": registered_model_name,
+            "run_dir": str(self.run_dir.resolve()) if self.run_dir else None,
+            "note": "model not sent; the checkpoint in the run folder is the source of truth",
+        }
+        return self._send("log_model", note, send)
