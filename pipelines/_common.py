@@ -38,10 +38,17 @@ def params_from(args: argparse.Namespace) -> Params:
     return for_dataset(params, args.dataset or params.data.dataset)
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], *, tracking: bool = True) -> None:
     """Run a stage; input errors exit 2 with one line naming the problem (``--debug``: the
-    traceback). The tracking store is checked first, so a server that does not answer stops
-    the stage before any long work."""
+    traceback). A stage that tracks checks the store first (a few seconds at most), so a
+    server that does not answer stops it before any long work."""
     from glsim.errors import guarded
 
-    sys.exit(guarded(main))
+    def checked() -> None:
+        if tracking:
+            from glsim.tracking.mlflow import check_tracking
+
+            check_tracking()
+        main()
+
+    sys.exit(guarded(checked))

@@ -15,4 +15,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, tracking=False)

@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, tracking=False)

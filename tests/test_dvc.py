@@ -87,3 +87,36 @@ def test_dvc_repro_end_to_end_then_nothing_then_only_what_reads_a_param(tmp_path
         "train@synthetic_fg-glsim-1",
         "ablation@synthetic_fg-glsim_no_aggregator-1",
     }
+
+
+def test_dvc_repro_on_a_user_imagefolder_and_a_user_csv_of_200_classes_each(tmp_path):
+    """What README's "Your own data" tells a user to write, with data shaped like CUB (200
+    classes): both datasets go through every stage, each folder under its plain name."""
+    from tiny import write_csv_dataset, write_imagefolder
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    folder = write_imagefolder(tmp_path / "user data" / "birds", classes=200, train=2, test=1)
+    csv = write_csv_dataset(tmp_path / "user data" / "plants", classes=200, train=2, test=1)
+    params = tiny_params_yaml()
+    params["data"]["datasets"] = {
+        "birds": {"source": f"imagefolder:{folder}"},
+        "plants": {"source": f"csv:{csv}", "model.glsim.top_k": 4},
+    }
+    params["data"]["dataset"] = "birds"
+    params["train"]["batch_size"] = 32
+    params["ablations"] = {"variants": {}, "tables": {}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    run(["dvc", "repro"], repo)
+    results = json.loads((repo / "reports/results.json").read_text())
+    assert set(results) == {"birds", "plants"}
+    for dataset in ("birds", "plants"):
+        assert set(results[dataset]) == {"vit", "glsim"}
+        index = json.loads((repo / f"data/shards/{dataset}/index.json").read_text())
+        assert index["num_classes"] == 200
+        report = json.loads(
+            (repo / f"reports/datasets/{dataset}/eval/glsim/seed1.json").read_text()
+        )
+        assert report["count"] == 200 and len(report["per_class"]) == 200
+    assert "Running stage" not in run(["dvc", "repro"], repo)

@@ -25,7 +25,7 @@ from tiny import tiny_params, write_csv_dataset, write_imagefolder
 
 from glsim.config import ParamsError, for_dataset, params_from_dict
 from glsim.data.registry import DatasetError, dataset_dir, default_name, prepare_dataset
-from glsim.data.shards import read_index, write_shards
+from glsim.data.shards import ShardError, read_index, write_shards
 from glsim.errors import guarded
 from glsim.train.run import build
 
@@ -282,3 +282,22 @@ def test_disk_full_and_permission_errors_name_the_path(capsys, code, fragment):
     assert len(err) == 1 and fragment in err[0]
     with pytest.raises(OSError):
         guarded(fail, debug=True)
+
+
+def test_lr_search_with_an_empty_val_part_says_what_to_do_before_training(tmp_path, monkeypatch):
+    # one train image per class: the LR search's val part is empty
+    from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
+    from glsim.train import protocol
+
+    source = write_imagefolder(tmp_path / "src", classes=5, train=1, test=1)
+    params = tiny_params(tmp_path, data={"datasets": {"few": {"source": f"imagefolder:{source}"}}})
+    params = for_dataset(params, "few")
+    manifest = prepare_dataset(params.data.dataset_source, params.data.raw_dir, name="few")
+    shards = params.data.shards_dir / "few"
+    write_shards(manifest, shards, max_count=64, max_bytes=1 << 22)
+    write_lr_search_shards(
+        manifest, shards / LR_SEARCH_DIR, seed=1, large=False, max_count=64, max_bytes=1 << 22
+    )
+    monkeypatch.setattr(protocol, "train_run", lambda *a, **k: pytest.fail("trained anyway"))
+    with pytest.raises(ShardError, match=r"val part is empty.*protocol\.lr_grid: \[\]"):
+        protocol.search_lr(params, "vit", track=False)

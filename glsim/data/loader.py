@@ -209,6 +209,12 @@ def make_dataset(
     shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
     expected = {str(Path(shards_dir) / s["name"]): s for s in shards}
     urls = list(expected)
+    if not urls:
+        raise ShardError(
+            f"{shards_dir}: the {split!r} split has no images, so nothing can be "
+            f"{'trained' if split == 'train' else 'scored'} on it; check the dataset's "
+            "manifest and re-run the shard stage"
+        )
     stages: list[Any] = [
         wds.SimpleShardList(urls),
         wds.split_by_worker,

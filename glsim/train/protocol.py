@@ -19,7 +19,8 @@ from glsim.config import Params, ParamsError, dotted_to_nested, params_from_dict
 from glsim.errors import RunError
 from glsim.eval.evaluate import evaluate_run
 from glsim.models.registry import check_model_name
-from glsim.train.run import RunSpec, train_run
+from glsim.data.shards import ShardError, read_index
+from glsim.train.run import RunSpec, shards_dir, train_run
 from glsim.utils import atomic_write_json
 
 
@@ -46,6 +47,12 @@ def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, An
     if not grid:
         report.update(chosen_lr=params.train.lr, searched=False, val_top1={})
     else:
+        if read_index(shards_dir(params, "lrsearch"))["splits"]["test"]["count"] == 0:
+            raise ShardError(
+                f"{shards_dir(params, 'lrsearch')}: the LR search's val part is empty (no class "
+                "of the train split has two or more images); add train images, or set "
+                "protocol.lr_grid: [] to train with train.lr"
+            )
         epochs = params.protocol.search_epochs or params.train.epochs
         search_params = _with(params, {"train.epochs": epochs}, "protocol.search_epochs")
         val: dict[str, float] = {}
