@@ -19,7 +19,7 @@ from glsim.config import Params, ParamsError, dotted_to_nested, params_from_dict
 from glsim.errors import RunError
 from glsim.eval.evaluate import evaluate_run
 from glsim.models.registry import check_model_name
-from glsim.data.shards import ShardError, read_index
+from glsim.data.shards import INDEX_NAME, ShardError, read_index
 from glsim.train.run import RunSpec, shards_dir, train_run
 from glsim.utils import atomic_write_json
 
@@ -39,6 +39,11 @@ def _with(params: Params, overrides: dict[str, Any], source: str) -> Params:
     return params_from_dict(data, source=source)
 
 
+def _val_count(search_shards: Path) -> int:
+    """Images in the LR search's val part (written as the ``test`` split of its shards)."""
+    return int(read_index(search_shards)["splits"]["test"]["count"])
+
+
 def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, Any]:
     """Run the LR search for ``model`` and write its report (see the module docstring)."""
     check_model_name(model)
@@ -47,7 +52,8 @@ def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, An
     if not grid:
         report.update(chosen_lr=params.train.lr, searched=False, val_top1={})
     else:
-        if read_index(shards_dir(params, "lrsearch"))["splits"]["test"]["count"] == 0:
+        search_shards = shards_dir(params, "lrsearch")
+        if (search_shards / INDEX_NAME).is_file() and not _val_count(search_shards):
             raise ShardError(
                 f"{shards_dir(params, 'lrsearch')}: the LR search's val part is empty (no class "
                 "of the train split has two or more images); add train images, or set "
