@@ -4,6 +4,10 @@ Every stage, flow and test reads its settings from :class:`Params`. Unknown keys
 error that names the key and the closest valid one; wrong types name the key and value.
 The resolved tree is written next to each stage's outputs (:func:`write_resolved`) and
 logged to MLflow, as timm writes ``args.yaml`` and DINOv2 writes its config.
+
+This module imports nothing of glsim but the models' torch-free choice types: loading and
+checking a params file loads no torch. What needs the model registry (is a model name
+registered?) is checked by the protocol layer (:func:`glsim.protocol.check_params`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import difflib
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,14 +249,25 @@ class PretrainParams(_Strict):
     )
 
 
-class TrainParams(_Strict):
-    """The fine-tuning recipe (paper Sec. 4, App. C)."""
+@dataclass(frozen=True)
+class Regularisation:
+    """What an AugReg level switches on (Table 11): the values the recipe trains with."""
 
-    models: list[str] = Field(default_factory=lambda: ["vit", "glsim"])
-    seeds: list[int] = Field(default_factory=lambda: [1, 10, 100])
+    label_smoothing: float
+    drop_path: float
+    erasing_prob: float
+    trivial_augment: bool
+
+
+class TrainParams(_Strict):
+    """The fine-tuning recipe (paper Sec. 4, App. C), and nothing else: every key here
+    changes a run's result, so the run key hashes the whole section and every training
+    stage of ``dvc.yaml`` depends on all of it. Which models and seeds run, and the LR each
+    trains with, are the protocol's (:class:`ProtocolParams`)."""
+
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, description="the LR when protocol.lr_grid is empty")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(500, ge=0)
@@ -262,20 +278,25 @@ class TrainParams(_Strict):
     erasing_prob: float = Field(0.3, ge=0, le=1, description="used at augreg 'strong'")
     amp: bool = True
 
-    def regularisation(self) -> dict[str, float | bool]:
+    def regularisation(self) -> Regularisation:
         """Resolve the AugReg level into the values it switches on (Table 11)."""
         level = ["minimal", "weak", "medium", "strong"].index(self.augreg)
-        return {
-            "label_smoothing": self.label_smoothing if level >= 1 else 0.0,
-            "drop_path": self.drop_path if level >= 2 else 0.0,
-            "erasing_prob": self.erasing_prob if level >= 3 else 0.0,
-            "trivial_augment": level >= 3,
-        }
+        return Regularisation(
+            label_smoothing=self.label_smoothing if level >= 1 else 0.0,
+            drop_path=self.drop_path if level >= 2 else 0.0,
+            erasing_prob=self.erasing_prob if level >= 3 else 0.0,
+            trivial_augment=level >= 3,
+        )
 
 
 class ProtocolParams(_Strict):
-    """The paper's protocol (App. C): LR search on a train/val split, then multi-seed runs."""
+    """The paper's protocol (App. C): which models run, an LR search on a train/val split
+    per model, then one run per seed at the chosen LR."""
 
+    models: list[str] = Field(
+        default_factory=lambda: ["vit", "glsim"], description="registered model names"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [1, 10, 100])
     lr_grid: list[float] = Field(
         default_factory=lambda: [0.03, 0.01, 0.003, 0.001],
         description="the LR search grid; [] skips the search and trains with train.lr",
@@ -342,38 +363,29 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _check_references(self) -> Params:
-        from glsim.models import list_models  # importing registers every model
-
-        known = set(list_models())
-        for name in self.train.models:
-            if name not in known:
-                raise ValueError(
-                    f"train.models: unknown model {name!r} (registered: {sorted(known)})"
-                )
-        for name, variant in self.ablations.variants.items():
-            if name in self.train.models:
+        """References inside the tree (model names are checked against the registry by
+        :func:`glsim.protocol.check_params`, which needs the models)."""
+        for name in self.ablations.variants:
+            if name in self.protocol.models:
                 raise ValueError(
                     f"ablations.variants.{name}: the name is a main model; pick another"
                 )
-            if variant.model not in known:
-                raise ValueError(
-                    f"ablations.variants.{name}.model: unknown model {variant.model!r}"
-                )
-        runs = set(self.train.models) | set(self.ablations.variants)
+        runs = set(self.protocol.models) | set(self.ablations.variants)
         for tname, table in self.ablations.tables.items():
             for label, refs in table.rows.items():
                 for ref in refs:
                     if ref not in runs:
                         raise ValueError(
-                            f"ablations.tables.{tname}.rows.{label}: {ref!r} is neither in train.models "
-                            "nor in ablations.variants"
+                            f"ablations.tables.{tname}.rows.{label}: {ref!r} is neither in "
+                            "protocol.models nor in ablations.variants"
                         )
         return self
 
-    @property
-    def dataset_reports(self) -> Path:
-        """Where the current dataset's reports go: ``reports/datasets/<dataset>/``."""
-        return self.base.reports_dir / "datasets" / self.data.dataset
+    def with_overrides(self, overrides: dict[str, Any], *, source: str = "overrides") -> Params:
+        """A new tree with dotted overrides applied (``{"train.lr": 0.1}``), validated; the
+        one way every layer applies overrides (``--set``, per-dataset entries, variants)."""
+        data = _deep_merge(self.model_dump(mode="json"), dotted_to_nested(overrides))
+        return params_from_dict(data, source=source)
 
     def digest(self, *sections: str) -> str:
         """Short stable hash of the named sections (all when none given)."""
@@ -492,8 +504,7 @@ def for_dataset(params: Params, name: str) -> Params:
         )
     entry = dict(params.data.datasets[name])
     overrides = {"data.dataset": name, "data.source": entry.pop(SOURCE_KEY, None), **entry}
-    data = _deep_merge(params.model_dump(mode="json"), dotted_to_nested(overrides))
-    return params_from_dict(data, source=f"data.datasets.{name}")
+    return params.with_overrides(overrides, source=f"data.datasets.{name}")
 
 
 def write_resolved(params: Params, out_dir: str | Path, name: str = "params.resolved.yaml") -> Path:

@@ -35,7 +35,9 @@ def params_from(args: argparse.Namespace) -> Params:
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
         overrides[key] = yaml.safe_load(value)
     params = load_params(args.params, overrides)
-    return for_dataset(params, args.dataset or params.data.dataset)
+    from glsim.protocol import check_params
+
+    return check_params(for_dataset(params, args.dataset or params.data.dataset))
 
 
 def run(main: Callable[[], None], *, tracking: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 from _common import params_from, parser, run
 
-from glsim.train.protocol import run_variant
+from glsim.protocol import run_variant
 
 
 def main() -> None:

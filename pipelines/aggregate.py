@@ -2,7 +2,7 @@
 
 from _common import params_from, parser, run
 
-from glsim.eval.report import aggregate_reports
+from glsim.protocol import aggregate_reports
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ best on val (reports/lr_search/DATASET/MODEL.json)."""
 
 from _common import params_from, parser, run
 
-from glsim.train.protocol import search_lr
+from glsim.protocol import search_lr
 
 
 def main() -> None:

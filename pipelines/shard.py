@@ -5,15 +5,16 @@ import os
 
 from _common import params_from, parser, run
 
-from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
-from glsim.data.registry import get_dataset, manifest_path
+from glsim.data.lrsearch import write_lr_search_shards
+from glsim.data.registry import get_dataset
 from glsim.data.shards import write_shards
+from glsim.runs import manifest_path, shards_dir
 
 
 def main() -> None:
     params = params_from(parser(__doc__).parse_args())
     d = params.data
-    manifest, out = manifest_path(d.dataset, d.raw_dir), d.shards_dir / d.dataset
+    manifest, out = manifest_path(params), shards_dir(params)
     limits = dict(
         max_count=d.shard_max_count,
         max_bytes=d.shard_max_bytes,
@@ -23,7 +24,8 @@ def main() -> None:
     print("final:", {split: entry["count"] for split, entry in index["splits"].items()})
     large = get_dataset(d.dataset_source).large
     index = write_lr_search_shards(
-        manifest, out / LR_SEARCH_DIR, seed=params.protocol.search_seed, large=large, **limits
+        manifest, shards_dir(params, "lrsearch"), seed=params.protocol.search_seed, large=large,
+        **limits,
     )
     print(
         "lr search (test = val):",

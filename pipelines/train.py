@@ -1,10 +1,9 @@
-"""Stage `train@MODEL-SEED`: fine-tune one model with one seed at its searched LR; a killed
-run resumes from its last checkpoint and a finished one is not repeated."""
+"""Stage `train@DATASET-MODEL-SEED`: fine-tune one model with one seed at its searched LR; a
+killed run resumes from its last checkpoint and a finished one is not repeated."""
 
 from _common import params_from, parser, run
 
-from glsim.train.protocol import chosen_lr
-from glsim.train.run import RunSpec, train_run
+from glsim.protocol import train_final
 
 
 def main() -> None:
@@ -12,11 +11,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
-    params = params_from(args)
-    out = train_run(
-        params, RunSpec(model=args.model, seed=args.seed, lr=chosen_lr(params, args.model))
-    )
-    print(f"run: {out}")
+    print(f"run: {train_final(params_from(args), args.model, args.seed)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def test_empty_file_gives_defaults(tmp_path):
 def test_repo_params_yaml_loads():
     params = load_params(REPO_ROOT / "params.yaml")
     assert params.data.dataset == "synthetic_fg"
-    assert params.train.models == ["vit", "glsim"]
+    assert params.protocol.models == ["vit", "glsim"]
     assert params.model.glsim.top_k == 8
     assert params.data.synthetic.object_size == (14, 22)
 
@@ -218,12 +219,12 @@ def test_params_from_dict_rejects_non_mapping():
     ],
 )
 def test_regularisation_per_augreg_level(level, expected):
-    assert TrainParams(augreg=level).regularisation() == expected
+    assert asdict(TrainParams(augreg=level).regularisation()) == expected
 
 
 def test_regularisation_uses_configured_values():
     train = TrainParams(augreg="strong", label_smoothing=0.2, drop_path=0.25, erasing_prob=0.5)
-    assert train.regularisation() == {
+    assert asdict(train.regularisation()) == {
         "label_smoothing": 0.2,
         "drop_path": 0.25,
         "erasing_prob": 0.5,

@@ -27,8 +27,8 @@ def tiny_params_yaml() -> dict:
     params["pretrain"].update(
         num_classes=4, images_per_epoch=32, epochs=1, batch_size=16, warmup_steps=1, test_images=32
     )
-    params["train"].update(seeds=[1], epochs=1, batch_size=6, warmup_steps=1)
-    params["protocol"].update(lr_grid=[0.01])
+    params["train"].update(epochs=1, batch_size=6, warmup_steps=1)
+    params["protocol"].update(seeds=[1], lr_grid=[0.01])
     params["ablations"]["variants"] = {
         "glsim_no_aggregator": {"model": "glsim", "set": {"model.glsim.aggregator": False}}
     }

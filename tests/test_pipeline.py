@@ -13,11 +13,10 @@ from tiny import tiny_params
 from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
 from glsim.data.registry import manifest_path, prepare_dataset
 from glsim.data.shards import read_index, write_shards
-from glsim.eval.evaluate import evaluate_run
-from glsim.eval.report import aggregate_reports, eval_report_path
+from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
+from glsim.runs import RunSpec, validation_report
 from glsim.train.pretrain import pretrain_backbone
-from glsim.train.protocol import chosen_lr, run_variant, search_lr
-from glsim.train.run import RunSpec, train_run
+from glsim.train.run import train_run
 from glsim.validation import validate_dataset
 from glsim.validation.expected import expected_counts
 
@@ -35,7 +34,7 @@ def chain(tmp_path, monkeypatch):
     )
     validate_dataset(
         manifest, shards, expected_counts(params),
-        min_side=d.min_image_side, report_path=params.dataset_reports / "validation.json",
+        min_side=d.min_image_side, report_path=validation_report(params),
     )  # fmt: skip
     report = pretrain_backbone(params, work_dir=tmp_path / "runs/pretrain")
     assert 0 <= report["upstream_test_acc"] <= 100
@@ -62,9 +61,7 @@ def test_protocol_end_to_end(chain, tmp_path):
         assert (run_dir / "last.pt").is_file() and (run_dir / "params.resolved.yaml").is_file()
         history = json.loads((run_dir / "train.json").read_text())["history"]
         assert len(history) == params.train.epochs
-        report = evaluate_run(
-            params, RunSpec(model=model, seed=1, lr=lr), eval_report_path(params, model, 1)
-        )
+        report = evaluate_run(params, RunSpec(model=model, seed=1, lr=lr))
         assert report["count"] == 9 and 0 <= report["top1"] <= 100 and report["lr"] == lr
         loc = report["localisation"]  # the built-in set has object boxes
         assert 0 <= loc["hit_rate"] <= 100 and 0 <= loc["hit_rate_shuffled"] <= 100

@@ -38,8 +38,8 @@ def user_params(tmp_path: Path, datasets: dict, **train) -> Path:
     tree = tiny_params(tmp_path).model_dump(mode="json")
     tree["data"]["datasets"] = datasets
     tree["data"]["dataset"] = next(iter(datasets))
-    tree["protocol"]["lr_grid"] = []
-    tree["train"].update({"epochs": 1, "batch_size": 16, "seeds": [1], **train})
+    tree["protocol"].update({"lr_grid": [], "seeds": [1]})
+    tree["train"].update({"epochs": 1, "batch_size": 16, **train})
     tree["ablations"] = {"variants": {}, "tables": {}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -260,8 +260,10 @@ def test_evaluate_without_a_checkpoint_says_to_train_first(tmp_path):
 
 
 def test_unknown_model_in_params_does_not_print_the_params_tree(tmp_path):
+    from glsim.protocol import check_params
+
     with pytest.raises(ParamsError) as info:
-        params_from_dict({"train": {"models": ["vit", "vitt"]}})
+        check_params(params_from_dict({"protocol": {"models": ["vit", "vitt"]}}))
     msg = str(info.value)
     assert "\n" not in msg and "unknown model 'vitt'" in msg and "base" not in msg
 

@@ -33,8 +33,8 @@ def tiny_params(tmp_path, **sections) -> Params:
             "num_classes": 4, "images_per_epoch": 32, "epochs": 1, "batch_size": 16,
             "warmup_steps": 1, "test_images": 32, "output": str(tmp_path / "models/backbone.safetensors"),
         },
-        "train": {"models": ["vit", "glsim"], "seeds": [1], "epochs": 2, "batch_size": 6, "warmup_steps": 1},
-        "protocol": {"lr_grid": [0.03, 0.01], "search_epochs": 1},
+        "train": {"epochs": 2, "batch_size": 6, "warmup_steps": 1},
+        "protocol": {"models": ["vit", "glsim"], "seeds": [1], "lr_grid": [0.03, 0.01], "search_epochs": 1},
         "ablations": {
             "variants": {"glsim_no_aggregator": {"model": "glsim", "set": {"model.glsim.aggregator": False}}},
             "tables": {

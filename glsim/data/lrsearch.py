@@ -14,8 +14,7 @@ from typing import Any
 from glsim.data.manifest import read_manifest, write_manifest
 from glsim.data.shards import write_shards
 from glsim.data.splits import LARGE_TRAIN_IMAGES, lr_search_split
-
-LR_SEARCH_DIR = "lrsearch"
+from glsim.runs import LR_SEARCH_DIR  # noqa: F401  (re-exported: where the split's shards go)
 
 
 def write_lr_search_shards(

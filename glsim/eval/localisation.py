@@ -77,7 +77,7 @@ def probe_backbone(params, *, split: str = "test") -> dict:
     from glsim.data.transforms import build_transforms, eval_box_transform
     from glsim.models.attention import cls_attention, forward_blocks_with_attention
     from glsim.models.backbone import create_vit, pretrained_norm
-    from glsim.train.run import shards_dir
+    from glsim.runs import shards_dir
 
     bb, d, top_k = params.model.backbone, params.data, params.model.glsim.top_k
     vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()

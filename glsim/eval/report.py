@@ -1,20 +1,14 @@
-"""The `aggregate` stage: every dataset's eval, ablation and LR-search reports -> the
-results tree, Table 4, the ablation tables and the localisation table."""
+"""The tables of the `aggregate` stage, from report dicts: the localisation table, the
+ablation tables and the LR-search table (Table 4 itself is :mod:`glsim.eval.tables`).
+Reading the reports and writing the results is the protocol's
+(:func:`glsim.protocol.aggregate_reports`)."""
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
 from typing import Any
 
-from glsim.config import Params, TableSpec, for_dataset
-from glsim.eval.tables import aggregate, load_reports, render_table
-from glsim.utils import atomic_write_json, atomic_write_text
-
-
-def eval_report_path(params: Params, model: str, seed: int) -> Path:
-    return params.dataset_reports / "eval" / model / f"seed{seed}.json"
+from glsim.config import TableSpec
 
 
 def _mean_std(values: list[float]) -> str:
@@ -71,77 +65,3 @@ def lr_table(lr_reports: list[dict[str, Any]]) -> str:
         )
         lines.append(f"| {r['dataset']} | {r['model']} | {by_lr} | {r['chosen_lr']:g} |")
     return "\n".join(lines) + "\n"
-
-
-def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
-    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``.
-
-    ``results.json``: ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}`` for the main
-    models (Table 4); ablation variants are under ``{dataset: {"ablations": {variant: ...}}}``.
-    """
-    from glsim.train.protocol import ablation_report_path, lr_report_path
-
-    models, seeds = list(params.train.models), list(params.train.seeds)
-    main, variant_reports, ablation, lr_reports = [], [], {}, []
-    for dataset in params.data.datasets:
-        p = for_dataset(params, dataset)
-        main += load_reports(eval_report_path(p, m, s) for m in models for s in seeds)
-        variants = load_reports(
-            ablation_report_path(p, v, s) for v in params.ablations.variants for s in seeds
-        )
-        variant_reports += variants
-        ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
-        lr_reports += [
-            json.loads(lr_report_path(p, m).read_text())
-            for m in models
-            if lr_report_path(p, m).is_file()
-        ]
-    table4 = aggregate(main)  # the main models only (Table 4)
-    results: dict[str, Any] = {d: dict(per_model) for d, per_model in table4.items()}
-    for dataset, entries in ablation.items():
-        if entries:
-            results.setdefault(dataset, {})["ablations"] = entries
-
-    md = [
-        f"# Results: top-1 (%) mean ± std over seeds {seeds}",
-        "",
-        render_table(table4, models),
-        "Bold: best; underlined: second best. Std: sample std over seeds.",
-        "",
-    ]
-    for dataset in params.data.datasets:
-        runs = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
-        for spec in params.ablations.tables.values():
-            md += [ablation_table(spec, runs, dataset)]
-    loc = localisation_table(main + variant_reports)
-    if loc:
-        md += ["## Where the crop lands (test split; GLS boxes for models without a crop)", "", loc]
-    lrs = lr_table(lr_reports)
-    if lrs:
-        md += ["## LR search (val split)", "", lrs]
-    rdir = params.base.reports_dir
-    paths = [
-        atomic_write_json(rdir / "results.json", results),
-        atomic_write_text(rdir / "results.md", "\n".join(md)),
-        atomic_write_text(rdir / "results.tex", render_table(table4, models, fmt="latex")),
-    ]
-    if track:
-        from glsim.tracking.mlflow import Tracker
-
-        with Tracker(
-            experiment=params.base.experiment, run_name="aggregate", tags={"stage": "aggregate"}
-        ) as tracker:
-            tracker.log_params(
-                {"datasets": list(params.data.datasets), "models": models, "seeds": seeds}
-            )
-            for dataset, per_model in table4.items():
-                for model, entry in per_model.items():
-                    tracker.log_metrics(
-                        {
-                            f"{dataset}/{model}/top1_mean": entry["top1_mean"],
-                            f"{dataset}/{model}/top1_std": entry["top1_std"],
-                        }
-                    )
-            for p in paths:
-                tracker.log_artifact(p, artifact_path="tables")
-    return paths

@@ -1,72 +1,32 @@
 """One fine-tuning run, ``(dataset, model, seed)``, from params to a checkpoint in MLflow.
 
-This is what the ``train`` DVC stage and the Prefect flow both call.
+:func:`model_kwargs` is the one adapter from the params tree to a model's plain keyword
+arguments (as DINOv2 turns its config into model kwargs in one place); :func:`build` makes
+the model a run trains; :func:`train_run` trains it. Paths and run keys come from
+:mod:`glsim.runs`; which runs exist and with which LR is the protocol's
+(:mod:`glsim.protocol`), which the DVC stages and the Prefect flows both call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from torch import nn
 
 from glsim.config import Params, write_resolved
 from glsim.data.loader import make_loader, num_batches
-from glsim.data.lrsearch import LR_SEARCH_DIR
 from glsim.data.shards import read_index
 from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.train.loop import Recipe, fit
+from glsim.runs import RunSpec, run_key, shards_dir
+from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
+from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import atomic_write_json, resolve_device, seed_everything, set_threads
 
-RunKind = Literal["final", "lrsearch", "ablation"]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Identifies a run: which model (or ablation variant) with which seed and LR.
-
-    ``final`` runs train on the whole train split (Table 4); ``lrsearch`` runs train on the
-    search split's train part and are scored on its val part; ``ablation`` runs are the
-    named variants of ``ablations.variants``.
-    """
-
-    model: str
-    seed: int
-    lr: float | None = None
-    kind: RunKind = "final"
-    variant: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.variant or self.model
-
-    def label(self, params: Params) -> str:
-        """The MLflow run name: ``dataset/[kind/]name[/lrX]/seedS``."""
-        parts = [params.data.dataset]
-        if self.kind != "final":
-            parts.append(self.kind)
-        parts.append(self.name)
-        if self.kind == "lrsearch":
-            parts.append(f"lr{self.lr:g}")
-        return "/".join([*parts, f"seed{self.seed}"])
-
-    def run_dir(self, params: Params) -> Path:
-        root = params.base.runs_dir / params.data.dataset
-        if self.kind == "lrsearch":
-            return root / "lrsearch" / self.model / f"lr{self.lr:g}" / f"seed{self.seed}"
-        if self.kind == "ablation":
-            return root / "ablation" / self.name / f"seed{self.seed}"
-        return root / self.model / f"seed{self.seed}"
-
-
-def shards_dir(params: Params, kind: RunKind = "final") -> Path:
-    """The shard folder a run of ``kind`` reads (LR-search runs read the train/val split)."""
-    root = params.data.shards_dir / params.data.dataset
-    return root / LR_SEARCH_DIR if kind == "lrsearch" else root
+CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; the paper applies stochastic depth to ViTs only
 
 
 def num_classes(params: Params) -> int:
@@ -75,25 +35,30 @@ def num_classes(params: Params) -> int:
     return int(read_index(shards_dir(params))["num_classes"])
 
 
-CNN_MODELS = ("resnet101", "cal")  # the paper applies stochastic depth to ViTs only
+def model_kwargs(params: Params, model_name: str) -> dict[str, Any]:
+    """The keyword arguments ``create_model(model_name, ...)`` takes, from the params tree:
+    the model's own section, the shared backbone (ViT models) and the recipe's drop-path."""
+    section = getattr(params.model, model_name, None)
+    kwargs: dict[str, Any] = section.model_dump() if section is not None else {}
+    if model_name in CNN_MODELS:
+        return {**kwargs, "drop_path_rate": 0.0}
+    bb = params.model.backbone
+    return {
+        "backbone": bb.name,
+        "backbone_overrides": dict(bb.overrides),
+        "weights": bb.weights,
+        "drop_path_rate": params.train.regularisation().drop_path,
+        **kwargs,
+    }
 
 
 def build(params: Params, model_name: str) -> nn.Module:
-    """The model a run trains: shared backbone, the model's own params section, drop-path."""
-    reg = params.train.regularisation()
-    section = getattr(params.model, model_name, None)
-    own = (
-        {model_name: section}
-        if model_name in ("vit", "glsim")
-        else (section.model_dump() if section else {})
-    )
+    """The model a run of ``model_name`` trains, sized to the dataset's classes."""
     return create_model(
         model_name,
         num_classes=num_classes(params),
         image_size=params.data.image_size,
-        backbone=params.model.backbone,
-        drop_path_rate=0.0 if model_name in CNN_MODELS else float(reg["drop_path"]),
-        **own,
+        **model_kwargs(params, model_name),
     )
 
 
@@ -107,42 +72,34 @@ def recipe(params: Params, lr: float | None = None) -> Recipe:
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
         clip_grad=t.clip_grad,
-        label_smoothing=float(reg["label_smoothing"]),
+        label_smoothing=reg.label_smoothing,
         amp=t.amp,
     )
 
 
-def run_key(params: Params, spec: RunSpec) -> str:
-    """Hash of everything that determines a run's result (not its tracking or scheduling)."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    d = params.data
-    blob = {
-        "spec": asdict(spec),
-        "recipe": asdict(recipe(params, spec.lr)),
-        "augreg": params.train.augreg,
-        "regularisation": params.train.regularisation(),
-        "batch_size": params.train.batch_size,
-        "backbone": params.model.backbone.model_dump(mode="json"),
-        "model": getattr(params.model, spec.model).model_dump(mode="json")
-        if hasattr(params.model, spec.model)
-        else {},
-        "data": {"dataset": d.dataset, "image_size": d.image_size, "resize_ratio": d.resize_ratio},
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def is_finished(run_dir: Path, key: str, epochs: int) -> bool:
     """Whether ``run_dir`` holds a finished run of this exact configuration."""
-    from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
-
     ckpt = run_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
         return False
     payload = read_checkpoint(ckpt)
     return payload.get("extra", {}).get("run_key") == key and payload["state"]["epoch"] >= epochs
+
+
+def load_run(params: Params, spec: RunSpec) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a finished run and its loop state (epochs, steps, history)."""
+    run_dir = spec.run_dir(params)
+    require_checkpoint(run_dir / CHECKPOINT_NAME)  # a run never trained: said before building
+    model = build(params, spec.model)
+    state = load_trained(model, run_dir)
+    if state["epoch"] < params.train.epochs:
+        from glsim.errors import RunError
+
+        raise RunError(
+            f"{run_dir}: training stopped at epoch {state['epoch']} of {params.train.epochs}; "
+            "rerun the train stage (it resumes from the checkpoint)"
+        )
+    return model, state
 
 
 def train_run(
@@ -175,7 +132,7 @@ def train_run(
         resize_ratio=params.data.resize_ratio,
         train=True,
         augreg=params.train.augreg,
-        erasing_prob=float(reg["erasing_prob"]),
+        erasing_prob=reg.erasing_prob,
         mean=mean,
         std=std,
     )

@@ -9,7 +9,7 @@ stage fails and nothing downstream runs, while the report is there to read in bo
 from __future__ import annotations
 
 from glsim.config import Params
-from glsim.data.registry import manifest_path
+from glsim.runs import manifest_path, shards_dir, validation_report
 from glsim.validation.expected import expected_counts
 from glsim.validation.suite import ValidationFailed, ValidationReport, validate_dataset
 
@@ -43,10 +43,10 @@ def validate_and_track(params: Params, *, workers: int = 1) -> ValidationReport:
 
     d = params.data
     expected = expected_counts(params)
-    report_path = params.dataset_reports / REPORT_NAME
+    report_path = validation_report(params)
     report = validate_dataset(
-        manifest_path(d.dataset, d.raw_dir),
-        d.shards_dir / d.dataset,
+        manifest_path(params),
+        shards_dir(params),
         expected,
         min_side=d.min_image_side,
         workers=workers,

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from glsim.data.registry import manifest_path, prepare_dataset  # noqa: E402
 from glsim.data.shards import write_shards  # noqa: E402
+from glsim.runs import validation_report  # noqa: E402
 from glsim.validation import ValidationFailed  # noqa: E402
 from glsim.validation.stage import validate_and_track  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_passing_dataset_is_reported_to_reports_and_mlflow(built, tmp_path):
     report = validate_and_track(params)
 
     assert report.success
-    path = params.dataset_reports / "validation.json"
+    path = validation_report(params)
     assert path == root / "reports/datasets/synthetic_fg/validation.json"
     on_disk = json.loads(path.read_text())
     assert on_disk["success"] is True
@@ -100,7 +101,7 @@ def test_failing_dataset_is_logged_then_the_stage_fails(built, tmp_path):
     report = info.value.report
     failed = {r.description for r in report.failed}
     assert failed == {"4 classes", "every class present in train"}
-    on_disk = json.loads((params.dataset_reports / "validation.json").read_text())
+    on_disk = json.loads((validation_report(params)).read_text())
     assert on_disk["success"] is False
     run = _only_run(client, "synthetic_fg", "FAILED")
     assert run.data.tags["validation"] == "failed"

@@ -7,11 +7,11 @@ import json
 import pytest
 from tiny import tiny_params
 
+from glsim import protocol, runs
 from glsim.config import ParamsError
 from glsim.errors import RunError
 from glsim.models.registry import UnknownModel
-from glsim.train import protocol
-from glsim.train.run import RunSpec
+from glsim.runs import RunSpec
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def fake_runs(monkeypatch):
         calls.append(spec)
         return spec.run_dir(params)
 
-    def evaluate_run(params, spec, out_path, track=True):
+    def evaluate_run(params, spec, track=True):
         assert params.train.epochs == (params.protocol.search_epochs or params.train.epochs)
         return {"top1": table[spec.lr]}
 
@@ -46,7 +46,7 @@ def test_search_picks_best_val_lr_and_records_it(tmp_path, fake_runs):
     assert [(c.kind, c.lr, c.seed) for c in calls] == [
         ("lrsearch", lr, 1) for lr in (0.03, 0.01, 0.003)
     ]
-    saved = json.loads(protocol.lr_report_path(params, "glsim").read_text())
+    saved = json.loads(runs.lr_report(params, "glsim").read_text())
     assert saved["chosen_lr"] == 0.01 and saved["epochs"] == 1
     assert protocol.chosen_lr(params, "glsim") == 0.01
 

@@ -1,0 +1,289 @@
+"""The paper's protocol (App. C) over single runs: the layer that DVC stages and Prefect
+flows share. Everything here is a function of the params tree (resolved for one dataset
+with :func:`glsim.config.for_dataset`); paths come from :mod:`glsim.runs`.
+
+* :func:`check_params`: what the typed tree cannot check alone (registered model names).
+* :func:`search_lr`: for one model, train every LR of ``protocol.lr_grid`` on the search
+  split's train part (seed ``protocol.search_seed``), score each on its val part, keep the
+  best (ties: the earlier LR in the grid). Runs are keyed, so a rerun after a kill, or
+  after an LR was added to the grid, trains only what is missing.
+* :func:`chosen_lr`: what a final or ablation run of that model trains with.
+* :func:`train_final` / :func:`evaluate_run`: one seed of a model at its chosen LR.
+* :func:`variant_params` / :func:`run_variant`: an ablation variant is a model plus dotted
+  overrides of the params tree, trained and evaluated like a final run.
+* :func:`aggregate_reports`: every dataset's reports -> ``reports/results.*``.
+
+Imports point one way: this module uses train, eval, data, tracking and runs; nothing in
+those imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from glsim import runs
+from glsim.config import Params, ParamsError, for_dataset
+from glsim.data.shards import INDEX_NAME, ShardError, read_index
+from glsim.errors import RunError
+from glsim.eval.evaluate import accuracy_report, eval_loader, predict
+from glsim.eval.localisation import hit_rates
+from glsim.eval.report import ablation_table, localisation_table, lr_table
+from glsim.eval.tables import aggregate, load_reports, render_table
+from glsim.models.registry import check_model_name, list_models
+from glsim.runs import RunSpec
+from glsim.train.run import load_run, num_classes, train_run
+from glsim.utils import atomic_write_json, atomic_write_text, resolve_device, set_threads
+
+
+def check_params(params: Params) -> Params:
+    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered."""
+    known = list_models()
+    for name in params.protocol.models:
+        if name not in known:
+            raise ParamsError(
+                f"protocol.models: unknown model {name!r} (registered: {', '.join(known)}); "
+                "fix it in the params file"
+            )
+    for name, variant in params.ablations.variants.items():
+        if variant.model not in known:
+            raise ParamsError(
+                f"ablations.variants.{name}.model: unknown model {variant.model!r} "
+                f"(registered: {', '.join(known)}); fix it in the params file"
+            )
+    return params
+
+
+# ---------------------------------------------------------------------------------------
+# LR search and the chosen LR
+
+
+def _val_count(search_shards: Path) -> int:
+    """Images in the LR search's val part (written as the ``test`` split of its shards)."""
+    return int(read_index(search_shards)["splits"]["test"]["count"])
+
+
+def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, Any]:
+    """Run the LR search for ``model`` and write its report (see the module docstring)."""
+    check_model_name(model)
+    grid = list(params.protocol.lr_grid)
+    report: dict[str, Any] = {"dataset": params.data.dataset, "model": model, "grid": grid}
+    if not grid:
+        report.update(chosen_lr=params.train.lr, searched=False, val_top1={})
+    else:
+        search_shards = runs.shards_dir(params, "lrsearch")
+        if (search_shards / INDEX_NAME).is_file() and not _val_count(search_shards):
+            raise ShardError(
+                f"{search_shards}: the LR search's val part is empty (no class of the train "
+                "split has two or more images); add train images, or set "
+                "protocol.lr_grid: [] to train with train.lr"
+            )
+        epochs = params.protocol.search_epochs or params.train.epochs
+        search_params = params.with_overrides(
+            {"train.epochs": epochs}, source="protocol.search_epochs"
+        )
+        val: dict[str, float] = {}
+        for lr in grid:
+            spec = RunSpec(model=model, seed=params.protocol.search_seed, lr=lr, kind="lrsearch")
+            train_run(search_params, spec, track=track)
+            val[f"{lr:g}"] = evaluate_run(search_params, spec, track=track)["top1"]
+        best = max(grid, key=lambda lr: (val[f"{lr:g}"], -grid.index(lr)))
+        report.update(
+            chosen_lr=best,
+            searched=True,
+            val_top1=val,
+            epochs=epochs,
+            seed=params.protocol.search_seed,
+        )
+    # the stage's run folder exists even when nothing was trained (empty grid)
+    atomic_write_json(runs.lr_search_dir(params, model) / "search.json", report)
+    atomic_write_json(runs.lr_report(params, model), report)
+    return report
+
+
+def chosen_lr(params: Params, model: str) -> float:
+    """The LR the search picked for ``model`` (``train.lr`` when the grid is empty)."""
+    check_model_name(model)
+    if not params.protocol.lr_grid:
+        return params.train.lr
+    path = runs.lr_report(params, model)
+    if not path.is_file():
+        raise RunError(
+            f"LR search report missing: {path}; run the lr_search stage for {model!r} first"
+        )
+    report = json.loads(path.read_text())
+    if report.get("grid") != list(params.protocol.lr_grid):
+        raise RunError(
+            f"{path} was searched over {report.get('grid')}, but protocol.lr_grid is "
+            f"{params.protocol.lr_grid}; rerun the lr_search stage"
+        )
+    return float(report["chosen_lr"])
+
+
+# ---------------------------------------------------------------------------------------
+# final runs
+
+
+def final_spec(params: Params, model: str, seed: int) -> RunSpec:
+    """The final run of ``model`` with ``seed`` at its chosen LR."""
+    return RunSpec(model=model, seed=seed, lr=chosen_lr(params, model))
+
+
+def train_final(params: Params, model: str, seed: int, *, track: bool = True) -> Path:
+    return train_run(params, final_spec(params, model, seed), track=track)
+
+
+def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[str, Any]:
+    """Evaluate a finished run on its test split (val for LR-search runs); write the report
+    to ``spec.report_path(params)`` and log it to the run's MLflow run."""
+    set_threads(params.base.num_threads)
+    device = resolve_device(params.base.device)
+    model, _ = load_run(params, spec)
+    loader = eval_loader(params, model, runs.shards_dir(params, spec.kind))
+    result = predict(
+        model, loader, device, top_k=params.model.glsim.top_k, resize_ratio=params.data.resize_ratio
+    )
+    report: dict[str, Any] = {
+        "dataset": params.data.dataset,
+        "model": spec.name,
+        "base_model": spec.model,
+        "kind": spec.kind,
+        "seed": spec.seed,
+        "lr": spec.lr if spec.lr is not None else params.train.lr,
+        **accuracy_report(result["labels"], result["preds"], num_classes(params)),
+    }
+    if result["boxes"] is not None:
+        report["localisation"] = {
+            k: round(v, 4)
+            for k, v in hit_rates(
+                result["boxes"], result["targets"], params.data.image_size
+            ).items()
+        }
+    out_path = atomic_write_json(spec.report_path(params), report)
+    if track:
+        from glsim.tracking.mlflow import Tracker
+
+        with Tracker(
+            experiment=params.base.experiment,
+            run_name=spec.label(params),
+            run_dir=spec.run_dir(params),
+        ) as tracker:
+            split = "val" if spec.kind == "lrsearch" else "test"  # the search scores its val part
+            flat = {
+                f"{split}/top1": report["top1"],
+                f"{split}/mean_per_class": report["mean_per_class"],
+            }
+            flat.update({f"{split}/{k}": v for k, v in report.get("localisation", {}).items()})
+            tracker.log_metrics(flat)
+            tracker.log_artifact(out_path, artifact_path="eval")
+    return report
+
+
+def evaluate_final(params: Params, model: str, seed: int, *, track: bool = True) -> dict[str, Any]:
+    return evaluate_run(params, final_spec(params, model, seed), track=track)
+
+
+# ---------------------------------------------------------------------------------------
+# ablation variants
+
+
+def variant_params(params: Params, name: str) -> Params:
+    """The params of ablation variant ``name``: the tree with its overrides applied."""
+    if name not in params.ablations.variants:
+        raise ParamsError(
+            f"unknown ablation variant {name!r}; defined: {sorted(params.ablations.variants)} (ablations.variants)"
+        )
+    overrides = params.ablations.variants[name].set
+    return params.with_overrides(overrides, source=f"ablations.variants.{name}.set")
+
+
+def run_variant(params: Params, name: str, seed: int, *, track: bool = True) -> dict[str, Any]:
+    """Train and evaluate one ablation variant with ``seed`` (its model's searched LR)."""
+    vparams = variant_params(params, name)  # raises for an unknown name
+    variant = params.ablations.variants[name]
+    spec = RunSpec(
+        model=variant.model,
+        seed=seed,
+        lr=chosen_lr(params, variant.model),
+        kind="ablation",
+        variant=name,
+    )
+    train_run(vparams, spec, track=track)
+    return evaluate_run(vparams, spec, track=track)
+
+
+# ---------------------------------------------------------------------------------------
+# the aggregate
+
+
+def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``.
+
+    ``results.json``: ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}`` for the main
+    models (Table 4); ablation variants are under ``{dataset: {"ablations": {variant: ...}}}``.
+    """
+    models, seeds = list(params.protocol.models), list(params.protocol.seeds)
+    main, variant_reports, ablation, lr_reports = [], [], {}, []
+    for dataset in params.data.datasets:
+        p = for_dataset(params, dataset)
+        main += load_reports(runs.eval_report(p, m, s) for m in models for s in seeds)
+        variants = load_reports(
+            runs.ablation_report(p, v, s) for v in params.ablations.variants for s in seeds
+        )
+        variant_reports += variants
+        ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
+        lr_reports += [
+            json.loads(runs.lr_report(p, m).read_text())
+            for m in models
+            if runs.lr_report(p, m).is_file()
+        ]
+    table4 = aggregate(main)  # the main models only (Table 4)
+    results: dict[str, Any] = {d: dict(per_model) for d, per_model in table4.items()}
+    for dataset, entries in ablation.items():
+        if entries:
+            results.setdefault(dataset, {})["ablations"] = entries
+
+    md = [
+        f"# Results: top-1 (%) mean ± std over seeds {seeds}",
+        "",
+        render_table(table4, models),
+        "Bold: best; underlined: second best. Std: sample std over seeds.",
+        "",
+    ]
+    for dataset in params.data.datasets:
+        cells = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
+        for spec in params.ablations.tables.values():
+            md += [ablation_table(spec, cells, dataset)]
+    loc = localisation_table(main + variant_reports)
+    if loc:
+        md += ["## Where the crop lands (test split; GLS boxes for models without a crop)", "", loc]
+    lrs = lr_table(lr_reports)
+    if lrs:
+        md += ["## LR search (val split)", "", lrs]
+    out = runs.results_paths(params)
+    paths = [
+        atomic_write_json(out["json"], results),
+        atomic_write_text(out["md"], "\n".join(md)),
+        atomic_write_text(out["tex"], render_table(table4, models, fmt="latex")),
+    ]
+    if track:
+        from glsim.tracking.mlflow import Tracker
+
+        with Tracker(
+            experiment=params.base.experiment, run_name="aggregate", tags={"stage": "aggregate"}
+        ) as tracker:
+            tracker.log_params(
+                {"datasets": list(params.data.datasets), "models": models, "seeds": seeds}
+            )
+            for dataset, per_model in table4.items():
+                for model, entry in per_model.items():
+                    tracker.log_metrics(
+                        {
+                            f"{dataset}/{model}/top1_mean": entry["top1_mean"],
+                            f"{dataset}/{model}/top1_std": entry["top1_std"],
+                        }
+                    )
+            for p in paths:
+                tracker.log_artifact(p, artifact_path="tables")
+    return paths

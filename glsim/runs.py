@@ -1,0 +1,207 @@
+"""One home for runs: what identifies a run (:class:`RunSpec`, :func:`run_key`) and every
+path a stage reads or writes.
+
+Stages, evaluation, the aggregate and the flows ask this module for paths; ``dvc.yaml``
+states the same paths with its templates, and ``tests/test_runs.py`` checks, for several
+params files, that every ``outs``/``metrics`` path DVC resolves is the one
+:func:`stage_outputs` gives. ``params`` is always the tree resolved for one dataset
+(:func:`glsim.config.for_dataset`), so ``params.data.dataset`` names the dataset.
+
+Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
+
+    data/raw/<dataset>/                          prepared dataset (manifest.csv)
+    data/shards/<dataset>/[lrsearch/]            WebDataset shards (+ the LR-search split)
+    runs/pretrain/                               upstream pretraining work folder
+    runs/<dataset>/<model>/seed<S>/              a final run (last.pt, train.json, ...)
+    runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>/
+    runs/<dataset>/ablation/<variant>/seed<S>/
+    reports/pretrain.json
+    reports/datasets/<dataset>/{validation,probe}.json
+    reports/datasets/<dataset>/lr_search/<model>.json
+    reports/datasets/<dataset>/eval/<model>/seed<S>.json
+    reports/datasets/<dataset>/ablation/<variant>/seed<S>.json
+    reports/results.{json,md,tex}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from glsim.config import Params, for_dataset
+
+RunKind = Literal["final", "lrsearch", "ablation"]
+LR_SEARCH_DIR = "lrsearch"  # the LR-search split's shards, inside the dataset's shard folder
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def raw_dir(params: Params) -> Path:
+    """The prepared dataset's folder (``manifest.csv`` and what it was made from)."""
+    return params.data.raw_dir / params.data.dataset
+
+
+def manifest_path(params: Params) -> Path:
+    return raw_dir(params) / "manifest.csv"
+
+
+def shards_dir(params: Params, kind: RunKind = "final") -> Path:
+    """The shard folder a run of ``kind`` reads (LR-search runs read the train/val split)."""
+    root = params.data.shards_dir / params.data.dataset
+    return root / LR_SEARCH_DIR if kind == "lrsearch" else root
+
+
+# ---------------------------------------------------------------------------------------
+# reports
+
+
+def dataset_reports(params: Params) -> Path:
+    return params.base.reports_dir / "datasets" / params.data.dataset
+
+
+def validation_report(params: Params) -> Path:
+    return dataset_reports(params) / "validation.json"
+
+
+def probe_report(params: Params) -> Path:
+    return dataset_reports(params) / "probe.json"
+
+
+def lr_report(params: Params, model: str) -> Path:
+    return dataset_reports(params) / "lr_search" / f"{model}.json"
+
+
+def eval_report(params: Params, model: str, seed: int) -> Path:
+    return dataset_reports(params) / "eval" / model / f"seed{seed}.json"
+
+
+def ablation_report(params: Params, variant: str, seed: int) -> Path:
+    return dataset_reports(params) / "ablation" / variant / f"seed{seed}.json"
+
+
+def pretrain_dir(params: Params) -> Path:
+    return params.base.runs_dir / "pretrain"
+
+
+def pretrain_report(params: Params) -> Path:
+    return params.base.reports_dir / "pretrain.json"
+
+
+def results_paths(params: Params) -> dict[str, Path]:
+    """The aggregate's outputs: ``results.json``, ``.md`` and ``.tex``."""
+    root = params.base.reports_dir
+    return {fmt: root / f"results.{fmt}" for fmt in ("json", "md", "tex")}
+
+
+def lr_search_dir(params: Params, model: str) -> Path:
+    """The LR search's run folder for ``model`` (every LR's run, and ``search.json``)."""
+    return params.base.runs_dir / params.data.dataset / "lrsearch" / model
+
+
+# ---------------------------------------------------------------------------------------
+# runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Identifies a run: which model (or ablation variant) with which seed and LR.
+
+    ``final`` runs train on the whole train split (Table 4); ``lrsearch`` runs train on the
+    search split's train part and are scored on its val part; ``ablation`` runs are the
+    named variants of ``ablations.variants``.
+    """
+
+    model: str
+    seed: int
+    lr: float | None = None
+    kind: RunKind = "final"
+    variant: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.variant or self.model
+
+    def label(self, params: Params) -> str:
+        """The MLflow run name: ``dataset/[kind/]name[/lrX]/seedS``."""
+        parts = [params.data.dataset]
+        if self.kind != "final":
+            parts.append(self.kind)
+        parts.append(self.name)
+        if self.kind == "lrsearch":
+            parts.append(f"lr{self.lr:g}")
+        return "/".join([*parts, f"seed{self.seed}"])
+
+    def run_dir(self, params: Params) -> Path:
+        root = params.base.runs_dir / params.data.dataset
+        if self.kind == "lrsearch":
+            return lr_search_dir(params, self.model) / f"lr{self.lr:g}" / f"seed{self.seed}"
+        if self.kind == "ablation":
+            return root / "ablation" / self.name / f"seed{self.seed}"
+        return root / self.model / f"seed{self.seed}"
+
+    def report_path(self, params: Params) -> Path:
+        """Where the run's evaluation is written (LR-search runs: ``val.json`` in the run)."""
+        if self.kind == "lrsearch":
+            return self.run_dir(params) / "val.json"
+        if self.kind == "ablation":
+            return ablation_report(params, self.name, self.seed)
+        return eval_report(params, self.model, self.seed)
+
+
+def run_key(params: Params, spec: RunSpec) -> str:
+    """Hash of everything that determines a run's result (not its tracking or scheduling):
+    the spec, the whole recipe (``train``), the backbone, the model's own section and what
+    the data is. A key added to any of those sections is part of the key automatically."""
+    d = params.data
+    section = getattr(params.model, spec.model, None)
+    blob = {
+        "spec": asdict(spec),
+        "train": params.train.model_dump(mode="json"),
+        "backbone": params.model.backbone.model_dump(mode="json"),
+        "model": section.model_dump(mode="json") if section is not None else {},
+        "data": {
+            "dataset": d.dataset,
+            "source": d.dataset_source,
+            "image_size": d.image_size,
+            "resize_ratio": d.resize_ratio,
+        },
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# what dvc.yaml must declare
+
+
+def stage_outputs(params: Params) -> dict[str, set[Path]]:
+    """Every DVC stage ``dvc.yaml`` generates from ``params``, with the paths it declares
+    as ``outs`` or ``metrics`` (the test of ``dvc.yaml`` compares the two)."""
+    out: dict[str, set[Path]] = {}
+    if params.pretrain.stages:
+        out["pretrain@backbone"] = {
+            params.pretrain.output, pretrain_dir(params), pretrain_report(params)
+        }  # fmt: skip
+    p = params
+    for dataset in p.data.datasets:
+        d = for_dataset(p, dataset)
+        out[f"prepare@{dataset}"] = {raw_dir(d)}
+        out[f"shard@{dataset}"] = {shards_dir(d)}
+        out[f"validate@{dataset}"] = {validation_report(d)}
+        out[f"probe@{dataset}"] = {probe_report(d)}
+        for model in p.protocol.models:
+            out[f"lr_search@{dataset}-{model}"] = {lr_search_dir(d, model), lr_report(d, model)}
+            for seed in p.protocol.seeds:
+                spec = RunSpec(model=model, seed=seed)
+                out[f"train@{dataset}-{model}-{seed}"] = {spec.run_dir(d)}
+                out[f"evaluate@{dataset}-{model}-{seed}"] = {spec.report_path(d)}
+        for variant, v in p.ablations.variants.items():
+            for seed in p.protocol.seeds:
+                spec = RunSpec(model=v.model, seed=seed, kind="ablation", variant=variant)
+                out[f"ablation@{dataset}-{variant}-{seed}"] = {spec.run_dir(d), spec.report_path(d)}
+    out["aggregate"] = set(results_paths(p).values())
+    return out

@@ -1,0 +1,87 @@
+"""``glsim.runs`` is the one home of run paths: every ``outs``/``metrics`` path that DVC
+resolves from ``dvc.yaml`` is the path the stages write (``runs.stage_outputs``), for the
+default params, two datasets, a user dataset with a variant, and moved output folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glsim import runs
+from glsim.config import load_params
+from glsim.runs import RunSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dvc_outputs(tmp_path: Path, params: dict) -> dict[str, set[Path]]:
+    """Every stage of this repo's ``dvc.yaml`` under ``params``, with its outs and metrics,
+    as DVC itself resolves the templates."""
+    from dvc.repo import Repo
+
+    repo_dir = tmp_path / "repo"
+    repo_dir.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo_dir / "dvc.yaml")
+    (repo_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Repo.init(str(repo_dir), no_scm=True)
+    with Repo(str(repo_dir)) as repo:
+        return {
+            stage.addressing: {Path(out.def_path) for out in stage.outs}
+            for stage in repo.index.stages
+        }
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def two_datasets() -> dict:
+    p = default_params()
+    p["data"]["datasets"] = {"synthetic_fg": {}, "cub": {"model.glsim.top_k": 12}}
+    return p
+
+
+def user_dataset_and_moved_folders() -> dict:
+    p = default_params()
+    p["data"]["datasets"] = {
+        "solar": {"source": "imagefolder:/data/solar panels"},
+        "plants": {"source": "csv:/data/plants/list.csv"},
+    }
+    p["data"]["dataset"] = "solar"
+    p["base"].update(runs_dir="elsewhere/runs", reports_dir="out/reports")
+    p["data"].update(raw_dir="/srv/raw", shards_dir="/srv/shards")
+    p["protocol"].update(models=["vit", "glsim", "ffvt"], seeds=[7])
+    p["ablations"]["variants"] = {"glsim_o4": {"model": "glsim", "set": {"model.glsim.top_k": 4}}}
+    p["ablations"]["tables"] = {}
+    p["pretrain"]["stages"] = []
+    p["model"]["backbone"]["weights"] = "/weights/vit.npz"
+    return p
+
+
+@pytest.mark.parametrize(
+    "make", [default_params, two_datasets, user_dataset_and_moved_folders], ids=lambda f: f.__name__
+)
+def test_dvc_yaml_declares_exactly_the_paths_the_stages_write(tmp_path, make):
+    tree = make()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    params = load_params(tmp_path / "params.yaml")
+    assert dvc_outputs(tmp_path, tree) == runs.stage_outputs(params)
+
+
+def test_run_paths_and_keys(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    spec = RunSpec(model="glsim", seed=10, lr=0.03)
+    assert spec.run_dir(params) == Path("runs/synthetic_fg/glsim/seed10")
+    assert spec.report_path(params) == Path("reports/datasets/synthetic_fg/eval/glsim/seed10.json")
+    search = RunSpec(model="vit", seed=1, lr=0.01, kind="lrsearch")
+    assert search.run_dir(params) == Path("runs/synthetic_fg/lrsearch/vit/lr0.01/seed1")
+    assert search.report_path(params).name == "val.json"
+    # the key hashes the whole recipe: any train key changes it, tracking settings do not
+    key = runs.run_key(params, spec)
+    for change in ({"train.erasing_prob": 0.2}, {"train.amp": False}, {"model.glsim.top_k": 4}):
+        assert runs.run_key(params.with_overrides(change), spec) != key, change
+    for same in ({"base.experiment": "other"}, {"model.vit.cls_block": True}, {"protocol.seeds": [1]}):
+        assert runs.run_key(params.with_overrides(same), spec) == key, same
