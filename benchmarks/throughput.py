@@ -5,9 +5,9 @@ Both models are built by :func:`glsim.models.create_model` on the same backbone 
 interleaved (for every repeat and batch size: ViT, then GLSim) after a warm-up, so drift
 in machine load hits both alike. Reports, per model, inference images/s at each batch size
 and the best batch size (as the paper reports throughput), the time of one training step
-(forward + loss + backward + SGD step, as ``glsim.train.loop.fit`` does without AMP and
-clipping) at the training batch size, and the GLSim/ViT ratios: the median over repeats of
-the paired per-repeat ratios.
+(:func:`glsim.train.loop.train_step`, the step ``fit`` takes: forward + loss + backward +
+SGD step, here without AMP and clipping) at the training batch size, and the GLSim/ViT
+ratios: the median over repeats of the paired per-repeat ratios.
 
     .venv/bin/python benchmarks/throughput.py                       # params.yaml backbone
     .venv/bin/python benchmarks/throughput.py --backbone vit_base_patch16_224 --image-size 224 \\
@@ -30,7 +30,7 @@ from torch import nn
 
 from glsim.config import BackboneParams, Params, load_params
 from glsim.models import create_model
-from glsim.train.loop import compute_loss
+from glsim.train.loop import train_step
 
 
 def timed_rate(fn: Callable[[], None], *, items: int, min_time: float) -> float:
@@ -59,10 +59,10 @@ def train_step_fn(
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = compute_loss(model, images, labels, criterion)
-        loss.backward()
-        optimizer.step()
+        train_step(
+            model, images, labels, optimizer=optimizer, criterion=criterion, scaler=None,
+            clip_grad=None, use_amp=False, device_type=images.device.type,
+        )  # fmt: skip
 
     return step
 

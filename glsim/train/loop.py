@@ -70,6 +70,177 @@ def compute_loss(
     return criterion(logits, targets), logits
 
 
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """timm's optimiser named by ``recipe.optimizer`` (momentum only for the SGD family)."""
+    return create_optimizer_v2(
+        model,
+        opt=recipe.optimizer,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        **({"momentum": recipe.momentum} if recipe.optimizer in ("momentum", "sgd") else {}),
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> CosineLRScheduler:
+    """Per-step cosine schedule over the whole run after a linear warm-up from 0."""
+    total_steps = max(1, recipe.epochs * steps_per_epoch)
+    warmup = min(recipe.warmup_steps, total_steps - 1)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warmup),
+        warmup_t=warmup,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+def resume_or_start(
+    ckpt_path: str | Path,
+    run_key: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> TrainState:
+    """The state to continue from: ``ckpt_path``'s when it was written under ``run_key``
+    (model, optimiser and scaler are restored from it).
+
+    A checkpoint of another configuration is moved aside to ``last.pt.stale`` (nothing of it
+    is applied) and a fresh :class:`TrainState` is returned; so is one when there is none.
+    """
+    ckpt = Path(ckpt_path)
+    if not ckpt.exists():
+        return TrainState()
+    payload = read_checkpoint(ckpt)  # check whose it is before applying anything
+    if payload.get("extra", {}).get("run_key", "") != run_key:
+        stale = ckpt.with_suffix(".pt.stale")
+        ckpt.replace(stale)
+        print(
+            f"{ckpt} belongs to another configuration; moved to {stale}, starting afresh",
+            flush=True,
+        )
+        return TrainState()
+    state, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, scaler=scaler)
+    return state
+
+
+def train_step(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad: float | None,
+    use_amp: bool,
+    device_type: str,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step: forward (fp16 autocast when ``use_amp``), backward, clip, step.
+
+    Returns ``(loss, correct)`` as tensors on the model's device -- the detached loss and
+    the number of correctly classified images in the batch -- and never syncs with the
+    host, so the caller decides when to read them (and to check the loss is finite).
+    ``scaler`` (a CUDA ``GradScaler``) is used when given.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
+        loss, logits = compute_loss(model, images, targets, criterion)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == targets).sum()
+    return loss.detach(), correct
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    epoch: int,
+    state: TrainState,
+    optimizer: torch.optim.Optimizer,
+    scheduler: CosineLRScheduler,
+    criterion: nn.Module,
+    scaler: torch.amp.GradScaler | None,
+    recipe: Recipe,
+    device: torch.device,
+    log_metrics: MetricsSink | None = None,
+) -> dict[str, float]:
+    """Run one pass over ``loader``, advancing ``state.step``; the epoch's mean loss and accuracy.
+
+    The loss sum and correct count stay on the device and are read (one host sync) every
+    ``recipe.log_every`` steps -- when ``train/loss_step`` and ``train/lr`` are logged -- and
+    at the end of the epoch. The loss is checked at those reads: a NaN/inf loss raises
+    :class:`TrainingDiverged` naming the epoch, the (0-based) step of the read where it was
+    detected -- it became non-finite at most ``log_every - 1`` steps earlier -- and the LR.
+
+    Returns ``{"train/loss", "train/acc", "train/epoch_seconds"}``.
+    """
+    model.train()
+    log_every = max(1, recipe.log_every)
+    use_amp = recipe.amp and device.type == "cuda"
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+    loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
+    correct_sum = torch.zeros((), dtype=acc_dtype, device=device)
+    t0, seen, checked_through = time.perf_counter(), 0, state.step
+
+    def read(loss: Tensor) -> tuple[float, float, float]:
+        """The only host sync: last step's loss, the epoch's loss sum and correct count."""
+        values = torch.stack((loss.to(acc_dtype), loss_sum, correct_sum)).tolist()
+        nonlocal checked_through
+        step = state.step - 1  # 0-based index of the step just taken
+        bad = next((v for v in values[:2] if not math.isfinite(v)), None)
+        if bad is not None:
+            since = f" (became non-finite in steps {checked_through}-{step})"
+            raise TrainingDiverged(
+                f"loss is {bad} at epoch {epoch} step {step}"
+                f"{since if checked_through < step else ''}; lower train.lr (now {recipe.lr})"
+            )
+        checked_through = state.step
+        return values[0], values[1], values[2]
+
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        scheduler.step_update(state.step)
+        loss, correct = train_step(
+            model, images, targets, optimizer=optimizer, criterion=criterion, scaler=scaler,
+            clip_grad=recipe.clip_grad, use_amp=use_amp, device_type=device.type,
+        )  # fmt: skip
+        state.step += 1
+        n = targets.shape[0]
+        seen += n
+        loss_sum += loss.to(acc_dtype) * n
+        correct_sum += correct
+        if state.step % log_every == 0:
+            loss_value, _, _ = read(loss)
+            if log_metrics:
+                log_metrics(
+                    {"train/loss_step": loss_value, "train/lr": optimizer.param_groups[0]["lr"]},
+                    state.step,
+                )
+    if seen == 0:
+        raise RuntimeError(f"epoch {epoch}: the training loader yielded no batch; check the shards")
+    _, total_loss, correct = read(loss)
+    return {
+        "train/loss": total_loss / seen,
+        "train/acc": 100.0 * correct / seen,
+        "train/epoch_seconds": time.perf_counter() - t0,
+    }
+
+
 def fit(
     model: nn.Module,
     *,
@@ -80,18 +251,25 @@ def fit(
     seed: int,
     device: torch.device,
     log_metrics: MetricsSink | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     stop_after_epochs: int | None = None,
     run_key: str = "",
 ) -> TrainState:
     """Train ``model`` for ``recipe.epochs``, resuming from ``out_dir/last.pt`` if present.
 
+    Composes :func:`build_optimizer`, :func:`build_scheduler`, :func:`resume_or_start` and,
+    per epoch, :func:`train_one_epoch` (reseeded from ``(seed, epoch)`` first), then writes
+    the checkpoint. The loss is read from the device every ``recipe.log_every`` steps and
+    at the end of each epoch; a NaN/inf loss raises :class:`TrainingDiverged` naming the
+    step of the read where it was detected (see :func:`train_one_epoch`), before that
+    epoch's checkpoint is written: a diverged epoch is never checkpointed.
+
     Args:
         loader_for_epoch: ``epoch -> iterable of (images, labels)``, deterministic per epoch.
         steps_per_epoch: optimiser steps per epoch (for the schedule's length).
         out_dir: where ``last.pt`` lives.
-        log_metrics: ``(metrics, step) -> None`` sink (e.g. MLflow).
-        on_epoch_end: called with ``(epoch, epoch_metrics)`` after the checkpoint is written.
+        log_metrics: ``(metrics, step) -> None`` sink (e.g. MLflow): ``train/loss_step`` and
+            ``train/lr`` every ``recipe.log_every`` steps; ``train/loss``, ``train/acc`` and
+            ``train/epoch_seconds`` after each epoch's checkpoint.
         stop_after_epochs: stop (as if killed) after this many epochs of *this call*; for
             testing resumption.
         run_key: identifies the configuration (model, recipe, data, seed); a checkpoint
@@ -103,44 +281,17 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    optimizer = create_optimizer_v2(
-        model,
-        opt=recipe.optimizer,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        **({"momentum": recipe.momentum} if recipe.optimizer in ("momentum", "sgd") else {}),
-    )
-    total_steps = max(1, recipe.epochs * steps_per_epoch)
-    warmup = min(recipe.warmup_steps, total_steps - 1)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, total_steps - warmup),
-        warmup_t=warmup,
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
-    use_amp = recipe.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if recipe.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-
-    state = TrainState()
     ckpt = out_dir / CHECKPOINT_NAME
-    if ckpt.exists():
-        payload = read_checkpoint(ckpt)  # check whose it is before applying anything
-        if payload.get("extra", {}).get("run_key", "") != run_key:
-            stale = ckpt.with_suffix(".pt.stale")
-            ckpt.replace(stale)
-            print(
-                f"{ckpt} belongs to another configuration; moved to {stale}, starting afresh",
-                flush=True,
-            )
-        else:
-            state, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, scaler=scaler)
-            print(
-                f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
-                flush=True,
-            )
-        del payload
+    state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+    if state.epoch:
+        print(
+            f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
+            flush=True,
+        )
 
     epochs_run = 0
     while state.epoch < recipe.epochs:
@@ -148,62 +299,20 @@ def fit(
             break
         epoch = state.epoch
         seed_everything(epoch_seed(seed, epoch))
-        model.train()
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        for images, targets in loader_for_epoch(epoch):
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            scheduler.step_update(state.step)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss, logits = compute_loss(model, images, targets, criterion)
-            loss_value = loss.item()  # one host sync per step
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"loss is {loss_value} at epoch {epoch} step {state.step}; lower train.lr (now {recipe.lr})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            state.step += 1
-            n = targets.shape[0]
-            seen += n
-            loss_sum += loss_value * n
-            correct += (logits.argmax(-1) == targets).sum().item()
-            if log_metrics and state.step % recipe.log_every == 0:
-                log_metrics(
-                    {"train/loss_step": loss_value, "train/lr": optimizer.param_groups[0]["lr"]},
-                    state.step,
-                )
-        if seen == 0:
-            raise RuntimeError(
-                f"epoch {epoch}: the training loader yielded no batch; check the shards"
-            )
         metrics = {
             "epoch": float(epoch + 1),
-            "train/loss": loss_sum / seen,
-            "train/acc": 100.0 * correct / seen,
-            "train/epoch_seconds": time.perf_counter() - t0,
-        }
+            **train_one_epoch(
+                model, loader_for_epoch(epoch), epoch=epoch, state=state, optimizer=optimizer,
+                scheduler=scheduler, criterion=criterion, scaler=scaler, recipe=recipe,
+                device=device, log_metrics=log_metrics,
+            ),
+        }  # fmt: skip
         state.epoch += 1
         state.history.append(metrics)
         save_checkpoint(
-            ckpt,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            state=state,
+            ckpt, model=model, optimizer=optimizer, scaler=scaler, state=state,
             extra={"run_key": run_key},
-        )
+        )  # fmt: skip
         epochs_run += 1
         print(
             f"epoch {state.epoch}/{recipe.epochs} loss {metrics['train/loss']:.4f} "
@@ -212,8 +321,6 @@ def fit(
         )
         if log_metrics:
             log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, state.step)
-        if on_epoch_end:
-            on_epoch_end(epoch, metrics)
     return state
 
 

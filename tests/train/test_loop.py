@@ -1,5 +1,5 @@
 """glsim/train/loop.py + checkpoint.py: exact resumption, stale checkpoints, the LR schedule,
-NaN guard, model-defined losses and atomic checkpoint files."""
+NaN guard, the training step and host reads, model-defined losses and atomic checkpoint files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from torch import Tensor, nn
 from glsim.config import BackboneParams
 from glsim.models import create_model
 from glsim.train.checkpoint import CHECKPOINT_NAME, TrainState, load_checkpoint, save_checkpoint
-from glsim.train.loop import Recipe, compute_loss, fit, load_trained
+from glsim.train.loop import (
+    Recipe,
+    TrainingDiverged,
+    build_optimizer,
+    compute_loss,
+    fit,
+    load_trained,
+    train_step,
+)
 
 TINY_VIT = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 NUM_CLASSES, IMAGE_SIZE, BATCH, STEPS = 3, 32, 4, 3
@@ -243,13 +251,79 @@ def test_nan_loss_raises_naming_the_lr(tmp_path):
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
+def nan_at(epoch: int, index: int):
+    """``loader_for_epoch`` with NaN images in batch ``index`` of ``epoch`` (NaN from there on)."""
+
+    def loader(e: int):
+        for i, (images, labels) in enumerate(loader_for_epoch(e)):
+            bad = e == epoch and i == index
+            yield (torch.full_like(images, float("nan")) if bad else images), labels
+
+    return loader
+
+
+def test_nan_mid_run_raises_at_the_next_read_and_keeps_last_good_checkpoint(tmp_path):
+    """Loss is read every log_every=2 steps: the NaN of global step 4 is found at step 5."""
+    logged: list[int] = []
+    with pytest.raises(TrainingDiverged, match=r"lower train\.lr \(now 0\.05\)") as info:
+        run(
+            tiny_vit(), tmp_path, rec=recipe(log_every=2), loader=nan_at(1, 1),
+            log_metrics=lambda m, step: logged.append(step),
+        )  # fmt: skip
+    msg = str(info.value)
+    assert "loss is nan at epoch 1 step 5 (became non-finite in steps 4-5)" in msg
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME, model=tiny_vit())
+    assert (state.epoch, state.step) == (1, STEPS)  # epoch 0's; the diverged epoch 1 is not
+    assert logged == [2, STEPS, 4]  # step metrics up to the last good read, epoch 0's metrics
+
+
+def test_nan_is_caught_at_epoch_end_when_log_every_exceeds_the_epoch(tmp_path):
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 0 step 2 \(became non-finite in steps 0-2\)"
+    ):
+        run(tiny_vit(), tmp_path, rec=recipe(log_every=100), loader=nan_at(0, 1))
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
 def test_empty_loader_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="yielded no batch"):
         run(tiny_vit(), tmp_path, loader=lambda epoch: iter(()))
 
 
 # ---------------------------------------------------------------------------------------
-# (e) model-defined training loss
+# (e) the training step and when the loop reads the device
+
+
+def test_train_step_returns_device_tensors_not_floats():
+    model = tiny_vit()
+    rec = recipe()
+    optimizer = build_optimizer(model, rec)
+    images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE)
+    targets = torch.tensor([0, 1, 2, 0])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, correct = train_step(
+        model, images, targets, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+        scaler=None, clip_grad=1.0, use_amp=False, device_type="cpu",
+    )  # fmt: skip
+    assert isinstance(loss, Tensor) and isinstance(correct, Tensor)
+    assert loss.shape == () and correct.shape == ()
+    assert not loss.requires_grad and loss.dtype == torch.float32
+    assert not correct.dtype.is_floating_point and 0 <= int(correct) <= BATCH
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("log_every", [2, 100])
+def test_log_every_does_not_change_the_optimisation(reference, tmp_path, log_every):
+    """Reading the device every k steps instead of every step: bitwise the same run."""
+    ref_model, ref_state = reference
+    model = tiny_vit()
+    state = run(model, tmp_path, rec=recipe(log_every=log_every), run_key="ref")
+    assert losses(state) == losses(ref_state)
+    assert_same_weights(model, ref_model)
+
+
+# ---------------------------------------------------------------------------------------
+# (f) model-defined training loss
 
 
 class _OwnLoss(nn.Module):
@@ -305,7 +379,7 @@ def test_fit_uses_training_loss(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# (f) checkpoint files
+# (g) checkpoint files
 
 
 def test_checkpoint_dir_holds_only_last_pt(tmp_path):
