@@ -489,9 +489,8 @@ def load_params(
         raise ParamsError(
             f"{path}: the top level must be a mapping of sections, got {type(data).__name__}"
         )
-    if overrides:
-        data = _deep_merge(data, dotted_to_nested(overrides))
-    return params_from_dict(data, source=str(path))
+    params = params_from_dict(data, source=str(path))
+    return params.with_overrides(overrides, source=f"{path} + --set") if overrides else params
 
 
 def for_dataset(params: Params, name: str) -> Params:

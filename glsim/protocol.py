@@ -1,5 +1,5 @@
-"""The paper's protocol (App. C) over single runs: the layer that DVC stages and Prefect
-flows share. Everything here is a function of the params tree (resolved for one dataset
+"""The paper's protocol (App. C) over single runs: the one layer the DVC stages call, and
+the one the cluster flows are to call, so neither holds a recipe, a path or a run key. Everything here is a function of the params tree (resolved for one dataset
 with :func:`glsim.config.for_dataset`); paths come from :mod:`glsim.runs`.
 
 * :func:`check_params`: what the typed tree cannot check alone (registered model names).

@@ -32,10 +32,6 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(path, lambda p: p.write_bytes(data))
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda p: p.write_text(text))
 

@@ -29,7 +29,7 @@ def dvc_outputs(tmp_path: Path, params: dict) -> dict[str, set[Path]]:
     Repo.init(str(repo_dir), no_scm=True)
     with Repo(str(repo_dir)) as repo:
         return {
-            stage.addressing: {Path(out.def_path) for out in stage.outs}
+            stage.name: {Path(out.def_path) for out in stage.outs}
             for stage in repo.index.stages
         }
 
