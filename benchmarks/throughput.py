@@ -32,6 +32,8 @@ from glsim.config import BackboneParams, Params, load_params
 from glsim.models import create_model
 from glsim.train.loop import train_step
 
+CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; no stochastic depth (as training)
+
 
 def timed_rate(fn: Callable[[], None], *, items: int, min_time: float) -> float:
     """Run ``fn`` until ``min_time`` seconds have passed (at least once); items per second."""
@@ -70,17 +72,21 @@ def train_step_fn(
 def build(
     name: str, args: argparse.Namespace, params: Params, backbone: BackboneParams
 ) -> nn.Module:
-    """A registered model with params.yaml's per-model section (``model.vit`` / ``model.glsim``)."""
+    """A registered model with params.yaml's per-model section (e.g. ``model.glsim``), random
+    weights, and ``backbone`` for the ViT-based ones."""
+    section = getattr(params.model, name, None)
+    kwargs = section.model_dump() if section is not None else {}
+    if name in CNN_MODELS:
+        kwargs.update(weights=None, drop_path_rate=0.0)
+    else:
+        kwargs.update(
+            backbone=backbone.name,
+            backbone_overrides=dict(backbone.overrides),
+            weights=None,
+            drop_path_rate=args.drop_path,
+        )
     torch.manual_seed(0)
-    return create_model(
-        name,
-        num_classes=args.num_classes,
-        image_size=args.image_size,
-        backbone=backbone,
-        vit=params.model.vit,
-        glsim=params.model.glsim,
-        drop_path_rate=args.drop_path,
-    )
+    return create_model(name, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from glsim.models.gls import crop_boxes, global_local_similarity
+from glsim.models.gls import cls_and_patches, global_local_similarity, vit_crop_boxes
 
 
 def centre_inside(boxes: Tensor, targets: Tensor) -> Tensor:
@@ -44,28 +44,6 @@ def hit_rates(boxes: Tensor, targets: Tensor, image_size: int) -> dict[str, floa
     }
 
 
-def cls_and_patches(vit, tokens: Tensor) -> Tensor:
-    """(B, P+N, D) with P prefix tokens (CLS first, then registers) -> (B, 1+N, D)."""
-    return torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
-
-
-def gls_boxes_from_tokens(vit, tokens: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
-    """GLS crop boxes from a timm ViT's ``forward_features`` output (B, P+N, D)."""
-    scores = global_local_similarity(cls_and_patches(vit, tokens), metric)  # (B, N)
-    return crop_boxes(
-        scores,
-        grid_size=tuple(vit.patch_embed.grid_size),
-        patch_size=tuple(vit.patch_embed.patch_size),
-        top_k=top_k,
-    )
-
-
-@torch.no_grad()
-def vit_gls_boxes(vit, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
-    """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
-    return gls_boxes_from_tokens(vit, vit.forward_features(images), top_k=top_k, metric=metric)
-
-
 @torch.no_grad()
 def probe_backbone(params, *, split: str = "test") -> dict:
     """Hit rates of the *pretrained* backbone's selectors before any fine-tuning.
@@ -89,7 +67,6 @@ def probe_backbone(params, *, split: str = "test") -> dict:
         shards_dir(params), split, transform=transform, batch_size=params.eval.batch_size,
         shuffle=False, seed=0, epoch=0, workers=d.workers, with_meta=True,
     )  # fmt: skip
-    grid, patch = tuple(vit.patch_embed.grid_size), tuple(vit.patch_embed.patch_size)
     gls, attn, targets = [], [], []
     for images, _, meta in loader:
         if "box" not in meta:  # real datasets carry no object boxes: nothing to measure
@@ -97,22 +74,10 @@ def probe_backbone(params, *, split: str = "test") -> dict:
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         x, attention = forward_blocks_with_attention(vit.blocks, x)
         tokens = cls_and_patches(vit, vit.norm(x))  # (B, 1+N, D)
-        gls.append(
-            crop_boxes(
-                global_local_similarity(tokens, params.model.glsim.metric),
-                grid_size=grid,
-                patch_size=patch,
-                top_k=top_k,
-            )
-        )
-        attn.append(
-            crop_boxes(
-                cls_attention(attention[-1], num_prefix_tokens=vit.num_prefix_tokens),
-                grid_size=grid,
-                patch_size=patch,
-                top_k=top_k,
-            )
-        )
+        scores = global_local_similarity(tokens, params.model.glsim.metric)  # (B, N)
+        gls.append(vit_crop_boxes(vit, scores, top_k=top_k))
+        scores = cls_attention(attention[-1], num_prefix_tokens=vit.num_prefix_tokens)  # (B, N)
+        attn.append(vit_crop_boxes(vit, scores, top_k=top_k))
         targets.append(
             torch.from_numpy(
                 eval_box_transform(

@@ -1,14 +1,32 @@
 """Models: the GLSim model, the baselines it is compared with, and their building blocks.
 
-Importing this package registers every model with :func:`create_model`.
+This layer imports only torch, timm and the standard library, never the rest of glsim.
+Importing the package is cheap (no torch): the registry and every model module load on the
+first use of :func:`create_model`, :func:`list_models`, :func:`register_model`,
+:func:`check_model_name` or :class:`UnknownModel` (PEP 562), so ``glsim.models.choices``
+can be imported by the params schema alone.
 """
 
-from glsim.models import cal as _cal  # noqa: F401,E402  (registers "cal")
-from glsim.models import ffvt as _ffvt  # noqa: F401,E402  (registers "ffvt")
-from glsim.models import glsim as _glsim  # noqa: F401,E402  (registers "glsim")
-from glsim.models import resnet as _resnet  # noqa: F401,E402  (registers "resnet101")
-from glsim.models import transfg as _transfg  # noqa: F401,E402  (registers "transfg")
-from glsim.models import vit as _vit  # noqa: F401,E402  (registers "vit")
-from glsim.models.registry import create_model, list_models, register_model
+from __future__ import annotations
 
-__all__ = ["create_model", "list_models", "register_model"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glsim.models.registry import (
+        UnknownModel,
+        check_model_name,
+        create_model,
+        list_models,
+        register_model,
+    )
+
+__all__ = ["UnknownModel", "check_model_name", "create_model", "list_models", "register_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from glsim.models import registry
+
+        registry.load_builtin_models()
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -150,29 +150,6 @@ def load_vit_weights(model: VisionTransformer, path: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
-    """Save the backbone (without its head), atomically, in the format its suffix names:
-    ``.safetensors``, or a torch state dict for ``.pth``/``.pt``/``.bin``."""
-    from safetensors.torch import save_file
-
-    from glsim.utils import _atomic
-
-    path = Path(path)
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-        raise WeightsError(
-            f"{path}: cannot save weights as {path.suffix!r}; name the file .safetensors "
-            "(or .pth/.pt/.bin), e.g. pretrain.output: models/pretrained/backbone.safetensors"
-        )
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith("head.")
-    }
-    if path.suffix == ".safetensors":
-        return _atomic(path, lambda p: save_file(state, str(p)))
-    return _atomic(path, lambda p: torch.save(state, p))
-
-
 def pretrained_norm(model: VisionTransformer) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation (mean, std) from the backbone's pretrained config (ImageNet by default)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}

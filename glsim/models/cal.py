@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glsim.models.gls import crop_and_resize
+from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
 from glsim.models.resnet import create_resnet101
 
@@ -155,6 +156,10 @@ class CAL(nn.Module):
             return self.forward_net(images).logits
         return self.multi_crop_logits(images)
 
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
+        """The logits of :meth:`forward` only (``top_k`` is ignored: no patch grid)."""
+        return ModelOutput(logits=self(images))
+
     def sample_attention_maps(self, maps: Tensor) -> Tensor:
         """Per image, two maps drawn with probability ~ sqrt(map mass): (B, 2, h, w)."""
         with torch.no_grad():
@@ -204,13 +209,12 @@ def build_cal(
     *,
     num_classes: int,
     image_size: int,
-    drop_path_rate: float = 0.0,
     weights: str | Path | None = None,
+    drop_path_rate: float = 0.0,
     num_attentions: int = 32,
-    **_: object,
 ) -> CAL:
     """CAL on ResNet-101 (32 attention maps, as the reference); ``weights`` is an optional
-    local ImageNet ResNet-101 file; the ViT ``backbone`` params are ignored."""
+    local ImageNet ResNet-101 file; ``image_size`` is accepted for the common signature."""
     resnet = create_resnet101(
         num_classes=0, weights=weights, drop_path_rate=drop_path_rate, global_pool=""
     )

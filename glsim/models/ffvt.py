@@ -12,13 +12,17 @@ Plain non-overlapping patches and the plain classification loss, as the paper.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from glsim.config import BackboneParams
 from glsim.models.attention import block_with_attention, maws_scores
 from glsim.models.backbone import create_vit
+from glsim.models.gls import explain_with_encoder
+from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
 
 
@@ -41,8 +45,8 @@ class FFVT(nn.Module):
             raise ValueError(
                 f"FFVT tokens_per_layer must be in [1, {num_patches}] (the patch count), got {tokens_per_layer}"
             )
-        self.vit = vit
-        self.vit.reset_classifier(0)
+        self.encoder = vit
+        self.encoder.reset_classifier(0)
         self.tokens_per_layer = tokens_per_layer
         self.head = nn.Linear(vit.embed_dim, num_classes)
         nn.init.zeros_(self.head.weight)
@@ -50,15 +54,16 @@ class FFVT(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) -> normalised (B, 1 + (L-1) K, D): CLS and fused tokens."""
-        x = self.vit.patch_embed(images)  # (B, N, D)
-        x = self.vit.norm_pre(self.vit.patch_drop(self.vit._pos_embed(x)))  # (B, 1+N, D)
+        enc = self.encoder
+        x = enc.patch_embed(images)  # (B, N, D)
+        x = enc.norm_pre(enc.patch_drop(enc._pos_embed(x)))  # (B, 1+N, D)
         selected = []
-        for block in self.vit.blocks[:-1]:
+        for block in enc.blocks[:-1]:
             x, logits = block_with_attention(block, x)  # (B, 1+N, D), (B, H, 1+N, 1+N)
             scores = maws_scores(logits.detach())  # (B, N)
             selected.append(select_tokens(x, scores, self.tokens_per_layer))  # (B, K, D)
         fused = torch.cat([x[:, :1], *selected], dim=1)  # (B, 1 + (L-1) K, D)
-        return self.vit.norm(self.vit.blocks[-1](fused))
+        return enc.norm(enc.blocks[-1](fused))
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.head(features[:, 0])  # (B, K)
@@ -66,25 +71,29 @@ class FFVT(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
+        """Logits and, with ``top_k``, the encoder's GLS scores and boxes (a second pass)."""
+        return explain_with_encoder(self.encoder, images, self(images), top_k=top_k)
+
 
 @register_model("ffvt")
 def build_ffvt(
     *,
     num_classes: int,
     image_size: int,
-    backbone: BackboneParams | None = None,
+    backbone: str = "vit_base_patch16_224",
+    backbone_overrides: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
     drop_path_rate: float = 0.0,
     tokens_per_layer: int = 12,
-    **_: object,
 ) -> FFVT:
     """FFVT on the configured ViT; ``tokens_per_layer`` is the paper's K (12 in the
     reference's default config)."""
-    backbone = backbone or BackboneParams()
     vit = create_vit(
-        backbone.name,
+        backbone,
         image_size=image_size,
-        weights=backbone.weights,
+        weights=weights,
         drop_path_rate=drop_path_rate,
-        **backbone.overrides,
+        **(backbone_overrides or {}),
     )
     return FFVT(vit, num_classes=num_classes, tokens_per_layer=tokens_per_layer)

@@ -8,15 +8,20 @@ Three small functions, each batched (no Python loop over samples):
    those patches;
 3. :func:`crop_and_resize` cuts that rectangle out of each image and resizes it back to
    the input size, bilinearly.
+
+And the same selection on any timm ViT's ``forward_features`` output, for the baselines'
+explanations and the pretrained backbone's probe: :func:`gls_scores_and_boxes`,
+:func:`gls_boxes_from_tokens`, :func:`vit_gls_boxes`, :func:`explain_with_encoder`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-METRICS = ("cosine", "l1", "l2")
+from glsim.models.choices import METRICS
+from glsim.models.output import ModelOutput
 
 
 def global_local_similarity(tokens: Tensor, metric: str = "cosine") -> Tensor:
@@ -52,24 +57,29 @@ def crop_boxes(
     grid_size: int | tuple[int, int],
     patch_size: int | tuple[int, int],
     top_k: int,
+    stride: int | tuple[int, int] | None = None,
 ) -> Tensor:
     """The smallest pixel rectangle enclosing the ``top_k`` highest-scoring patches (Sec. 3.2).
 
-    Selected patch (row r, col c) covers pixels ``[r*P, (r+1)*P) x [c*P, (c+1)*P)``; the box
-    encloses all of them, the last selected row and column included (the paper's figure and
-    text; the reference code drops them).
+    Selected patch (row r, col c) covers pixels ``[r*s, r*s+P) x [c*s, c*s+P)`` (s = P: the
+    usual non-overlapping grid, ``[r*P, (r+1)*P)``); the box encloses all of them, the last
+    selected row and column included (the paper's figure and text; the reference code drops
+    them).
 
     Args:
         scores: (B, N) with N = grid rows * grid cols, row-major.
         grid_size: G or (rows, cols).
         patch_size: P or (P_h, P_w) in pixels.
         top_k: O, how many tokens to enclose (1 <= O <= N).
+        stride: the patchifier's step s or (s_h, s_w) in pixels; ``None``: P (no overlap).
+            TransFG's overlapping patches have s < P.
 
     Returns:
         int64 (B, 4) boxes ``(x0, y0, x1, y1)``, x = column, half-open.
     """
     rows, cols = _grid(grid_size)
     ph, pw = _grid(patch_size)
+    sh, sw = _grid(patch_size if stride is None else stride)
     if scores.ndim != 2 or scores.shape[1] != rows * cols:
         raise ValueError(
             f"scores must be (B, {rows * cols}) for a {rows}x{cols} grid, got {tuple(scores.shape)}"
@@ -80,8 +90,8 @@ def crop_boxes(
         )
     index = scores.topk(top_k, dim=-1).indices  # (B, O)
     r, c = index // cols, index % cols  # (B, O) each
-    x0, x1 = c.amin(-1) * pw, (c.amax(-1) + 1) * pw  # (B,)
-    y0, y1 = r.amin(-1) * ph, (r.amax(-1) + 1) * ph  # (B,)
+    x0, x1 = c.amin(-1) * sw, c.amax(-1) * sw + pw  # (B,)
+    y0, y1 = r.amin(-1) * sh, r.amax(-1) * sh + ph  # (B,)
     return torch.stack([x0, y0, x1, y1], dim=-1).long()  # (B, 4)
 
 
@@ -141,3 +151,60 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | int) 
 def gls_flops(num_tokens: int, dim: int) -> int:
     """FLOPs of GLS for N patch tokens of width D: ``(D + 2(D+1) + 1) * N`` (METHOD.md)."""
     return (dim + 2 * (dim + 1) + 1) * num_tokens
+
+
+# --- GLS on a timm ViT's tokens ------------------------------------------------------------
+
+
+def cls_and_patches(vit: nn.Module, tokens: Tensor) -> Tensor:
+    """(B, P+N, D) with P prefix tokens (CLS first, then registers) -> (B, 1+N, D)."""
+    return torch.cat([tokens[:, :1], tokens[:, vit.num_prefix_tokens :]], dim=1)
+
+
+def vit_crop_boxes(vit: nn.Module, scores: Tensor, *, top_k: int) -> Tensor:
+    """:func:`crop_boxes` on ``vit``'s patch grid (its patch size and patchifier stride)."""
+    embed = vit.patch_embed
+    return crop_boxes(
+        scores,
+        grid_size=tuple(embed.grid_size),
+        patch_size=tuple(embed.patch_size),
+        stride=getattr(embed.proj, "stride", None),
+        top_k=top_k,
+    )
+
+
+@torch.no_grad()
+def gls_scores_and_boxes(
+    vit: nn.Module, tokens: Tensor, *, top_k: int | None, metric: str = "cosine"
+) -> tuple[Tensor, Tensor | None]:
+    """GLS scores (B, N) of a timm ViT's ``forward_features`` output (B, P+N, D) and, when
+    ``top_k`` is given, the crop boxes (B, 4) enclosing the ``top_k`` best (else ``None``)."""
+    scores = global_local_similarity(cls_and_patches(vit, tokens), metric)  # (B, N)
+    boxes = None if top_k is None else vit_crop_boxes(vit, scores, top_k=top_k)
+    return scores, boxes
+
+
+def gls_boxes_from_tokens(
+    vit: nn.Module, tokens: Tensor, *, top_k: int, metric: str = "cosine"
+) -> Tensor:
+    """GLS crop boxes from a timm ViT's ``forward_features`` output (B, P+N, D)."""
+    return gls_scores_and_boxes(vit, tokens, top_k=top_k, metric=metric)[1]
+
+
+@torch.no_grad()
+def vit_gls_boxes(vit: nn.Module, images: Tensor, *, top_k: int, metric: str = "cosine") -> Tensor:
+    """GLS crop boxes of a plain timm ViT (e.g. the pretrained backbone before fine-tuning)."""
+    return gls_boxes_from_tokens(vit, vit.forward_features(images), top_k=top_k, metric=metric)
+
+
+def explain_with_encoder(
+    encoder: nn.Module, images: Tensor, logits: Tensor, *, top_k: int | None
+) -> ModelOutput:
+    """``logits`` of a model built on the ViT ``encoder`` and, when ``top_k`` is given, the GLS
+    scores and boxes of the encoder's own pass over ``images`` (:func:`vit_gls_boxes`)."""
+    if top_k is None:
+        return ModelOutput(logits=logits)
+    with torch.no_grad():
+        tokens = encoder.forward_features(images)  # (B, P+N, D)
+    scores, boxes = gls_scores_and_boxes(encoder, tokens, top_k=top_k)
+    return ModelOutput(logits=logits, scores=scores, boxes=boxes)

@@ -11,20 +11,24 @@ aggregate the two CLS tokens, classify.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from glsim.config import BackboneParams, GLSimParams
+from glsim.models.attention import attention_rollout, cls_attention, forward_blocks_with_attention
 from glsim.models.backbone import create_vit
+from glsim.models.choices import METRICS, SELECTORS, Metric, Selector
 from glsim.models.gls import crop_and_resize, crop_boxes, enlarge_boxes, global_local_similarity
+from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
 
 
-@dataclass
-class GLSimOutput:
+@dataclass(kw_only=True)
+class GLSimOutput(ModelOutput):
     """The internals of one GLSim forward pass, for training, visualisation and tests."""
 
     logits: Tensor  # (B, C) final prediction
@@ -35,14 +39,6 @@ class GLSimOutput:
     cls_local: Tensor  # (B, D) CLS token of the crop, x'_0
     logits_global: Tensor | None = None  # (B, C) per-view logits when aggregator is off
     logits_local: Tensor | None = None  # (B, C)
-
-    def detach(self) -> GLSimOutput:
-        return GLSimOutput(
-            **{
-                f.name: None if (v := getattr(self, f.name)) is None else v.detach()
-                for f in fields(self)
-            }
-        )
 
 
 class GLSim(nn.Module):
@@ -66,12 +62,16 @@ class GLSim(nn.Module):
         num_classes: int,
         *,
         top_k: int = 8,
-        metric: str = "cosine",
-        selector: str = "gls",
+        metric: Metric = "cosine",
+        selector: Selector = "gls",
         aggregator: bool = True,
         min_box: int = 0,
     ) -> None:
         super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"unknown similarity metric {metric!r}; use one of {METRICS}")
+        if selector not in SELECTORS:
+            raise ValueError(f"unknown selector {selector!r}; use one of {SELECTORS}")
         if encoder.cls_token is None or encoder.num_prefix_tokens != 1:
             raise ValueError(
                 "GLSim needs a ViT with exactly one prefix token, the CLS token "
@@ -89,7 +89,7 @@ class GLSim(nn.Module):
         self.top_k, self.metric, self.selector, self.min_box = top_k, metric, selector, min_box
         if not 1 <= top_k <= self.grid_size[0] * self.grid_size[1]:
             raise ValueError(
-                f"glsim.top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens"
+                f"top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens"
             )
 
         # A separate learnable CLS token for crops, initialised from the backbone's (Sec. 3.2).
@@ -126,8 +126,6 @@ class GLSim(nn.Module):
         x = enc.norm_pre(enc.patch_drop(enc.pos_drop(x)))
         attention = None
         if return_attention:
-            from glsim.models.attention import forward_blocks_with_attention
-
             x, attention = forward_blocks_with_attention(enc.blocks, x)
         else:
             x = enc.blocks(x)  # (B, 1+N, D)
@@ -142,8 +140,6 @@ class GLSim(nn.Module):
             return global_local_similarity(tokens, self.metric)
         if self.selector == "random":
             return torch.rand(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
-        from glsim.models.attention import attention_rollout, cls_attention
-
         if attention is None:
             raise ValueError(f"selector {self.selector!r} needs the attention maps")
         if self.selector == "attention":
@@ -155,51 +151,60 @@ class GLSim(nn.Module):
         )
 
     @torch.no_grad()
-    def crop(self, images: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    def crop(self, images: Tensor, scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
         """Boxes enclosing the top-O tokens, and the crops resized to the input size."""
         boxes = crop_boxes(
-            scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=self.top_k
+            scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=top_k
         )  # (B, 4)
         boxes = enlarge_boxes(boxes, min_size=self.min_box, image_size=tuple(images.shape[-2:]))
         crops = crop_and_resize(images, boxes, tuple(images.shape[-2:]))  # (B, 3, S, S)
         return boxes, crops
 
+    # --- Eq. 3-6: aggregate and classify -------------------------------------------------
+    def forward_head(
+        self, cls_global: Tensor, cls_local: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Both CLS tokens (B, D) -> ``(logits, logits_global, logits_local)``, each (B, C).
+
+        With the aggregator: one block over the pair, norm, head on the first token (the
+        per-view logits are ``None``). Without: each view through the shared norm and head,
+        and the more confident view predicts.
+        """
+        if self.aggregator is not None:
+            z = self.aggregator(torch.stack([cls_global, cls_local], dim=1))  # (B, 2, D)
+            return self.head(self.norm(z)[:, 0]), None, None  # (B, C)
+        logits_global = self.head(self.norm(cls_global))  # (B, C)
+        logits_local = self.head(self.norm(cls_local))  # (B, C)
+        conf_g = logits_global.softmax(-1).amax(-1)  # (B,)
+        conf_l = logits_local.softmax(-1).amax(-1)  # (B,)
+        logits = torch.where((conf_g >= conf_l)[:, None], logits_global, logits_local)
+        return logits, logits_global, logits_local
+
     # --- the whole model -----------------------------------------------------------------
-    def forward_features(self, images: Tensor) -> GLSimOutput:
-        needs_attention = self.selector in ("attention", "rollout")
-        if needs_attention:
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> GLSimOutput:
+        """Forward pass returning every internal (scores, boxes, crops, CLS tokens, logits).
+
+        ``top_k``: O for this pass (``None``: the configured ``self.top_k``).
+        """
+        if self.selector in ("attention", "rollout"):
             tokens, attention = self.encode(images, self.encoder.cls_token, return_attention=True)
         else:
             tokens, attention = self.encode(images, self.encoder.cls_token), None  # (B, 1+N, D)
         scores = self.select(tokens, attention)  # (B, N)
-        boxes, crops = self.crop(images, scores)  # (B, 4), (B, 3, S, S)
+        boxes, crops = self.crop(images, scores, self.top_k if top_k is None else top_k)
         crop_tokens = self.encode(crops, self.crop_cls_token)  # (B, 1+N, D)
         cls_global, cls_local = tokens[:, 0], crop_tokens[:, 0]  # (B, D) each
+        logits, logits_global, logits_local = self.forward_head(cls_global, cls_local)
         return GLSimOutput(
-            logits=torch.empty(0),
+            logits=logits,
             scores=scores,
             boxes=boxes,
             crops=crops,
             cls_global=cls_global,
             cls_local=cls_local,
+            logits_global=logits_global,
+            logits_local=logits_local,
         )
-
-    def forward_head(self, out: GLSimOutput) -> GLSimOutput:
-        """Eq. 3-6: aggregate both CLS tokens, normalise, classify from the first token."""
-        if self.aggregator is not None:
-            z = self.aggregator(torch.stack([out.cls_global, out.cls_local], dim=1))  # (B, 2, D)
-            out.logits = self.head(self.norm(z)[:, 0])  # (B, C)
-            return out
-        out.logits_global = self.head(self.norm(out.cls_global))  # (B, C)
-        out.logits_local = self.head(self.norm(out.cls_local))  # (B, C)
-        conf_g = out.logits_global.softmax(-1).amax(-1)  # (B,)
-        conf_l = out.logits_local.softmax(-1).amax(-1)  # (B,)
-        out.logits = torch.where((conf_g >= conf_l)[:, None], out.logits_global, out.logits_local)
-        return out
-
-    def forward_explain(self, images: Tensor) -> GLSimOutput:
-        """Forward pass returning every internal (scores, boxes, crops, CLS tokens, logits)."""
-        return self.forward_head(self.forward_features(images))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_explain(images).logits
@@ -224,27 +229,31 @@ def build_glsim(
     *,
     num_classes: int,
     image_size: int,
-    backbone: BackboneParams | None = None,
-    glsim: GLSimParams | None = None,
+    backbone: str = "vit_base_patch16_224",
+    backbone_overrides: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
     drop_path_rate: float = 0.0,
-    **_: object,
+    top_k: int = 8,
+    metric: Metric = "cosine",
+    selector: Selector = "gls",
+    aggregator: bool = True,
+    min_box: int = 0,
 ) -> GLSim:
-    """GLSim on ``backbone`` (a timm ViT and its local weights file)."""
-    backbone = backbone or BackboneParams()
-    glsim = glsim or GLSimParams()
+    """GLSim on the timm ViT ``backbone`` (``backbone_overrides``: its constructor arguments)
+    with an optional local ``weights`` file."""
     encoder = create_vit(
-        backbone.name,
+        backbone,
         image_size=image_size,
-        weights=backbone.weights,
+        weights=weights,
         drop_path_rate=drop_path_rate,
-        **backbone.overrides,
+        **(backbone_overrides or {}),
     )
     return GLSim(
         encoder,
         num_classes,
-        top_k=glsim.top_k,
-        metric=glsim.metric,
-        selector=glsim.selector,
-        aggregator=glsim.aggregator,
-        min_box=glsim.min_box,
+        top_k=top_k,
+        metric=metric,
+        selector=selector,
+        aggregator=aggregator,
+        min_box=min_box,
     )

@@ -1,14 +1,28 @@
-"""``@register_model`` / ``create_model``: the one factory every stage and test uses (as timm's)."""
+"""``@register_model`` / ``create_model``: the one factory every stage and test uses (as timm's).
+
+A builder is ``fn(*, num_classes, image_size, <plain keyword arguments>) -> nn.Module``; the
+model it returns has ``forward_explain(images, *, top_k=None) -> ModelOutput``. The built-in
+models register themselves when their module is imported, which happens on the first
+lookup here (so importing this module alone loads no model code).
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+Builder = Callable[..., "nn.Module"]
+
+_MODELS: dict[str, Builder] = {}
+_BUILTIN_MODULES = ("vit", "glsim", "transfg", "ffvt", "resnet", "cal")
+_REQUIRED = ("num_classes", "image_size")
+_builtins_loaded = False
 
 
 class UnknownModel(KeyError):
@@ -18,23 +32,53 @@ class UnknownModel(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def load_builtin_models() -> None:
+    """Import the built-in model modules, which registers them (once)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(f"glsim.models.{module}")
+        _builtins_loaded = True
+
+
 def check_model_name(name: str) -> str:
     """``name`` if registered, else :class:`UnknownModel` naming the closest registered one."""
+    load_builtin_models()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownModel(
-            f"unknown model {name!r}{hint} (registered: {', '.join(list_models())})"
-        )
+        raise UnknownModel(f"unknown model {name!r}{hint} (registered: {', '.join(list_models())})")
     return name
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder ``fn(*, num_classes, image_size, backbone, **overrides) -> nn.Module``."""
+def _options(fn: Builder) -> list[str]:
+    """The builder's keyword arguments other than ``num_classes`` / ``image_size``, sorted."""
+    params = inspect.signature(fn).parameters.values()
+    return sorted(
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _REQUIRED
+    )
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(*, num_classes, image_size, **plain_kwargs) -> nn.Module``.
+
+    The builder names every argument it takes (no ``**kwargs``), so :func:`create_model`
+    can refuse the ones it does not.
+    """
+
+    def wrap(fn: Builder) -> Builder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(fn).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise TypeError(
+                f"model {name!r}: the builder must name its arguments, not take **kwargs"
+            )
+        missing = [r for r in _REQUIRED if r not in params]
+        if missing:
+            raise TypeError(f"model {name!r}: the builder must take {', '.join(missing)}")
         _MODELS[name] = fn
         return fn
 
@@ -42,17 +86,35 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def list_models() -> list[str]:
+    load_builtin_models()
     return sorted(_MODELS)
 
 
-def create_model(name: str, *, num_classes: int, image_size: int, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
         name: a registered name (``list_models()``), e.g. ``"glsim"`` or ``"vit"``.
         num_classes: classifier width.
         image_size: square input side S in pixels.
-        **overrides: passed to the builder (e.g. ``backbone=BackboneParams(...)``,
-            ``glsim=GLSimParams(...)``, ``drop_path_rate=0.1``).
+        **kwargs: the builder's own keyword arguments (e.g. ``backbone="vit_base_patch16_224"``,
+            ``top_k=8``, ``drop_path_rate=0.1``).
+
+    Raises:
+        UnknownModel: ``name`` is not registered.
+        TypeError: naming every argument the builder does not take, and the ones it does.
     """
-    return _MODELS[check_model_name(name)](num_classes=num_classes, image_size=image_size, **overrides)
+    builder = _MODELS[check_model_name(name)]
+    valid = _options(builder)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise TypeError(
+            f"model {name!r} takes no argument(s) {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(valid)}"
+        )
+    model = builder(num_classes=num_classes, image_size=image_size, **kwargs)
+    if not callable(getattr(model, "forward_explain", None)):
+        raise TypeError(
+            f"model {name!r} builds a {type(model).__name__} without forward_explain(images, *, top_k)"
+        )
+    return model

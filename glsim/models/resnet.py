@@ -8,9 +8,10 @@ from pathlib import Path
 
 import timm
 from timm.models.resnet import ResNet
-from torch import nn
+from torch import Tensor, nn
 
 from glsim.models.backbone import WeightsError, read_state_dict
+from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
 
 
@@ -62,15 +63,31 @@ def create_resnet101(
     return model
 
 
+class ResNet101(nn.Module):
+    """The timm ResNet-101 (``backbone``) as a registered model: logits, no region."""
+
+    def __init__(self, backbone: ResNet) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images)  # (B, C)
+
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
+        """Logits only: a CNN has no patch grid to explain with (``top_k`` is ignored)."""
+        return ModelOutput(logits=self(images))
+
+
 @register_model("resnet101")
 def build_resnet101(
     *,
     num_classes: int,
     image_size: int,
-    drop_path_rate: float = 0.0,
     weights: str | Path | None = None,
-    **_: object,
-) -> nn.Module:
-    """ResNet-101; ``image_size`` is accepted for the common signature (any size works) and
-    the ViT ``backbone`` params are ignored."""
-    return create_resnet101(num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate)
+    drop_path_rate: float = 0.0,
+) -> ResNet101:
+    """ResNet-101 with an optional local ImageNet ``weights`` file (its ``fc`` skipped);
+    ``image_size`` is accepted for the common signature (any size works)."""
+    return ResNet101(
+        create_resnet101(num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate)
+    )

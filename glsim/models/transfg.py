@@ -16,15 +16,19 @@ Three changes to a ViT, each a named step below:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from glsim.config import BackboneParams
 from glsim.models.attention import forward_blocks_with_attention, psm_scores
 from glsim.models.backbone import create_vit
+from glsim.models.gls import explain_with_encoder
+from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
 
 
@@ -76,16 +80,17 @@ class TransFG(nn.Module):
                 "TransFG needs a ViT with one CLS token, no registers, and >= 2 blocks"
             )
         overlap_patch_embed(vit, stride)
-        self.vit = vit
-        self.vit.reset_classifier(0)
+        self.encoder = vit
+        self.encoder.reset_classifier(0)
         self.head = nn.Linear(vit.embed_dim, num_classes)
         nn.init.zeros_(self.head.weight)  # as the TransFG / GLSim references
         nn.init.zeros_(self.head.bias)
 
     def embed(self, images: Tensor) -> Tensor:
         """Overlapping patches + CLS + position: (B, 3, S, S) -> (B, 1+N, D)."""
-        x = self.vit.patch_embed(images)  # (B, N, D)
-        return self.vit.norm_pre(self.vit.patch_drop(self.vit._pos_embed(x)))  # (B, 1+N, D)
+        enc = self.encoder
+        x = enc.patch_embed(images)  # (B, N, D)
+        return enc.norm_pre(enc.patch_drop(enc._pos_embed(x)))  # (B, 1+N, D)
 
     def select_parts(self, x: Tensor, attns: list[Tensor]) -> Tensor:
         """PSM (Eq. 4-5): the CLS token and, per head, its most attended patch token.
@@ -105,15 +110,19 @@ class TransFG(nn.Module):
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) -> normalised (B, 1+H, D): CLS and part tokens after the last block."""
         x = self.embed(images)
-        x, attns = forward_blocks_with_attention(self.vit.blocks[:-1], x)  # (B, 1+N, D)
-        x = self.vit.blocks[-1](self.select_parts(x, attns))  # (B, 1+H, D)
-        return self.vit.norm(x)
+        x, attns = forward_blocks_with_attention(self.encoder.blocks[:-1], x)  # (B, 1+N, D)
+        x = self.encoder.blocks[-1](self.select_parts(x, attns))  # (B, 1+H, D)
+        return self.encoder.norm(x)
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.head(features[:, 0])  # (B, K)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
+
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
+        """Logits and, with ``top_k``, the encoder's GLS scores and boxes (a second pass)."""
+        return explain_with_encoder(self.encoder, images, self(images), top_k=top_k)
 
     def training_loss(
         self, images: Tensor, targets: Tensor, criterion: nn.Module
@@ -130,20 +139,20 @@ def build_transfg(
     *,
     num_classes: int,
     image_size: int,
-    backbone: BackboneParams | None = None,
+    backbone: str = "vit_base_patch16_224",
+    backbone_overrides: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
     drop_path_rate: float = 0.0,
     stride: int | None = None,
-    **_: object,
 ) -> TransFG:
     """TransFG on the configured ViT. ``stride`` defaults to 3/4 of the patch size (TransFG's
     slide step of 12 for P = 16)."""
-    backbone = backbone or BackboneParams()
     vit = create_vit(
-        backbone.name,
+        backbone,
         image_size=image_size,
-        weights=backbone.weights,
+        weights=weights,
         drop_path_rate=drop_path_rate,
-        **backbone.overrides,
+        **(backbone_overrides or {}),
     )
     if stride is None:
         stride = max(1, 3 * vit.patch_embed.patch_size[0] // 4)

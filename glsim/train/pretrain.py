@@ -11,13 +11,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from glsim.config import Params
 from glsim.data.synthetic import upstream_batch
-from glsim.models.backbone import create_vit, pretrained_norm, save_vit_weights
+from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
 from glsim.train.loop import Recipe, fit
-from glsim.utils import atomic_write_json, resolve_device, seed_everything
+from glsim.utils import _atomic, atomic_write_json, resolve_device, seed_everything
+
+
+def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
+    """Save the backbone (without its head), atomically, in the format its suffix names:
+    ``.safetensors``, or a torch state dict for ``.pth``/``.pt``/``.bin`` (files that
+    :func:`glsim.models.backbone.load_vit_weights` reads)."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise WeightsError(
+            f"{path}: cannot save weights as {path.suffix!r}; name the file .safetensors "
+            "(or .pth/.pt/.bin), e.g. pretrain.output: models/pretrained/backbone.safetensors"
+        )
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("head.")
+    }
+    if path.suffix == ".safetensors":
+        return _atomic(path, lambda p: save_file(state, str(p)))
+    return _atomic(path, lambda p: torch.save(state, p))
 
 
 def _to_tensor(images: np.ndarray, mean, std) -> Tensor:

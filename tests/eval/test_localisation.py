@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from glsim.eval.localisation import centre_inside, hit_rates, vit_gls_boxes
+from glsim.eval.localisation import centre_inside, hit_rates
 from glsim.models.backbone import create_vit
-from glsim.models.gls import crop_boxes, global_local_similarity
+from glsim.models.gls import crop_boxes, global_local_similarity, vit_gls_boxes
 
 # Boxes are (x0, y0, x1, y1), half-open, in a 32 x 32 input.
 BOXES = torch.tensor(

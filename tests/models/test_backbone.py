@@ -15,7 +15,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from tiny import TINY_VIT
 
-from glsim.models.backbone import WeightsError, create_vit, load_vit_weights, save_vit_weights
+from glsim.models.backbone import WeightsError, create_vit, load_vit_weights
+from glsim.train.pretrain import save_vit_weights
 
 NAME = "vit_tiny_patch16_224"
 

@@ -6,11 +6,6 @@ import pytest
 import timm
 import torch
 
-import glsim.models.cal
-import glsim.models.ffvt
-import glsim.models.resnet
-import glsim.models.transfg  # noqa: F401  (registers the baselines)
-from glsim.config import BackboneParams
 from glsim.models.backbone import WeightsError
 from glsim.models.cal import CAL, attention_boxes, attention_drop
 from glsim.models.ffvt import select_tokens
@@ -18,7 +13,7 @@ from glsim.models.registry import create_model
 from glsim.models.resnet import load_resnet_weights
 from glsim.models.transfg import contrastive_loss
 
-TINY_VIT = BackboneParams(overrides=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
+TINY_VIT = {"backbone_overrides": dict(patch_size=8, embed_dim=64, depth=2, num_heads=2)}
 CRITERION = torch.nn.CrossEntropyLoss()
 
 
@@ -38,17 +33,17 @@ def _assert_grads(model: torch.nn.Module, *names: str) -> None:
 
 
 def test_transfg_overlapping_patches_and_outputs() -> None:
-    model = create_model("transfg", num_classes=5, image_size=32, backbone=TINY_VIT)
+    model = create_model("transfg", num_classes=5, image_size=32, **TINY_VIT)
     # stride 6 (3/4 of P = 8): (32 - 8) // 6 + 1 = 5 patches per side
-    assert model.vit.patch_embed.proj.stride == (6, 6)
-    assert model.vit.pos_embed.shape == (1, 1 + 25, 64)
+    assert model.encoder.patch_embed.proj.stride == (6, 6)
+    assert model.encoder.pos_embed.shape == (1, 1 + 25, 64)
     images, targets = _batch()
     assert model.forward_features(images).shape == (4, 1 + 2, 64)  # CLS + one part per head
     loss, logits = model.training_loss(images, targets, CRITERION)
     assert loss.ndim == 0 and torch.isfinite(loss) and logits.shape == (4, 5)
     loss.backward()
     _assert_grads(
-        model, "vit.patch_embed.proj.weight", "vit.blocks.0.attn.qkv.weight", "head.weight"
+        model, "encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "head.weight"
     )
     model.eval()
     with torch.no_grad():
@@ -56,7 +51,7 @@ def test_transfg_overlapping_patches_and_outputs() -> None:
 
 
 def test_transfg_selects_each_heads_psm_argmax() -> None:
-    model = create_model("transfg", num_classes=5, image_size=32, backbone=TINY_VIT)
+    model = create_model("transfg", num_classes=5, image_size=32, **TINY_VIT)
     x = torch.arange(2 * 26 * 64, dtype=torch.float32).view(2, 26, 64)
     attn = torch.eye(26).repeat(2, 2, 1, 1)  # (B, H, T, T)
     attn[:, :, 0] = 0.0
@@ -82,22 +77,20 @@ def test_contrastive_loss_hand_worked() -> None:
 
 
 def test_ffvt_fuses_top_k_tokens_of_each_layer() -> None:
-    model = create_model(
-        "ffvt", num_classes=5, image_size=32, backbone=TINY_VIT, tokens_per_layer=4
-    )
+    model = create_model("ffvt", num_classes=5, image_size=32, **TINY_VIT, tokens_per_layer=4)
     images, targets = _batch()
     assert model.forward_features(images).shape == (4, 1 + 1 * 4, 64)  # L - 1 = 1 layer
     torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would block gradients
     loss = CRITERION(model(images), targets)
     loss.backward()
     _assert_grads(
-        model, "vit.patch_embed.proj.weight", "vit.blocks.0.attn.qkv.weight", "head.weight"
+        model, "encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "head.weight"
     )
     model.eval()
     with torch.no_grad():
         assert model(images).shape == (4, 5)
     with pytest.raises(ValueError, match="tokens_per_layer"):
-        create_model("ffvt", num_classes=5, image_size=32, backbone=TINY_VIT, tokens_per_layer=17)
+        create_model("ffvt", num_classes=5, image_size=32, **TINY_VIT, tokens_per_layer=17)
 
 
 def test_select_tokens_skips_cls_and_ranks_by_score() -> None:
@@ -110,7 +103,7 @@ def test_select_tokens_skips_cls_and_ranks_by_score() -> None:
 
 
 def test_resnet101_forward() -> None:
-    model = create_model("resnet101", num_classes=5, image_size=32, backbone=TINY_VIT).eval()
+    model = create_model("resnet101", num_classes=5, image_size=32).eval()
     with torch.no_grad():
         assert model(_batch(2)[0]).shape == (2, 5)
 
@@ -122,7 +115,11 @@ def test_resnet101_backward() -> None:
     CRITERION(model(images), targets).backward()
     # timm zero-inits each block's last BN scale, so grads reach the stem, shortcuts and BNs
     _assert_grads(
-        model, "conv1.weight", "layer4.0.downsample.0.weight", "layer4.2.bn3.weight", "fc.weight"
+        model,
+        "backbone.conv1.weight",
+        "backbone.layer4.0.downsample.0.weight",
+        "backbone.layer4.2.bn3.weight",
+        "backbone.fc.weight",
     )
 
 

@@ -116,3 +116,17 @@ def test_enlarge_boxes_keeps_inside_image():
 def test_gls_flops_formula_matches_table1_at_224():
     # ViT B-16 at 224: N = 196, D = 768 -> 0.45 MFLOPs (Table 1)
     assert gls_flops(196, 768) / 1e6 == pytest.approx(0.45, abs=0.005)
+
+
+def test_crop_boxes_with_overlapping_patches_use_the_stride():
+    # TransFG-style grid: 5 x 5 patches of P = 8 every s = 6 px over 32 px
+    scores = one_hot_scores((5, 5), [(0, 0), (1, 2)])
+    assert crop_boxes(scores, grid_size=5, patch_size=8, stride=6, top_k=2).tolist() == [
+        [0, 0, 2 * 6 + 8, 1 * 6 + 8]
+    ]
+    last = one_hot_scores((5, 5), [(4, 4)])
+    assert crop_boxes(last, grid_size=5, patch_size=8, stride=6, top_k=1).tolist() == [
+        [24, 24, 32, 32]
+    ]
+    same = crop_boxes(scores, grid_size=5, patch_size=8, top_k=2)
+    assert torch.equal(same, crop_boxes(scores, grid_size=5, patch_size=8, stride=8, top_k=2))

@@ -2,15 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from glsim.config import GLSimParams, VitParams
 from glsim.models import create_model, list_models
 from glsim.models.glsim import GLSim
 
 
 def make(tiny_backbone, **glsim) -> GLSim:
-    return create_model(
-        "glsim", num_classes=5, image_size=32, backbone=tiny_backbone, glsim=GLSimParams(**glsim)
-    )
+    return create_model("glsim", num_classes=5, image_size=32, **tiny_backbone, **glsim)
 
 
 def test_registry_has_glsim_and_vit_and_names_close_match():
@@ -113,12 +110,10 @@ def test_min_box_bounds_zoom(tiny_backbone):
 
 
 def test_vit_baseline_and_cls_block_variant(tiny_backbone):
-    vit = create_model("vit", num_classes=5, image_size=32, backbone=tiny_backbone)
+    vit = create_model("vit", num_classes=5, image_size=32, **tiny_backbone)
     assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    assert vit.head.weight.abs().sum() == 0  # zero-initialised head, as GLSim's
-    blk = create_model(
-        "vit", num_classes=5, image_size=32, backbone=tiny_backbone, vit=VitParams(cls_block=True)
-    )
+    assert vit.encoder.head.weight.abs().sum() == 0  # zero-initialised head, as GLSim's
+    blk = create_model("vit", num_classes=5, image_size=32, **tiny_backbone, cls_block=True)
     assert blk(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert sum(p.numel() for p in blk.parameters()) > sum(p.numel() for p in vit.parameters())
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from glsim.config import BackboneParams
 from glsim.models import create_model
 from glsim.train.checkpoint import CHECKPOINT_NAME, TrainState, load_checkpoint, save_checkpoint
 from glsim.train.loop import (
@@ -35,7 +34,8 @@ def tiny_vit(num_classes: int = NUM_CLASSES, init_seed: int = 0) -> nn.Module:
         "vit",
         num_classes=num_classes,
         image_size=IMAGE_SIZE,
-        backbone=BackboneParams(name="vit_tiny_patch16_224", overrides=dict(TINY_VIT)),
+        backbone="vit_tiny_patch16_224",
+        backbone_overrides=dict(TINY_VIT),
         drop_path_rate=0.1,
     )
 
