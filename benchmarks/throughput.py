@@ -31,8 +31,7 @@ from torch import nn
 from glsim.config import BackboneParams, Params, load_params
 from glsim.models import create_model
 from glsim.train.loop import train_step
-
-CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; no stochastic depth (as training)
+from glsim.train.run import CNN_MODELS, model_kwargs
 
 
 def timed_rate(fn: Callable[[], None], *, items: int, min_time: float) -> float:
@@ -74,17 +73,18 @@ def build(
 ) -> nn.Module:
     """A registered model with params.yaml's per-model section (e.g. ``model.glsim``), random
     weights, and ``backbone`` for the ViT-based ones."""
-    section = getattr(params.model, name, None)
-    kwargs = section.model_dump() if section is not None else {}
-    if name in CNN_MODELS:
-        kwargs.update(weights=None, drop_path_rate=0.0)
-    else:
-        kwargs.update(
-            backbone=backbone.name,
-            backbone_overrides=dict(backbone.overrides),
-            weights=None,
-            drop_path_rate=args.drop_path,
-        )
+    random_init = params.with_overrides(
+        {
+            "model.backbone": {
+                "name": backbone.name, "overrides": dict(backbone.overrides), "weights": None
+            },
+            "model.resnet101.weights": None,
+            "model.cal.weights": None,
+        }
+    )
+    kwargs = model_kwargs(random_init, name)  # the same adapter training uses
+    if name not in CNN_MODELS:
+        kwargs["drop_path_rate"] = args.drop_path
     torch.manual_seed(0)
     return create_model(name, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     args.image_size = args.image_size or params.data.image_size
     args.train_batch_size = args.train_batch_size or params.train.batch_size
     if args.drop_path is None:
-        args.drop_path = float(params.train.regularisation()["drop_path"])
+        args.drop_path = params.train.regularisation().drop_path
     if args.threads:
         torch.set_num_threads(args.threads)
     env = {

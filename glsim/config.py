@@ -23,9 +23,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from glsim.models.choices import Metric, Selector  # torch-free: the models' own choice types
+
 AugRegLevel = Literal["minimal", "weak", "medium", "strong"]
-Metric = Literal["cosine", "l1", "l2"]
-Selector = Literal["gls", "attention", "rollout", "random"]
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SOURCE_KEY = "source"  # the data.datasets entry key that is not a dotted override
 
