@@ -28,6 +28,7 @@ from glsim.models.choices import Metric, Selector  # torch-free: the models' own
 AugRegLevel = Literal["minimal", "weak", "medium", "strong"]
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SOURCE_KEY = "source"  # the data.datasets entry key that is not a dotted override
+MOVED_KEYS = {"train.models": "protocol.models", "train.seeds": "protocol.seeds"}
 
 
 class ParamsError(ValueError):
@@ -421,6 +422,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             valid = _fields_at(Params, loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+            if key in MOVED_KEYS:
+                hint = f"; it moved to '{MOVED_KEYS[key]}'"
             problems.append(f"unknown key '{key}'{hint} (valid here: {', '.join(valid)})")
         elif e["type"] == "value_error":  # our validators: the message names key and value
             msg = str(e["msg"]).removeprefix("Value error, ")

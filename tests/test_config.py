@@ -295,3 +295,8 @@ def test_synthetic_range_error_in_file_names_the_section(tmp_path):
 def test_overrides_on_non_mapping_file_give_params_error(tmp_path):
     with pytest.raises(ParamsError, match="must be a mapping"):
         load_params(_write(tmp_path, "- 1\n- 2\n"), {"train.lr": 0.1})
+
+
+def test_keys_that_moved_say_where_to():
+    with pytest.raises(ParamsError, match=r"unknown key 'train.seeds'; it moved to 'protocol.seeds'"):
+        params_from_dict({"train": {"seeds": [1, 10]}})
