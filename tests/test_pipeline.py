@@ -24,6 +24,7 @@ from glsim.validation.expected import expected_counts
 @pytest.fixture
 def chain(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a server-less store puts artifacts in ./mlruns
     params = tiny_params(tmp_path)
     d = params.data
     prepare_dataset(d.dataset, d.raw_dir, params=params, force=True)

@@ -83,6 +83,7 @@ def test_forty_class_imagefolder_trains_end_to_end_through_the_stage_scripts(
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a server-less store puts artifacts in ./mlruns
     source = write_imagefolder(tmp_path / "my birds", classes=40)
     params = user_params(tmp_path, {"birds40": {"source": f"imagefolder:{source}"}})
     for name, args in [
