@@ -7,11 +7,9 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 import requests  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from tracking_servers import free_port  # noqa: E402
 
 from glsim.tracking import mlflow as tracking  # noqa: E402
 from glsim.tracking.mlflow import (  # noqa: E402
@@ -30,13 +29,6 @@ from glsim.tracking.mlflow import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed: connecting is refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -195,55 +187,6 @@ def test_store_failure_mid_run_keeps_calls_without_a_run_dir(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------------------
 # a real server, killed mid-run
-
-
-@pytest.fixture
-def server(tmp_path):
-    """``mlflow server`` on a free loopback port; stopped (its process group) in teardown."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/db.sqlite",
-            "--default-artifact-root",
-            str(tmp_path / "art"),
-            "-w",
-            "1",
-        ],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the workers go with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.3)
-        yield uri, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 def test_server_killed_mid_run_does_not_stop_the_run(server, tmp_path, monkeypatch, capsys):

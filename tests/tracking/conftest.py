@@ -1,0 +1,23 @@
+"""Fixtures of the tracking tests: real ``mlflow server`` processes on loopback
+(:mod:`tracking_servers`), started here and stopped in teardown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tracking_servers import Server, mlflow_server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``(uri, process)`` of an ``mlflow server`` for one test (store in ``tmp_path``)."""
+    with mlflow_server(tmp_path) as s:
+        yield s.uri, s.proc
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory) -> Iterator[Server]:
+    """One ``mlflow server`` shared by a module's tests (each uses its own names)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as s:
+        yield s
