@@ -6,6 +6,7 @@ import argparse
 
 from glsim.data.cli import add_data_commands
 from glsim.errors import debug_requested, guarded
+from glsim.tracking.cli import add_tracking_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_data_commands(subparsers)
+    add_tracking_commands(subparsers)
     return parser
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from glsim.models.choices import Metric, Selector  # torch-free: the models' own choice types
 
@@ -350,6 +350,33 @@ class EvalParams(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class RegistryParams(_Strict):
+    """MLflow model registry promotion (``glsim registry promote``; no DVC stage reads it)."""
+
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="percentage points of mean test top-1 a new version must beat the "
+        "champion's by to take the `champion` alias",
+    )
+    name_template: str = Field(
+        "glsim-{dataset}-{model}",
+        description="registered model name; {dataset} and {model} are filled in",
+    )
+
+    @field_validator("name_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(dataset="d", model="m")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"registry.name_template {value!r}: only {{dataset}} and {{model}} may be "
+                f"filled in ({type(err).__name__}: {err})"
+            ) from None
+        return value
+
+
 class Params(_Strict):
     """The whole params tree: one section per stage plus the shared ``base``."""
 
@@ -361,6 +388,7 @@ class Params(_Strict):
     protocol: ProtocolParams = ProtocolParams()
     ablations: AblationParams = AblationParams()
     eval: EvalParams = EvalParams()
+    registry: RegistryParams = RegistryParams()
 
     @model_validator(mode="after")
     def _check_references(self) -> Params:

@@ -58,6 +58,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
         from glsim.tracking.mlflow import TrackingUnavailable
 
         errors.append(TrackingUnavailable)
+        from glsim.tracking.registry import RegistryError
+
+        errors.append(RegistryError)
     except ImportError:  # pragma: no cover - before the tracking module defines it
         pass
     try:

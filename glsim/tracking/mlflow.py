@@ -269,6 +269,22 @@ def dvc_hash(path: str | Path, root: str | Path = ".") -> str:
     return ""
 
 
+def log_pytorch_model(model, name: str = "model", registered_model_name: str | None = None):
+    """``mlflow.pytorch.log_model`` into the active run, as every glsim model is logged:
+    pickled (pt2 export would trace GLSim's data-dependent crop; glsim must be importable
+    where it is loaded) with explicit requirements, which skips MLflow's slow inference."""
+    import mlflow.pytorch
+    import torch
+
+    return mlflow.pytorch.log_model(
+        model,
+        name=name,
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm==1.0.31", "glsim"],
+        registered_model_name=registered_model_name,
+    )
+
+
 class Tracker:
     """One MLflow run, resumable: ``with Tracker(...) as t: t.log_metrics(...)``.
 
@@ -423,20 +439,7 @@ class Tracker:
         Offline: only a note is kept (the run folder's checkpoint is the model); returns None."""
 
         def send():
-            import mlflow.pytorch
-            import torch
-
-            return mlflow.pytorch.log_model(
-                model,
-                name=name,
-                serialization_format="pickle",  # pt2 export would trace GLSim's data-dependent crop
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    "timm==1.0.31",
-                    "glsim",
-                ],
-                registered_model_name=registered_model_name,
-            )
+            return log_pytorch_model(model, name, registered_model_name)
 
         note = {
             "name": name,

@@ -1,0 +1,78 @@
+"""``glsim registry show|promote|rollback``.
+
+The tracking store is :func:`glsim.tracking.mlflow.tracking_uri` (``MLFLOW_TRACKING_URI``,
+else the embedded ``mlflow.db`` here); a store that does not answer is one ``error:`` line.
+MLflow is imported only when a command runs, so ``glsim --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from glsim.tracking.registry import describe_model, format_model
+
+    info = describe_model(args.name)
+    print(json.dumps(info, indent=2) if args.json else format_model(info))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from glsim.config import load_params
+    from glsim.tracking.registry import promote, register_best, registry_client
+
+    params = load_params(args.params)
+    client = registry_client()
+    mv = register_best(params, args.dataset, args.model, client=client)
+    decision = promote(mv.name, mv.version, margin=params.registry.margin, client=client)
+    tags = mv.tags
+    print(
+        f"{mv.name} v{mv.version}: seed {tags.get('seed')} of {tags.get('seeds')}, "
+        f"top1 {tags.get('top1_mean')} ± {tags.get('top1_std')}, "
+        f"validation {tags.get('validation')}"
+    )
+    moved = "now" if decision.moved else "stays"
+    print(f"{decision.alias} {moved} v{decision.version}: {decision.reason}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from glsim.tracking.registry import rollback
+
+    d = rollback(args.name, reason=args.reason)
+    print(f"{d.name}: champion v{d.previous} -> v{d.version} ({d.reason})")
+    return 0
+
+
+def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
+    registry = subparsers.add_parser(
+        "registry",
+        help="the MLflow model registry: show, promote the best seed, roll back",
+        description="Registered models are named by registry.name_template "
+        "(glsim-<dataset>-<model>); the alias `champion` is the one to deploy.",
+    )
+    reg = registry.add_subparsers(dest="registry_command", required=True)
+
+    show = reg.add_parser("show", help="versions, aliases, tags and alias history of a model")
+    show.add_argument("name", help="registered model name, e.g. glsim-synthetic_fg-glsim")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    promote = reg.add_parser(
+        "promote",
+        help="register the best seed of DATASET/MODEL and move `champion` or `challenger`",
+        description="Reads every seed's eval report; `champion` moves only if the mean test "
+        "top-1 beats the champion's by more than registry.margin and validation passed.",
+    )
+    promote.add_argument("dataset")
+    promote.add_argument("model")
+    promote.add_argument("--params", type=Path, default=Path("params.yaml"))
+    promote.set_defaults(func=cmd_promote)
+
+    back = reg.add_parser("rollback", help="move `champion` back to its previous holder")
+    back.add_argument("name")
+    back.add_argument("--reason", default=None, help="recorded in the alias history")
+    back.set_defaults(func=cmd_rollback)
