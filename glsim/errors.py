@@ -59,8 +59,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
         errors.append(TrackingUnavailable)
         from glsim.tracking.registry import RegistryError
+        from glsim.tracking.sync import SyncError
 
-        errors.append(RegistryError)
+        errors += [RegistryError, SyncError]
     except ImportError:  # pragma: no cover - before the tracking module defines it
         pass
     try:

@@ -1,4 +1,4 @@
-"""``glsim registry show|promote|rollback``.
+"""``glsim registry show|promote|rollback`` and ``glsim tracking sync``.
 
 The tracking store is :func:`glsim.tracking.mlflow.tracking_uri` (``MLFLOW_TRACKING_URI``,
 else the embedded ``mlflow.db`` here); a store that does not answer is one ``error:`` line.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -47,6 +48,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from glsim.tracking.sync import sync_run
+
+    incomplete = False
+    for target in args.run_dirs:
+        result = sync_run(target, experiment=args.experiment)
+        print(result.summary(), flush=True)
+        for why in result.kept:
+            print(f"  kept: {why}", file=sys.stderr)
+        incomplete |= bool(result.kept)
+    return 1 if incomplete else 0
+
+
 def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
     registry = subparsers.add_parser(
         "registry",
@@ -76,3 +90,27 @@ def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
     back.add_argument("name")
     back.add_argument("--reason", default=None, help="recorded in the alias history")
     back.set_defaults(func=cmd_rollback)
+
+    tracking = subparsers.add_parser("tracking", help="tracking store maintenance")
+    trk = tracking.add_subparsers(dest="tracking_command", required=True)
+    sync = trk.add_parser(
+        "sync",
+        help="replay run folders' tracking-pending.jsonl to MLFLOW_TRACKING_URI",
+        description="Replays what a run could not send while its tracking server was down, "
+        "then renames the file to tracking-pending.synced.jsonl. Exit 1 when some calls "
+        "were kept for a later sync (each is named).",
+    )
+    sync.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        type=Path,
+        help="a run folder, or a pending .jsonl file (mlruns-pending/<run>.jsonl)",
+    )
+    sync.add_argument(
+        "--experiment",
+        default=None,
+        help="experiment of a run created anew (default: base.experiment of the run "
+        "folder's params.resolved.yaml, else glsim)",
+    )
+    sync.set_defaults(func=cmd_sync)

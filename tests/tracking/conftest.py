@@ -16,8 +16,9 @@ def server(tmp_path):
         yield s.uri, s.proc
 
 
-@pytest.fixture(scope="module")
-def module_server(tmp_path_factory) -> Iterator[Server]:
-    """One ``mlflow server`` shared by a module's tests (each uses its own names)."""
-    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as s:
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory) -> Iterator[Server]:
+    """One ``mlflow server`` for every test that only needs a live store (each test uses
+    its own experiment and model names), so the suite pays its start-up once."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_shared")) as s:
         yield s

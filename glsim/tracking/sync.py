@@ -1,0 +1,389 @@
+"""``glsim tracking sync``: replay what a :class:`~glsim.tracking.mlflow.Tracker` could not
+send (its ``tracking-pending.jsonl``) to the tracking store now configured.
+
+Per run folder (or a ``mlruns-pending/<name>.jsonl`` file of a run without one), the calls
+go into the same MLflow run when that run id exists on the target store (the server came
+back), else into a new run with the same name and tags in the experiment of the run's
+``params.resolved.yaml`` (``base.experiment``); the new id is written to the run folder's
+``mlflow_run_id``, so the registry and a resumed run find it. Params already on the run
+are kept (MLflow params are immutable), metrics keep their steps and times (a metric
+already there with the same step, time and value is not sent twice, so a sync cut short can
+simply be run again), tags, artifacts (the paths recorded in the file) and the end status
+follow. An offline ``log_model`` is redone from the run folder's checkpoint
+(:func:`glsim.train.run.load_run` with the folder's ``params.resolved.yaml``).
+
+Replayed calls move to ``tracking-pending.synced.jsonl``; a call that cannot be replayed
+yet (an artifact file gone, a checkpoint that cannot be loaded here) stays in
+``tracking-pending.jsonl`` with its reason reported, for a later sync.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glsim.tracking.mlflow import (
+    PENDING_FILE,
+    RUN_ID_FILE,
+    check_tracking,
+    describe,
+    log_pytorch_model,
+    tracking_uri,
+    use_store,
+)
+
+SYNCED_FILE = "tracking-pending.synced.jsonl"
+RESOLVED_PARAMS = "params.resolved.yaml"
+DEFAULT_EXPERIMENT = "glsim"
+SYNCED_FROM_TAG = "glsim.synced_from_run_id"
+MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
+
+
+class SyncError(RuntimeError):
+    """A pending file cannot be replayed; the message names it and what to do."""
+
+
+@dataclass
+class SyncResult:
+    """What one sync did: the target ``run_id`` (``created``: a new run), how many calls of
+    each kind were replayed, and the calls ``kept`` for later with their reasons."""
+
+    source: Path
+    run_id: str | None = None
+    created: bool = False
+    replayed: dict[str, int] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+    nothing: bool = False
+
+    def summary(self) -> str:
+        if self.nothing:
+            return f"{self.source}: nothing to sync"
+        done = ", ".join(f"{n} {k}" for k, n in sorted(self.replayed.items())) or "no calls"
+        into = "new run" if self.created else "run"
+        line = f"{self.source}: replayed {done} into {into} {self.run_id}"
+        if self.kept:
+            line += f"; kept {len(self.kept)} call(s) for a later sync"
+        return line
+
+
+def _paths(target: Path) -> tuple[Path, Path, Path | None]:
+    """``(pending file, synced file, run folder or None)`` for a run folder or a file."""
+    if target.is_dir():
+        return target / PENDING_FILE, target / SYNCED_FILE, target
+    if target.name == PENDING_FILE:  # the pending file of a run folder
+        return target, target.with_name(SYNCED_FILE), target.parent
+    if target.suffix == ".jsonl" and (target.is_file() or not target.exists()):
+        stem = target.name.removesuffix(".jsonl")
+        return target, target.with_name(f"{stem}.synced.jsonl"), None
+    raise SyncError(
+        f"{target}: not a run folder (with {PENDING_FILE}) nor a pending .jsonl file; "
+        "pass the run folder of a run whose tracking server was down"
+    )
+
+
+def run_spec_for(run_dir: Path):
+    """``(params, RunSpec)`` of a run folder, from its ``params.resolved.yaml`` and where it
+    lies (``<dataset>/<model>/seedS``, ``.../lrsearch/<model>/lrX/seedS`` or
+    ``.../ablation/<variant>/seedS``); None when the folder is not a run folder."""
+    from glsim.config import ParamsError, load_params
+    from glsim.runs import RunSpec
+
+    resolved = run_dir / RESOLVED_PARAMS
+    if not resolved.is_file():
+        return None
+    try:
+        params = load_params(resolved)
+    except ParamsError:
+        return None
+    parts = run_dir.resolve().parts
+    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].isdigit():
+        return None
+    seed = int(parts[-1][4:])
+    specs = []
+    if parts[-3] == "ablation" and parts[-2] in params.ablations.variants:
+        model = params.ablations.variants[parts[-2]].model
+        specs.append(RunSpec(model=model, seed=seed, kind="ablation", variant=parts[-2]))
+    if len(parts) >= 5 and parts[-4] == "lrsearch" and parts[-2].startswith("lr"):
+        try:
+            lr = float(parts[-2][2:])
+        except ValueError:
+            lr = None
+        if lr is not None:
+            specs.append(RunSpec(model=parts[-3], seed=seed, lr=lr, kind="lrsearch"))
+    specs.append(RunSpec(model=parts[-2], seed=seed))
+    for spec in specs:
+        rel = spec.run_dir(params).relative_to(params.base.runs_dir).parts
+        if parts[-len(rel) :] == rel:
+            return params, spec
+    return None
+
+
+def _experiment_of(run_dir: Path | None, experiment: str | None) -> str:
+    if experiment:
+        return experiment
+    if run_dir is not None and (run_dir / RESOLVED_PARAMS).is_file():
+        import yaml
+
+        tree = yaml.safe_load((run_dir / RESOLVED_PARAMS).read_text()) or {}
+        name = (tree.get("base") or {}).get("experiment")
+        if name:
+            return str(name)
+    return DEFAULT_EXPERIMENT
+
+
+class _Target:
+    """The run on the target store that a group of pending calls goes into."""
+
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._history: dict[str, set[tuple[int, int, float]]] = {}
+
+    def params(self, flat: dict[str, Any]) -> int:
+        from mlflow.entities import Param
+
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in flat.items() if k not in have]
+        for i in range(0, len(new), MAX_BATCH["params"]):
+            self.client.log_batch(self.run_id, params=new[i : i + MAX_BATCH["params"]])
+        return len(new)
+
+    def metrics(self, rows: list[tuple[str, float, int, int]]) -> int:
+        """``(key, value, timestamp ms, step)`` rows not already in the run's history."""
+        from mlflow.entities import Metric
+
+        new = []
+        for key, value, ts, step in rows:
+            if key not in self._history:
+                self._history[key] = {
+                    (m.step, m.timestamp, m.value)
+                    for m in self.client.get_metric_history(self.run_id, key)
+                }
+            if (step, ts, value) in self._history[key]:
+                continue
+            self._history[key].add((step, ts, value))
+            new.append(Metric(key, value, ts, step))
+        for i in range(0, len(new), MAX_BATCH["metrics"]):
+            self.client.log_batch(self.run_id, metrics=new[i : i + MAX_BATCH["metrics"]])
+        return len(new)
+
+    def tags(self, tags: dict[str, Any]) -> int:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_BATCH["tags"]):
+            self.client.log_batch(self.run_id, tags=items[i : i + MAX_BATCH["tags"]])
+        return len(items)
+
+
+def _run_exists(client, run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        if describe(err)[1]:
+            raise
+        return False
+    return True
+
+
+def _new_run(client, calls, run_dir, experiment, old_id) -> str:
+    start = next((c for c in calls if c["call"] == "start_run"), None)
+    args = start["args"] if start else {}
+    name = args.get("run_name")
+    if not name and run_dir is not None:
+        found = run_spec_for(run_dir)
+        name = found[1].label(found[0]) if found else run_dir.name
+    exp_name = _experiment_of(run_dir, experiment)
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name)
+    tags = {k: str(v) for k, v in (args.get("tags") or {}).items()}
+    tags.pop("mlflow.parentRunId", None)  # the parent's id belongs to the old store
+    if old_id:
+        tags[SYNCED_FROM_TAG] = old_id
+    first = min((c.get("time") or time.time() for c in calls), default=time.time())
+    run = client.create_run(exp_id, start_time=int(first * 1000), tags=tags, run_name=name)
+    return run.info.run_id
+
+
+def _log_model(uri: str, run_id: str, run_dir: Path | None, name: str) -> str | None:
+    """Log the run folder's checkpoint as the run's model; the reason when it cannot."""
+    import mlflow
+
+    from glsim.errors import user_errors
+
+    if run_dir is None:
+        return "no run folder to load the model from"
+    found = run_spec_for(run_dir)
+    if found is None:
+        return f"{run_dir} has no {RESOLVED_PARAMS} matching its place (not a run folder)"
+    params, spec = found
+    from glsim.train.run import load_run
+
+    try:
+        model, _ = load_run(params, spec)
+    except user_errors() as err:
+        return f"the checkpoint cannot be loaded here ({str(err).splitlines()[0]})"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        log_pytorch_model(model.cpu(), name=name)
+    return None
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    with path.open("a") as f:
+        f.writelines(line + "\n" for line in lines)
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def sync_run(
+    target: str | Path,
+    *,
+    uri: str | None = None,
+    experiment: str | None = None,
+    log_model: Callable[[str, str, Path | None, str], str | None] = _log_model,
+) -> SyncResult:
+    """Replay ``target``'s pending tracking calls (see the module docstring) to ``uri``
+    (default :func:`~glsim.tracking.mlflow.tracking_uri`)."""
+    from mlflow.tracking import MlflowClient
+
+    target = Path(target)
+    if not target.exists():
+        raise SyncError(f"{target}: no such run folder or pending file")
+    pending, synced, run_dir = _paths(target)
+    result = SyncResult(source=pending)
+    raw = [ln for ln in pending.read_text().splitlines() if ln.strip()] if pending.is_file() else []
+    calls = []
+    for n, text in enumerate(raw, 1):
+        try:
+            calls.append(json.loads(text))
+        except json.JSONDecodeError as err:
+            if n == len(raw):  # torn: the process died mid-write (as pending_calls reads it)
+                continue
+            raise SyncError(
+                f"{pending}: line {n} is not JSON ({err.msg}); repair or remove that line "
+                "and run the sync again"
+            ) from None
+    if not calls:
+        result.nothing = True
+        return result
+    if uri is None:
+        uri = tracking_uri()
+        check_tracking(uri)
+        use_store()
+    client = MlflowClient(uri)
+
+    # one run per file in practice; a file of several runs replays each group in order
+    groups: dict[str | None, list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(call.get("run_id"), []).append(i)
+    folder_id = None
+    if run_dir is not None and (run_dir / RUN_ID_FILE).is_file():
+        folder_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
+    kept: dict[int, str] = {}  # call index -> reason
+    new_ids: dict[int, str] = {}
+    try:
+        for old_id, idx in groups.items():
+            group = [calls[i] for i in idx]
+            run_id = next((r for r in (old_id, folder_id) if _run_exists(client, r)), None)
+            if run_id is None:
+                run_id = _new_run(client, group, run_dir, experiment, old_id)
+                result.created = True
+                if run_dir is not None:
+                    (run_dir / RUN_ID_FILE).write_text(run_id)
+                    folder_id = run_id
+            result.run_id = run_id
+            run = _Target(client, run_id)
+            params: dict[str, Any] = {}
+            tags: dict[str, Any] = {}
+            metrics: list[tuple[str, float, int, int]] = []
+            end = None
+            for i, call in zip(idx, group, strict=True):
+                kind, args = call["call"], call.get("args") or {}
+                new_ids[i] = run_id
+                if kind == "log_params":
+                    for k, v in args.items():
+                        params.setdefault(k, v)  # the first value was what the run logged
+                elif kind == "log_metrics":
+                    ts = int(round((call.get("time") or time.time()) * 1000))
+                    step = call.get("step") or 0
+                    metrics += [(k, float(v), ts, int(step)) for k, v in args.items()]
+                elif kind == "set_tags":
+                    tags.update(args)
+                elif kind == "end_run":
+                    end = (args.get("status", "FINISHED"), call.get("time"))
+                elif kind in ("log_artifact", "log_model", "start_run"):
+                    continue  # below, after the run's params/metrics
+                else:
+                    kept[i] = f"unknown call {kind!r}"
+            counts = result.replayed
+            counts["params"] = counts.get("params", 0) + run.params(params)
+            counts["metrics"] = counts.get("metrics", 0) + run.metrics(metrics)
+            counts["tags"] = counts.get("tags", 0) + run.tags(tags)
+            for i, call in zip(idx, group, strict=True):
+                args = call.get("args") or {}
+                if call["call"] == "log_artifact":
+                    path = Path(args["path"])
+                    if not path.exists():
+                        kept[i] = f"artifact {path} no longer exists"
+                        continue
+                    client.log_artifact(run_id, str(path), args.get("artifact_path"))
+                    counts["artifacts"] = counts.get("artifacts", 0) + 1
+                elif call["call"] == "log_model":
+                    where = Path(args["run_dir"]) if args.get("run_dir") else run_dir
+                    reason = log_model(uri, run_id, where, args.get("name") or "model")
+                    if reason:
+                        kept[i] = f"model not logged: {reason}"
+                    else:
+                        counts["models"] = counts.get("models", 0) + 1
+            if end is not None:
+                status, when = end
+                end_ms = int(when * 1000) if when else None
+                client.set_terminated(run_id, status=status, end_time=end_ms)
+                counts["end_run"] = counts.get("end_run", 0) + 1
+    except Exception as err:
+        from mlflow.exceptions import MlflowException
+
+        reason, unreachable = describe(err)
+        if unreachable or isinstance(err, MlflowException):
+            raise SyncError(
+                f"{pending}: sync to {uri} stopped ({reason}); nothing is lost: run "
+                "`glsim tracking sync` again (what was sent is not sent twice)"
+            ) from err
+        raise
+
+    # move what was replayed to the synced file; keep the rest (and any line written
+    # meanwhile by a Tracker still running) in the pending file
+    result.kept = [f"{calls[i]['call']}: {why}" for i, why in sorted(kept.items())]
+    now = [ln for ln in pending.read_text().splitlines() if ln.strip()]
+    extra = now[len(raw) :]
+
+    def line(i: int) -> str:
+        call = dict(calls[i])
+        call["run_id"] = new_ids.get(i, call.get("run_id"))
+        return json.dumps(call, default=str)
+
+    done = [line(i) for i in range(len(calls)) if i not in kept]
+    left = [line(i) for i in sorted(kept)] + extra
+    if not left and not synced.exists():
+        _rewrite(pending, done)
+        os.replace(pending, synced)
+    else:
+        _append(synced, done)
+        if left:
+            _rewrite(pending, left)
+        else:
+            pending.unlink()
+    return result
