@@ -62,7 +62,7 @@ def mlflow_server(folder: Path, port: int | None = None) -> Iterator[Server]:
             str(port),
             "--backend-store-uri",
             f"sqlite:///{folder}/db.sqlite",
-            "--default-artifact-root",
+            "--artifacts-destination",  # proxied, as README sets up a shared server
             str(folder / "art"),
             "-w",
             "1",
