@@ -26,4 +26,4 @@ test-slow: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check glsim pipelines tests benchmarks
+	$(VENV)/bin/ruff check glsim pipelines tests benchmarks flows

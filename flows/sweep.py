@@ -1,0 +1,273 @@
+"""The paper's protocol as a Prefect sweep over the params tree: what ``dvc repro`` runs,
+spread over workers.
+
+Per dataset of ``data.datasets``: ``prepare``, ``shard``, ``validate`` (in this process);
+``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
+``protocol.models``): one run per LR of ``protocol.lr_grid``, then the choice of LR. Per
+(dataset, model, seed) and (dataset, variant of ``ablations.variants``, seed): the run and
+its evaluation. Then the aggregate (``reports/results.*``). Every step is a call into the
+library (:mod:`flows.steps` mirrors ``pipelines/``); no recipe, path or hyperparameter
+is written here.
+
+Each training run (pretraining, LR-search, final, ablation) is its own flow run of
+:func:`flows.train_one.train_one`: submitted as a deployment run (``use_deployments``, the
+default), so a worker on any node takes it and holds one of its GPU slots; or, with
+``use_deployments=False`` (``--local``), run here one after another, with no server
+needed beyond Prefect's ephemeral one. A run that already finished under its run key and
+was evaluated is not submitted at all; a submitted one that finished is skipped by
+``train_run``; a killed one resumes from ``last.pt``.
+
+Retries: only what may be transient (I/O, tracking, a crashed or lost worker): twice,
+after a delay. A diverged run (``TrainingDiverged``) and bad input fail at once.
+
+    python -m flows.sweep --local                 # this machine, in-process
+    prefect deployment run glsim-sweep/sweep      # on the cluster (README)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import steps
+from flows.train_one import (
+    DEPLOYMENT,
+    label,
+    not_transient,
+    raise_for_state,
+    request,
+    train_one,
+)
+
+RETRIES = 2
+RETRY_DELAY_S = 10
+IN_FLIGHT = 64  # deployment runs waited on at once (threads that mostly sleep)
+
+
+def transient(task, task_run, state) -> bool:
+    """``retry_condition_fn``: retry unless the failure is one a retry cannot fix."""
+    return not isinstance(state.data, not_transient())
+
+
+def _task(fn=None, **kwargs):
+    options = dict(
+        retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=transient,
+        cache_policy=NO_CACHE,
+    )  # fmt: skip
+    return task(**{**options, **kwargs})(fn) if fn else task(**{**options, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------
+# tasks: thin calls into flows.steps, each on one dataset's params
+
+
+@_task(task_run_name="check-tracking")
+def check_tracking() -> None:
+    from glsim.tracking.mlflow import check_tracking as check
+
+    check()
+
+
+@_task(task_run_name="prepare-{dataset}")
+def prepare(params_file: str, overrides: dict, dataset: str) -> str:
+    return str(steps.prepare(steps.resolve(params_file, overrides, dataset)))
+
+
+@_task(task_run_name="shard-{dataset}")
+def shard(params_file: str, overrides: dict, dataset: str) -> dict[str, int]:
+    index = steps.shard(steps.resolve(params_file, overrides, dataset))
+    return {
+        f"{part}/{split}": e["count"]
+        for part, i in index.items()
+        for split, e in i["splits"].items()
+    }
+
+
+@_task(task_run_name="validate-{dataset}")
+def validate(params_file: str, overrides: dict, dataset: str) -> str:
+    return steps.validate(steps.resolve(params_file, overrides, dataset))
+
+
+@_task(task_run_name="probe-{dataset}")
+def probe(params_file: str, overrides: dict, dataset: str) -> dict[str, Any]:
+    return steps.probe(steps.resolve(params_file, overrides, dataset))
+
+
+@_task(task_run_name="choose-lr-{dataset}-{model}")
+def choose_lr(params_file: str, overrides: dict, dataset: str, model: str) -> float:
+    report = steps.record_lr_choice(steps.resolve(params_file, overrides, dataset), model)
+    return float(report["chosen_lr"])
+
+
+@_task(task_run_name="aggregate")
+def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
+    from glsim.protocol import aggregate_reports
+
+    params = steps.resolve(params_file, overrides, None)
+    return [str(p) for p in aggregate_reports(params, track=track)]
+
+
+@_task(task_run_name="{run}")
+def train(
+    run: str, req: dict[str, Any], use_deployments: bool, deployment: str, poll_s: float
+) -> str:
+    """One training run: ``skipped`` (finished and evaluated already) or ``trained``."""
+    logger = get_run_logger()
+    params = steps.resolve(req["params_file"], req["overrides"], req["dataset"])
+    if steps.is_done(params, req["kind"], req["name"], req["seed"], req["lr"]):
+        logger.info("%s: finished under its run key and evaluated; not submitted", run)
+        return "skipped"
+    if use_deployments:
+        from prefect.deployments import run_deployment
+
+        flow_run = run_deployment(
+            deployment, parameters=req, flow_run_name=run, timeout=None, poll_interval=poll_s,
+            tags=["glsim", req["kind"]],
+        )  # fmt: skip
+        state = flow_run.state
+    else:  # in this process, one run at a time: no GPU limit to hold
+        state = train_one(**req, gpu_limit=False, return_state=True)
+    raise_for_state(state, run)
+    return "trained"
+
+
+# ---------------------------------------------------------------------------------------
+# the sweep
+
+
+@flow(name="glsim-sweep", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT), log_prints=True)
+def sweep(
+    params_file: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    datasets: list[str] | None = None,
+    use_deployments: bool = True,
+    deployment: str = DEPLOYMENT,
+    track: bool = True,
+    poll_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run the protocol over ``params_file`` (+ dotted ``overrides``, as ``--set``).
+
+    Args:
+        datasets: a subset of ``data.datasets`` (default: all); the aggregate covers all.
+        use_deployments: submit each training run to ``deployment`` (workers); False runs
+            them here, one at a time.
+        track: log to MLflow (``MLFLOW_TRACKING_URI``), as the DVC stages do.
+        poll_s: seconds between polls of a submitted run's state.
+
+    Returns:
+        ``{"trained": [...], "skipped": [...], "results": [paths]}``.
+    """
+    logger = get_run_logger()
+    overrides = dict(overrides or {})
+    root = steps.resolve(params_file, overrides, None)  # raises on bad params, before any work
+    names = list(datasets or root.data.datasets)
+    for name in names:
+        steps.resolve(params_file, overrides, name)
+    src = (params_file, overrides)
+    local = not use_deployments
+    outcome: dict[str, PrefectFuture | str] = {}
+
+    def run(req: dict[str, Any], wait_for: list = ()) -> Any:
+        name = label(req)
+        args = (name, req, use_deployments, deployment, poll_s)
+        outcome[name] = train(*args) if local else train.submit(*args, wait_for=list(wait_for))
+        return outcome[name]
+
+    def start(t, *args, wait_for: list = ()) -> Any:
+        return t(*args) if local else t.submit(*args, wait_for=list(wait_for))
+
+    if track:
+        check_tracking()
+    # pretraining reads nothing of the datasets: on a worker while the data is prepared
+    pre = []
+    if root.pretrain.stages:
+        pre = [run(request(*src, root.data.dataset, "pretrain", track=track))]
+    for name in names:  # here, one after another: cheap next to training
+        prepare(*src, name)
+        shard(*src, name)
+        validate(*src, name)
+
+    # LR search: every (dataset, model, LR) at once, then the choice per (dataset, model)
+    chosen = {}
+    for name in names:
+        p = steps.resolve(*src, name)
+        for model in p.protocol.models:
+            lr_runs = [
+                run(request(*src, name, "lrsearch", model, p.protocol.search_seed, lr, track), pre)
+                for lr in p.protocol.lr_grid
+            ]
+            chosen[name, model] = start(choose_lr, *src, name, model, wait_for=lr_runs or pre)
+    if pre and not local:
+        wait(pre)
+    for name in names:  # the pretrained backbone's boxes, while the LR search runs
+        if not pre or _ok(pre[0]):
+            probe(*src, name)
+
+    # final runs per seed; ablation variants at their model's chosen LR
+    for name in names:
+        p = steps.resolve(*src, name)
+        for model in p.protocol.models:
+            for seed in p.protocol.seeds:
+                run(request(*src, name, "final", model, seed, None, track), [chosen[name, model]])
+        for variant, v in p.ablations.variants.items():
+            after = [chosen[name, v.model]] if (name, v.model) in chosen else []
+            for seed in p.protocol.seeds:
+                run(request(*src, name, "ablation", variant, seed, None, track), after)
+
+    if not local:
+        wait([f for f in [*outcome.values(), *chosen.values()] if isinstance(f, PrefectFuture)])
+        failed = [n for n, f in outcome.items() if not _ok(f)]
+        failed += [f"choose-lr {d}/{m}" for (d, m), f in chosen.items() if not _ok(f)]
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} step(s) did not complete, so no aggregate: {', '.join(failed)} "
+                "(see their flow runs; rerun the sweep to retry: finished runs are skipped)"
+            )
+    results = aggregate(params_file, overrides, track)
+    status = {n: (f.result() if isinstance(f, PrefectFuture) else f) for n, f in outcome.items()}
+    summary = {
+        "trained": sorted(n for n, s in status.items() if s == "trained"),
+        "skipped": sorted(n for n, s in status.items() if s == "skipped"),
+        "results": results,
+    }
+    logger.info("sweep: %d trained, %d skipped", len(summary["trained"]), len(summary["skipped"]))
+    return summary
+
+
+def _ok(future: Any) -> bool:
+    return not isinstance(future, PrefectFuture) or future.state.is_completed()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable)")
+    p.add_argument("--local", action="store_true", help="train here, not through workers")
+    p.add_argument("--no-track", action="store_true")
+    args = p.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
+        overrides[key] = yaml.safe_load(value)
+    print(
+        sweep(
+            params_file=args.params,
+            overrides=overrides,
+            datasets=args.dataset,
+            use_deployments=not args.local,
+            track=not args.no_track,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

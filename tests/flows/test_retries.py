@@ -1,0 +1,81 @@
+"""Which failures of a training run are retried: a crash or I/O error is, twice; a diverged
+run or bad input is not, and says so in its flow run's state (training stubbed out)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flows import steps
+from flows.sweep import train
+from flows.train_one import BAD_INPUT, DIVERGED, RunFailed, RunNotRetriable, request, train_one
+from glsim.config import ParamsError
+from glsim.train.loop import TrainingDiverged
+
+
+@pytest.fixture
+def attempts(monkeypatch):
+    """Stub the run: each attempt raises the next error of ``errors`` (None: succeeds)."""
+    errors: list[BaseException | None] = []
+    calls: list[str] = []
+
+    def train_and_evaluate(params, kind, name, seed, lr, *, track=True):
+        calls.append(name)
+        err = errors.pop(0) if errors else None
+        if err is not None:
+            raise err
+        return {"top1": 50.0}
+
+    monkeypatch.setattr(steps, "resolve", lambda *a: None)
+    monkeypatch.setattr(steps, "is_done", lambda *a: False)
+    monkeypatch.setattr(steps, "train_and_evaluate", train_and_evaluate)
+    return errors, calls
+
+
+REQ = request("params.yaml", None, "synthetic_fg", "final", "glsim", 1, track=False)
+RUN = "synthetic_fg/final/glsim/seed1"
+quick = train.with_options(retry_delay_seconds=0)
+
+
+def test_a_transient_failure_is_retried_twice(prefect_harness, attempts):
+    errors, calls = attempts
+    errors += [OSError("NFS hiccup"), OSError("NFS hiccup")]
+    assert quick(RUN, REQ, False, "unused", 0.1) == "trained"
+    assert len(calls) == 3
+
+    errors += [OSError("down")] * 3
+    with pytest.raises(RunFailed, match="OSError|down"):
+        quick(RUN, REQ, False, "unused", 0.1)
+
+
+@pytest.mark.parametrize(
+    "error, state_name, raised",
+    [
+        (
+            TrainingDiverged("loss is nan at epoch 1, step 3 (lr 30); lower the LR"),
+            DIVERGED,
+            TrainingDiverged,
+        ),
+        (ParamsError("train.lr: bad value"), BAD_INPUT, RunNotRetriable),
+    ],
+)
+def test_a_diverged_run_or_bad_input_fails_once_and_loudly(
+    prefect_harness, attempts, error, state_name, raised
+):
+    errors, calls = attempts
+    errors.append(error)
+    state = train_one(**REQ, gpu_limit=False, return_state=True)
+    assert state.is_failed() and state.name == state_name and str(error) in state.message
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # as a sweep on another node reads it
+        stored = client.read_flow_run(state.state_details.flow_run_id).state
+    assert stored.name == state_name and str(error) in stored.message
+
+    calls.clear()
+    errors.append(error)
+    with pytest.raises(raised, match=re.escape(str(error))):
+        quick(RUN, REQ, False, "unused", 0.1)
+    assert len(calls) == 1  # not retried

@@ -1,0 +1,47 @@
+"""The sweep flow in local mode (training in this process, Prefect's test server): a tiny
+protocol end to end, then again with nothing left to train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tinyflow import write_tiny_params
+
+from flows import steps
+from flows.sweep import sweep
+from glsim import protocol, runs
+from glsim.runs import RunSpec
+
+
+@pytest.mark.integration
+def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
+    prefect_harness, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path, params = write_tiny_params(tmp_path)
+
+    first = sweep(params_file=str(path), use_deployments=False)
+    # pretrain + 2 models x 2 LRs + 2 models x 1 seed + 1 variant x 1 seed
+    assert len(first["trained"]) == 8 and first["skipped"] == []
+    results = json.loads(runs.results_paths(params)["json"].read_text())
+    assert set(results["synthetic_fg"]) == {"vit", "glsim", "ablations"}
+    assert "glsim_no_aggregator" in results["synthetic_fg"]["ablations"]
+
+    p = steps.resolve(path, None, "synthetic_fg")
+    final = RunSpec("glsim", 1, lr=protocol.chosen_lr(p, "glsim"))
+    ckpt = final.run_dir(p) / "last.pt"
+    stamp = ckpt.stat().st_mtime_ns
+
+    second = sweep(params_file=str(path), use_deployments=False)
+    assert second["trained"] == [] and len(second["skipped"]) == 8
+    assert ckpt.stat().st_mtime_ns == stamp
+
+    # the DVC stages on the same storage: same run folders and keys, nothing retrained
+    capsys.readouterr()
+    assert protocol.train_final(p, "glsim", 1, track=False) == final.run_dir(p)
+    assert "already finished with this configuration" in capsys.readouterr().out
+    assert ckpt.stat().st_mtime_ns == stamp
+    # and the LR search the lr_search stage would record is the one the sweep recorded
+    flow_choice = json.loads(runs.lr_report(p, "vit").read_text())
+    assert protocol.search_lr(p, "vit", track=False) == flow_choice

@@ -1,0 +1,17 @@
+"""A tiny protocol's params file for the flow tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tiny import tiny_params
+
+from glsim.config import Params, write_resolved
+
+
+def write_tiny_params(root: Path, **sections) -> tuple[Path, Params]:
+    """A tiny protocol (tests/tiny.py) fine-tuning the backbone its pretraining writes,
+    saved as ``root/params.yaml``: the file a flow and its workers read."""
+    params = tiny_params(root, **sections)
+    params.model.backbone.weights = params.pretrain.output
+    return write_resolved(params, root, "params.yaml"), params
