@@ -10,7 +10,7 @@ and evaluates it holds one slot of its worker's ``gpu-<worker id>`` limit
 A finished run (same run key) is skipped by ``train_run``; a killed one resumes from its
 ``last.pt``. A diverged run ends in a ``Failed`` state named ``Diverged``, and bad input
 (params, data, a missing LR-search report) in one named ``BadInput``: the sweep retries
-neither, only what may be transient (a crash, a lost node, I/O).
+neither (nor a cancelled run), only what may be transient (a crash, a lost node, I/O).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def raise_for_state(state: State, run: str) -> None:
     what = f"{run}: flow run ended {state.name}: {state.message}"
     if state.name == DIVERGED:
         raise TrainingDiverged(what)
-    if state.name == BAD_INPUT:
+    if state.name == BAD_INPUT or state.is_cancelled():  # a cancelled run was meant to stop
         raise RunNotRetriable(what)
     raise RunFailed(what)
 

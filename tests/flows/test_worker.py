@@ -230,7 +230,7 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
         tmp_path,
         pretrained=False,
         train={"epochs": 150, "batch_size": 6, "warmup_steps": 1},
-        protocol={"lr_grid": [0.01], "search_epochs": None, "models": ["vit"]},
+        protocol={"lr_grid": [0.01], "search_epochs": None},
     )
     params = steps.resolve(path, None, None)
     steps.prepare(params)
