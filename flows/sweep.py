@@ -157,7 +157,8 @@ def sweep(
         datasets: a subset of ``data.datasets`` (default: all); the aggregate covers all.
         use_deployments: submit each training run to ``deployment`` (workers); False runs
             them here, one at a time.
-        track: log to MLflow (``MLFLOW_TRACKING_URI``), as the DVC stages do.
+        track: log runs and the aggregate to MLflow (``MLFLOW_TRACKING_URI``), as the DVC
+            stages do; validation is logged either way, as the ``validate`` stage does.
         poll_s: seconds between polls of a submitted run's state.
 
     Returns:
