@@ -123,6 +123,9 @@ class Cluster:
         return path.read_text() if path.is_file() else ""
 
     def close(self) -> None:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # this process's flow-run logs, while it answers
         for proc in reversed(self.procs):
             _stop(proc)
 
@@ -157,7 +160,8 @@ def cluster(tmp_path_factory):
         shutil.rmtree(c.root / "prefect-home", ignore_errors=True)
 
 
-def _train_one_runs(client, name: str | None = None):
+def _train_one_runs(client, params_file: Path, name: str | None = None):
+    """The train-one flow runs of one test (its params file), optionally of one run."""
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -169,6 +173,7 @@ def _train_one_runs(client, name: str | None = None):
         flow_filter=FlowFilter(name=FlowFilterName(any_=["glsim-train-one"])),
         flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])) if name else None,
     )
+    runs = [r for r in runs if r.parameters["params_file"] == str(params_file)]
     return sorted(runs, key=lambda r: r.expected_start_time)
 
 
@@ -195,7 +200,7 @@ def test_a_sweep_through_a_one_slot_worker_never_overlaps_its_runs(cluster, tmp_
     assert set(results["synthetic_fg"]) == {"vit", "glsim", "ablations"}
 
     with cluster.client() as client:
-        runs = [r for r in _train_one_runs(client) if r.parameters["params_file"] == str(path)]
+        runs = _train_one_runs(client, path)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["gpu-slot"]),
@@ -267,7 +272,7 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
             from prefect.states import Crashed
 
             with cluster.client() as client:  # what the zombie-flow automation does
-                (lost,) = [r for r in _train_one_runs(client, run) if r.state.is_running()]
+                (lost,) = [r for r in _train_one_runs(client, path, run) if r.state.is_running()]
                 client.set_flow_run_state(lost.id, Crashed(message="worker lost"), force=True)
             stack.enter_context(cluster.worker("w2"))
         except BaseException as err:
@@ -285,7 +290,7 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
     assert "error" not in events, events.get("error")
     assert outcome == "trained"
     with cluster.client() as client:
-        attempts = _train_one_runs(client, run)
+        attempts = _train_one_runs(client, path, run)
     assert [r.state.type.value for r in attempts] == ["CRASHED", "COMPLETED"]
     killed = events["killed_at_epoch"]
     assert 2 <= killed < 150
