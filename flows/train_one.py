@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.states import Failed, State
 
 from flows import gpu, steps
@@ -115,8 +116,6 @@ def train_one(
 
     req = request(params_file, overrides, dataset, kind, name, seed, lr, track)
     run = label(req)
-    from prefect.context import FlowRunContext
-
     logger = get_run_logger(FlowRunContext.get())  # this flow's, also when run inside a task
     try:
         params = steps.resolve(params_file, overrides, dataset)
