@@ -289,8 +289,8 @@ def test_disk_full_and_permission_errors_name_the_path(capsys, code, fragment):
 
 def test_lr_search_with_an_empty_val_part_says_what_to_do_before_training(tmp_path, monkeypatch):
     # one train image per class: the LR search's val part is empty
-    from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
     from glsim import protocol
+    from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
 
     source = write_imagefolder(tmp_path / "src", classes=5, train=1, test=1)
     params = tiny_params(tmp_path, data={"datasets": {"few": {"source": f"imagefolder:{source}"}}})
