@@ -5,16 +5,17 @@ Per dataset of ``data.datasets``: ``prepare``, ``shard``, ``validate`` (in this 
 ``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
 ``protocol.models``): one run per LR of ``protocol.lr_grid``, then the choice of LR. Per
 (dataset, model, seed) and (dataset, variant of ``ablations.variants``, seed): the run and
-its evaluation. Then the aggregate (``reports/results.*``). Every step is a call into the
-library (:mod:`flows.steps` mirrors ``pipelines/``); no recipe, path or hyperparameter
-is written here.
+its evaluation. Then the aggregate (``reports/results.*``). Every step is a call into
+:mod:`glsim.protocol`, the functions the stage scripts of ``pipelines/`` call (through
+:mod:`flows.steps` for one training run); no recipe, path or hyperparameter is written
+here.
 
 Each training run (pretraining, LR-search, final, ablation) is its own flow run of
 :func:`flows.train_one.train_one`: submitted as a deployment run (``use_deployments``, the
 default), so a worker on any node takes it and holds one of its GPU slots; or, with
 ``use_deployments=False`` (``--local``), run here one after another, with no server
 needed beyond Prefect's ephemeral one. A run that already finished under its run key and
-was evaluated is not submitted at all; a submitted one that finished is skipped by
+was evaluated under it is not submitted at all; a submitted one that finished is skipped by
 ``train_run``; a killed one resumes from ``last.pt``.
 
 Retries: only what may be transient (I/O, tracking, a crashed or lost worker): twice,
@@ -44,6 +45,7 @@ from flows.train_one import (
     request,
     train_one,
 )
+from glsim import protocol
 
 RETRIES = 2
 RETRY_DELAY_S = 10
@@ -64,7 +66,7 @@ def _task(fn=None, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------
-# tasks: thin calls into flows.steps, each on one dataset's params
+# tasks: thin calls into glsim.protocol (and flows.steps), each on one dataset's params
 
 
 @_task(task_run_name="check-tracking")
@@ -76,12 +78,12 @@ def check_tracking() -> None:
 
 @_task(task_run_name="prepare-{dataset}")
 def prepare(params_file: str, overrides: dict, dataset: str) -> str:
-    return str(steps.prepare(steps.resolve(params_file, overrides, dataset)))
+    return str(protocol.prepare(steps.resolve(params_file, overrides, dataset)))
 
 
 @_task(task_run_name="shard-{dataset}")
 def shard(params_file: str, overrides: dict, dataset: str) -> dict[str, int]:
-    index = steps.shard(steps.resolve(params_file, overrides, dataset))
+    index = protocol.shard(steps.resolve(params_file, overrides, dataset))
     return {
         f"{part}/{split}": e["count"]
         for part, i in index.items()
@@ -91,26 +93,24 @@ def shard(params_file: str, overrides: dict, dataset: str) -> dict[str, int]:
 
 @_task(task_run_name="validate-{dataset}")
 def validate(params_file: str, overrides: dict, dataset: str) -> str:
-    return steps.validate(steps.resolve(params_file, overrides, dataset))
+    return protocol.validate(steps.resolve(params_file, overrides, dataset)).summary()
 
 
 @_task(task_run_name="probe-{dataset}")
 def probe(params_file: str, overrides: dict, dataset: str) -> dict[str, Any]:
-    return steps.probe(steps.resolve(params_file, overrides, dataset))
+    return protocol.probe(steps.resolve(params_file, overrides, dataset))
 
 
 @_task(task_run_name="choose-lr-{dataset}-{model}")
 def choose_lr(params_file: str, overrides: dict, dataset: str, model: str) -> float:
-    report = steps.record_lr_choice(steps.resolve(params_file, overrides, dataset), model)
+    report = steps.choose_lr(steps.resolve(params_file, overrides, dataset), model)
     return float(report["chosen_lr"])
 
 
 @_task(task_run_name="aggregate")
 def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
-    from glsim.protocol import aggregate_reports
-
     params = steps.resolve(params_file, overrides, None)
-    return [str(p) for p in aggregate_reports(params, track=track)]
+    return [str(p) for p in protocol.aggregate_reports(params, track=track)]
 
 
 @_task(task_run_name="{run}")

@@ -1,27 +1,36 @@
-"""The paper's protocol (App. C) over single runs: the one layer the DVC stages call, and
-the one the cluster flows are to call, so neither holds a recipe, a path or a run key. Everything here is a function of the params tree (resolved for one dataset
-with :func:`glsim.config.for_dataset`); paths come from :mod:`glsim.runs`.
+"""The paper's protocol (App. C) over single runs: the one layer the DVC stages
+(``pipelines/``) and the cluster flows (``flows/``) call, so neither holds a recipe, a path
+or a run key. Everything here is a function of the params tree (resolved for one dataset
+with :func:`glsim.config.for_dataset`); paths and run keys come from :mod:`glsim.runs`.
 
 * :func:`check_params`: what the typed tree cannot check alone (registered model names).
+* The data and pretraining stages, one function each: :func:`prepare`, :func:`shard`,
+  :func:`validate`, :func:`probe`, :func:`pretrain` (:func:`pretrain_done`: finished under
+  its run key).
 * :func:`search_lr`: for one model, train every LR of ``protocol.lr_grid`` on the search
   split's train part (seed ``protocol.search_seed``), score each on its val part, keep the
   best (ties: the earlier LR in the grid). Runs are keyed, so a rerun after a kill, or
-  after an LR was added to the grid, trains only what is missing.
+  after an LR was added to the grid, trains only what is missing. Its parts, for callers
+  that train each LR as a run of its own (the flows): :func:`check_search`,
+  :func:`search_params`, :func:`search_spec`, :func:`search_val_top1`,
+  :func:`record_lr_choice`.
 * :func:`chosen_lr`: what a final or ablation run of that model trains with.
-* :func:`train_final` / :func:`evaluate_run`: one seed of a model at its chosen LR.
+* :func:`train_final` / :func:`evaluate_run`: one seed of a model at its chosen LR;
+  :func:`is_done`: a run finished and evaluated under its current run key.
 * :func:`variant_params` / :func:`run_variant`: an ablation variant is a model plus dotted
   overrides of the params tree, trained and evaluated like a final run.
 * :func:`aggregate_reports`: every dataset's reports -> ``reports/results.*``.
 
-Imports point one way: this module uses train, eval, data, tracking and runs; nothing in
-those imports it.
+Imports point one way: this module uses train, eval, data, validation, tracking and runs;
+nothing in those imports it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glsim import runs
 from glsim.config import Params, ParamsError, for_dataset
@@ -33,8 +42,11 @@ from glsim.eval.report import ablation_table, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.models.registry import check_model_name, list_models
 from glsim.runs import RunSpec
-from glsim.train.run import load_run, num_classes, train_run
+from glsim.train.run import is_finished, load_run, num_classes, train_run
 from glsim.utils import atomic_write_json, atomic_write_text, resolve_device, set_threads
+
+if TYPE_CHECKING:
+    from glsim.validation.suite import ValidationReport
 
 
 def check_params(params: Params) -> Params:
@@ -56,6 +68,100 @@ def check_params(params: Params) -> Params:
 
 
 # ---------------------------------------------------------------------------------------
+# the data stages (pipelines/prepare.py, shard.py, validate.py, probe.py)
+
+
+def prepare(params: Params) -> Path:
+    """Download/verify/extract/parse (or generate) the dataset; returns its manifest."""
+    from glsim.data.registry import prepare_dataset
+
+    d = params.data
+    return prepare_dataset(d.dataset_source, d.raw_dir, name=d.dataset, params=params, force=True)
+
+
+def shard_workers() -> int:
+    """Processes writing shards: one per core, at most 4 (and at least 1)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def shard(params: Params) -> dict[str, dict[str, Any]]:
+    """Manifest -> size-bounded shards, class map and count index (``final``), and the LR
+    search's train/val split (``lrsearch``, its val part as the ``test`` split); returns
+    both shard indices."""
+    from glsim.data.lrsearch import write_lr_search_shards
+    from glsim.data.registry import get_dataset
+    from glsim.data.shards import write_shards
+
+    d = params.data
+    manifest = runs.manifest_path(params)
+    limits = dict(max_count=d.shard_max_count, max_bytes=d.shard_max_bytes, workers=shard_workers())
+    final = write_shards(manifest, runs.shards_dir(params), **limits)
+    search = write_lr_search_shards(
+        manifest, runs.shards_dir(params, "lrsearch"), seed=params.protocol.search_seed,
+        large=get_dataset(d.dataset_source).large, **limits,
+    )  # fmt: skip
+    return {"final": final, "lrsearch": search}
+
+
+def validate(params: Params) -> ValidationReport:
+    """The great-expectations suite over the manifest and shard index; the report goes to
+    ``reports/datasets/<dataset>/validation.json`` and MLflow, pass or fail. Raises
+    :class:`~glsim.validation.suite.ValidationFailed` when an expectation fails."""
+    from glsim.validation.stage import validate_and_track
+
+    return validate_and_track(params)
+
+
+def probe(params: Params) -> dict[str, Any]:
+    """Where the pretrained backbone's GLS and CLS-attention boxes land on the test split
+    before fine-tuning, against the shuffled-box baseline; written to the probe report."""
+    from glsim.eval.localisation import probe_backbone
+
+    report = probe_backbone(params)
+    atomic_write_json(runs.probe_report(params), report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# pretraining (pipelines/pretrain.py)
+
+
+def pretrain(params: Params) -> dict[str, Any]:
+    """Pretrain the backbone on the upstream task into ``pretrain.output`` (work folder
+    :func:`glsim.runs.pretrain_dir`, keyed by :func:`glsim.runs.pretrain_key`); returns
+    the report also written to :func:`glsim.runs.pretrain_report`."""
+    from glsim.config import write_resolved
+    from glsim.train.pretrain import pretrain_backbone
+
+    work = runs.pretrain_dir(params)
+    write_resolved(params, work)
+    return pretrain_backbone(params, work_dir=work, report_path=runs.pretrain_report(params))
+
+
+def pretrain_done(params: Params) -> bool:
+    """Pretraining finished under its current run key: the checkpoint is at the last epoch
+    with :func:`glsim.runs.pretrain_key`, and the weights file and a report with that key
+    (written last) exist."""
+    key = runs.pretrain_key(params)
+    report = runs.pretrain_report(params)
+    return (
+        is_finished(runs.pretrain_dir(params), key, params.pretrain.epochs)
+        and Path(params.pretrain.output).is_file()
+        and _report_key(report) == key
+    )
+
+
+def _report_key(path: Path) -> str | None:
+    """The ``run_key`` a JSON report was written under (None: no report, or none in it)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------
 # LR search and the chosen LR
 
 
@@ -64,42 +170,92 @@ def _val_count(search_shards: Path) -> int:
     return int(read_index(search_shards)["splits"]["test"]["count"])
 
 
-def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, Any]:
-    """Run the LR search for ``model`` and write its report (see the module docstring)."""
+def check_search(params: Params, model: str) -> None:
+    """What an LR search of ``model`` checks before training anything: the model is
+    registered and, with a non-empty grid, the search split's val part is not empty."""
+    check_model_name(model)
+    if not params.protocol.lr_grid:
+        return
+    search_shards = runs.shards_dir(params, "lrsearch")
+    if (search_shards / INDEX_NAME).is_file() and not _val_count(search_shards):
+        raise ShardError(
+            f"{search_shards}: the LR search's val part is empty (no class of the train "
+            "split has two or more images); add train images, or set "
+            "protocol.lr_grid: [] to train with train.lr"
+        )
+
+
+def search_params(params: Params) -> Params:
+    """The tree an LR-search run trains with: ``train.epochs`` is ``protocol.search_epochs``
+    (when set)."""
+    epochs = params.protocol.search_epochs or params.train.epochs
+    return params.with_overrides({"train.epochs": epochs}, source="protocol.search_epochs")
+
+
+def search_spec(params: Params, model: str, lr: float) -> RunSpec:
+    """The LR-search run of ``model`` at ``lr`` (seed ``protocol.search_seed``)."""
+    return RunSpec(model=model, seed=params.protocol.search_seed, lr=lr, kind="lrsearch")
+
+
+def record_lr_choice(params: Params, model: str, val_top1: dict[str, float]) -> dict[str, Any]:
+    """Pick the LR from the search runs' val top-1 (keys ``f"{lr:g}"``; ties: the earlier LR
+    in the grid) and write the search's report (``search.json`` in its run folder, and
+    :func:`glsim.runs.lr_report`). With an empty grid: ``train.lr``, nothing searched."""
     check_model_name(model)
     grid = list(params.protocol.lr_grid)
     report: dict[str, Any] = {"dataset": params.data.dataset, "model": model, "grid": grid}
     if not grid:
         report.update(chosen_lr=params.train.lr, searched=False, val_top1={})
     else:
-        search_shards = runs.shards_dir(params, "lrsearch")
-        if (search_shards / INDEX_NAME).is_file() and not _val_count(search_shards):
-            raise ShardError(
-                f"{search_shards}: the LR search's val part is empty (no class of the train "
-                "split has two or more images); add train images, or set "
-                "protocol.lr_grid: [] to train with train.lr"
+        missing = [f"{lr:g}" for lr in grid if f"{lr:g}" not in val_top1]
+        if missing:
+            raise RunError(
+                f"LR search of {model!r}: no val top-1 for lr {', '.join(missing)} of "
+                f"protocol.lr_grid {grid}; run those LRs first"
             )
-        epochs = params.protocol.search_epochs or params.train.epochs
-        search_params = params.with_overrides(
-            {"train.epochs": epochs}, source="protocol.search_epochs"
-        )
-        val: dict[str, float] = {}
-        for lr in grid:
-            spec = RunSpec(model=model, seed=params.protocol.search_seed, lr=lr, kind="lrsearch")
-            train_run(search_params, spec, track=track)
-            val[f"{lr:g}"] = evaluate_run(search_params, spec, track=track)["top1"]
+        val = {f"{lr:g}": val_top1[f"{lr:g}"] for lr in grid}
         best = max(grid, key=lambda lr: (val[f"{lr:g}"], -grid.index(lr)))
         report.update(
             chosen_lr=best,
             searched=True,
             val_top1=val,
-            epochs=epochs,
+            epochs=search_params(params).train.epochs,
             seed=params.protocol.search_seed,
         )
     # the stage's run folder exists even when nothing was trained (empty grid)
     atomic_write_json(runs.lr_search_dir(params, model) / "search.json", report)
     atomic_write_json(runs.lr_report(params, model), report)
     return report
+
+
+def search_val_top1(params: Params, model: str) -> dict[str, float]:
+    """Each LR-search run's val top-1 (keys ``f"{lr:g}"``), read from the val report it
+    wrote, for callers that train and evaluate every LR as a run of its own. A run whose
+    report is missing or was written under another run key raises :class:`RunError`."""
+    sp = search_params(params)
+    val: dict[str, float] = {}
+    for lr in params.protocol.lr_grid:
+        spec = search_spec(params, model, lr)
+        path = spec.report_path(sp)
+        if _report_key(path) != runs.run_key(sp, spec):
+            raise RunError(
+                f"{path}: the LR-search run of {model!r} at lr {lr:g} has not been trained and "
+                "evaluated under the current configuration; run it first"
+            )
+        val[f"{lr:g}"] = json.loads(path.read_text())["top1"]
+    return val
+
+
+def search_lr(params: Params, model: str, *, track: bool = True) -> dict[str, Any]:
+    """Run the LR search for ``model`` and write its report (see the module docstring)."""
+    check_search(params, model)
+    sp = search_params(params)
+    val: dict[str, float] = {}
+    for lr in params.protocol.lr_grid:
+        spec = search_spec(params, model, lr)
+        train_run(sp, spec, track=track)
+        val[f"{lr:g}"] = evaluate_run(sp, spec, track=track)["top1"]
+    return record_lr_choice(params, model, val)
 
 
 def chosen_lr(params: Params, model: str) -> float:
@@ -135,8 +291,9 @@ def train_final(params: Params, model: str, seed: int, *, track: bool = True) ->
 
 
 def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[str, Any]:
-    """Evaluate a finished run on its test split (val for LR-search runs); write the report
-    to ``spec.report_path(params)`` and log it to the run's MLflow run."""
+    """Evaluate a finished run on its test split (val for LR-search runs); write the report,
+    with the run's key (:func:`glsim.runs.run_key`), to ``spec.report_path(params)`` and log
+    it to the run's MLflow run."""
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     model, _ = load_run(params, spec)
@@ -151,6 +308,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "kind": spec.kind,
         "seed": spec.seed,
         "lr": spec.lr if spec.lr is not None else params.train.lr,
+        "run_key": runs.run_key(params, spec),
         **accuracy_report(result["labels"], result["preds"], num_classes(params)),
     }
     if result["boxes"] is not None:
@@ -182,6 +340,16 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
 
 def evaluate_final(params: Params, model: str, seed: int, *, track: bool = True) -> dict[str, Any]:
     return evaluate_run(params, final_spec(params, model, seed), track=track)
+
+
+def is_done(params: Params, spec: RunSpec) -> bool:
+    """Neither training nor evaluation of ``spec`` is due: its checkpoint finished under the
+    current run key, and its report was written under that key."""
+    key = runs.run_key(params, spec)
+    return (
+        is_finished(spec.run_dir(params), key, params.train.epochs)
+        and _report_key(spec.report_path(params)) == key
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -171,6 +171,30 @@ def run_key(params: Params, spec: RunSpec) -> str:
             "resize_ratio": d.resize_ratio,
         },
     }
+    return _digest(blob)
+
+
+# keys of ``pretrain`` that do not change the weights: which DVC stages exist, and where the
+# weights file is written
+PRETRAIN_KEY_EXCLUDES = frozenset({"stages", "output"})
+
+
+def pretrain_key(params: Params) -> str:
+    """Hash of everything that determines the pretrained backbone: the ``pretrain`` section
+    (but :data:`PRETRAIN_KEY_EXCLUDES`), the backbone's architecture, the image size and
+    ``base.seed``. A key added to ``pretrain`` is part of the key automatically. The
+    backbone's ``weights`` are not: pretraining starts from random weights."""
+    bb = params.model.backbone
+    blob = {
+        "pretrain": params.pretrain.model_dump(mode="json", exclude=set(PRETRAIN_KEY_EXCLUDES)),
+        "backbone": {"name": bb.name, "overrides": dict(bb.overrides)},
+        "image_size": params.data.image_size,
+        "seed": params.base.seed,
+    }
+    return _digest(blob)
+
+
+def _digest(blob: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

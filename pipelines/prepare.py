@@ -2,16 +2,11 @@
 
 from _common import params_from, parser, run
 
-from glsim.data.registry import prepare_dataset
+from glsim.protocol import prepare
 
 
 def main() -> None:
-    params = params_from(parser(__doc__).parse_args())
-    d = params.data
-    path = prepare_dataset(
-        d.dataset_source, d.raw_dir, name=d.dataset, params=params, force=True
-    )
-    print(f"manifest: {path}")
+    print(f"manifest: {prepare(params_from(parser(__doc__).parse_args()))}")
 
 
 if __name__ == "__main__":

@@ -3,16 +3,11 @@ test split before fine-tuning, against the shuffled-box baseline."""
 
 from _common import params_from, parser, run
 
-from glsim.eval.localisation import probe_backbone
-from glsim.runs import probe_report
-from glsim.utils import atomic_write_json
+from glsim.protocol import probe
 
 
 def main() -> None:
-    params = params_from(parser(__doc__).parse_args())
-    report = probe_backbone(params)
-    atomic_write_json(probe_report(params), report)
-    print(report)
+    print(probe(params_from(parser(__doc__).parse_args())))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ MLflow (run `<dataset>/validate`) either way.
 
 from _common import params_from, parser, run
 
-from glsim.validation.stage import validate_and_track
+from glsim.protocol import validate
 
 
 def main() -> None:
-    params = params_from(parser(__doc__).parse_args())
-    report = validate_and_track(params)
+    report = validate(params_from(parser(__doc__).parse_args()))
     print(f"validation passed: {report.summary()}")
 
 

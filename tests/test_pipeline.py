@@ -1,6 +1,6 @@
-"""The stage chain end to end at a tiny size, through the same library calls the DVC stages
-make: prepare -> shard -> validate -> pretrain -> LR search -> train -> evaluate ->
-ablation -> aggregate."""
+"""The stage chain end to end at a tiny size, through the protocol functions the DVC stages
+and the flows call: prepare -> shard -> validate -> pretrain -> probe -> LR search -> train
+-> evaluate -> ablation -> aggregate."""
 
 from __future__ import annotations
 
@@ -10,35 +10,25 @@ import pytest
 import torch
 from tiny import tiny_params
 
-from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
-from glsim.data.registry import manifest_path, prepare_dataset
-from glsim.data.shards import read_index, write_shards
+from glsim import protocol, runs
+from glsim.data.lrsearch import LR_SEARCH_DIR
+from glsim.data.shards import read_index
 from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
-from glsim.runs import RunSpec, validation_report
+from glsim.runs import RunSpec
 from glsim.train.pretrain import pretrain_backbone
 from glsim.train.run import train_run
-from glsim.validation import validate_dataset
-from glsim.validation.expected import expected_counts
 
 
 @pytest.fixture
 def chain(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)  # a server-less store puts artifacts in ./mlruns
-    params = tiny_params(tmp_path)
-    d = params.data
-    prepare_dataset(d.dataset, d.raw_dir, params=params, force=True)
-    manifest, shards = manifest_path(d.dataset, d.raw_dir), d.shards_dir / d.dataset
-    write_shards(manifest, shards, max_count=8, max_bytes=1 << 20)
-    write_lr_search_shards(
-        manifest, shards / LR_SEARCH_DIR, seed=1, large=False, max_count=8, max_bytes=1 << 20
-    )
-    validate_dataset(
-        manifest, shards, expected_counts(params),
-        min_side=d.min_image_side, report_path=validation_report(params),
-    )  # fmt: skip
-    report = pretrain_backbone(params, work_dir=tmp_path / "runs/pretrain")
-    assert 0 <= report["upstream_test_acc"] <= 100
+    params = tiny_params(tmp_path, data={"shard_max_count": 8, "shard_max_bytes": 1 << 20})
+    protocol.prepare(params)
+    protocol.shard(params)
+    assert protocol.validate(params).success and runs.validation_report(params).is_file()
+    report = protocol.pretrain(params)
+    assert 0 <= report["upstream_test_acc"] <= 100 and protocol.pretrain_done(params)
     params.model.backbone.weights = params.pretrain.output
     return params
 
@@ -52,6 +42,8 @@ def test_lr_search_shards_split_train_per_class(chain):
 @pytest.mark.integration
 def test_protocol_end_to_end(chain, tmp_path):
     params = chain
+    probe = protocol.probe(params)
+    assert json.loads(runs.probe_report(params).read_text()) == json.loads(json.dumps(probe))
     for model in ("vit", "glsim"):
         search = search_lr(params, model)
         assert set(search["val_top1"]) == {"0.03", "0.01"} and search["chosen_lr"] in (0.03, 0.01)
@@ -64,6 +56,8 @@ def test_protocol_end_to_end(chain, tmp_path):
         assert len(history) == params.train.epochs
         report = evaluate_run(params, RunSpec(model=model, seed=1, lr=lr))
         assert report["count"] == 9 and 0 <= report["top1"] <= 100 and report["lr"] == lr
+        spec = RunSpec(model=model, seed=1, lr=lr)
+        assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
         loc = report["localisation"]  # the built-in set has object boxes
         assert 0 <= loc["hit_rate"] <= 100 and 0 <= loc["hit_rate_shuffled"] <= 100
     ablation = run_variant(params, "glsim_no_aggregator", 1)
@@ -80,12 +74,12 @@ def test_protocol_end_to_end(chain, tmp_path):
 
     import mlflow
 
-    runs = mlflow.search_runs(experiment_names=[params.base.experiment])
-    names = set(runs["tags.mlflow.runName"])
+    tracked = mlflow.search_runs(experiment_names=[params.base.experiment])
+    names = set(tracked["tags.mlflow.runName"])
     assert {"synthetic_fg/vit/seed1", "synthetic_fg/glsim/seed1", "aggregate"} <= names
     assert "synthetic_fg/lrsearch/glsim/lr0.03/seed1" in names
     assert "synthetic_fg/ablation/glsim_no_aggregator/seed1" in names
-    glsim_run = runs[runs["tags.mlflow.runName"] == "synthetic_fg/glsim/seed1"].iloc[0]
+    glsim_run = tracked[tracked["tags.mlflow.runName"] == "synthetic_fg/glsim/seed1"].iloc[0]
     assert glsim_run["metrics.test_top1"] == pytest.approx(report["top1"])
     assert glsim_run["params.train.epochs"] == str(params.train.epochs)
 

@@ -85,3 +85,45 @@ def test_run_paths_and_keys(tmp_path):
         assert runs.run_key(params.with_overrides(change), spec) != key, change
     for same in ({"base.experiment": "other"}, {"model.vit.cls_block": True}, {"protocol.seeds": [1]}):
         assert runs.run_key(params.with_overrides(same), spec) == key, same
+
+
+def test_pretrain_key_hashes_what_the_pretrained_weights_depend_on():
+    params = load_params(ROOT / "params.yaml")
+    key = runs.pretrain_key(params)
+    assert len(key) == 16 and key == runs.pretrain_key(load_params(ROOT / "params.yaml"))
+    # every key of the pretrain section but stages/output changes it (new keys included)
+    changed = {
+        "task": "shape_colour" if params.pretrain.task == "colour" else "colour",
+        "num_classes": params.pretrain.num_classes + 1,
+        "images_per_epoch": params.pretrain.images_per_epoch + 1,
+        "epochs": params.pretrain.epochs + 1,
+        "batch_size": params.pretrain.batch_size + 1,
+        "lr": params.pretrain.lr * 2,
+        "weight_decay": params.pretrain.weight_decay + 0.01,
+        "warmup_steps": params.pretrain.warmup_steps + 1,
+        "label_smoothing": params.pretrain.label_smoothing + 0.05,
+        "test_images": params.pretrain.test_images + 1,
+    }
+    assert set(changed) == set(type(params.pretrain).model_fields) - runs.PRETRAIN_KEY_EXCLUDES
+    for name, value in changed.items():
+        assert runs.pretrain_key(params.with_overrides({f"pretrain.{name}": value})) != key, name
+    for change in (
+        {"model.backbone.name": "vit_small_patch16_224"},
+        {"model.backbone.overrides": {"depth": 2}},
+        {"data.image_size": params.data.image_size // 2},
+        {"base.seed": params.base.seed + 1},
+    ):
+        assert runs.pretrain_key(params.with_overrides(change)) != key, change
+    # what does not change the weights: which stages exist, where they go, fine-tuning
+    for same in (
+        {"pretrain.stages": []},
+        {"pretrain.output": "elsewhere/backbone.safetensors"},
+        {"train.lr": params.train.lr * 2},
+        {"train.epochs": params.train.epochs + 1},
+        {"model.backbone.weights": "/weights/other.npz"},
+        {"model.glsim.top_k": 4},
+        {"protocol.seeds": [1]},
+        {"base.experiment": "other"},
+        {"data.resize_ratio": 1.0},
+    ):
+        assert runs.pretrain_key(params.with_overrides(same)) == key, same

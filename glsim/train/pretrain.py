@@ -18,6 +18,7 @@ from torch import Tensor
 from glsim.config import Params
 from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
+from glsim.runs import pretrain_key
 from glsim.train.loop import Recipe, fit
 from glsim.utils import _atomic, atomic_write_json, resolve_device, seed_everything
 
@@ -87,7 +88,12 @@ def pretrain_backbone(
 ) -> dict:
     """Pretrain ``params.model.backbone`` on the upstream task; write its weights file.
 
-    Returns a report with the upstream test accuracy (also written to ``report_path``).
+    The checkpoint in ``work_dir`` is keyed by :func:`glsim.runs.pretrain_key`: a killed
+    run of the same configuration resumes, a finished one is not trained again, and one of
+    another configuration is moved aside (``last.pt.stale``) instead of resumed.
+
+    Returns a report with the upstream test accuracy and the run key (also written to
+    ``report_path``).
     """
     cfg, bb, size = params.pretrain, params.model.backbone, params.data.image_size
     device = resolve_device(params.base.device)
@@ -105,6 +111,7 @@ def pretrain_backbone(
         label_smoothing=cfg.label_smoothing,
     )
     seed = params.base.seed
+    key = pretrain_key(params)
 
     def loader_for_epoch(epoch: int):
         return upstream_stream(
@@ -114,7 +121,7 @@ def pretrain_backbone(
 
     state = fit(
         model, loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=recipe,
-        out_dir=work_dir, seed=seed, device=device,
+        out_dir=work_dir, seed=seed, device=device, run_key=key,
     )  # fmt: skip
     acc = upstream_accuracy(
         model,
@@ -135,6 +142,7 @@ def pretrain_backbone(
         "steps": state.step,
         "final_train_loss": round(state.history[-1]["train/loss"], 4),
         "weights": str(cfg.output),
+        "run_key": key,
     }
     if report_path:
         atomic_write_json(report_path, report)

@@ -4,7 +4,7 @@
 arguments (as DINOv2 turns its config into model kwargs in one place); :func:`build` makes
 the model a run trains; :func:`train_run` trains it. Paths and run keys come from
 :mod:`glsim.runs`; which runs exist and with which LR is the protocol's
-(:mod:`glsim.protocol`), the layer the DVC stages call (and the cluster flows will).
+(:mod:`glsim.protocol`), the layer the DVC stages and the cluster flows call.
 """
 
 from __future__ import annotations

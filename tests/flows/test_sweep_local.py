@@ -1,9 +1,11 @@
 """The sweep flow in local mode (training in this process, Prefect's test server): a tiny
-protocol end to end, then again with nothing left to train."""
+protocol end to end, then again with nothing left to train (done: checkpoint and report
+under the run's current key, whatever their ages)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from tinyflow import write_tiny_params
@@ -31,6 +33,11 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     p = steps.resolve(path, None, "synthetic_fg")
     final = RunSpec("glsim", 1, lr=protocol.chosen_lr(p, "glsim"))
     ckpt = final.run_dir(p) / "last.pt"
+    assert steps.is_done(p, "final", "glsim", 1, None) and steps.is_done(p, "pretrain", "", 0, None)
+    report = final.report_path(p)
+    assert json.loads(report.read_text())["run_key"] == runs.run_key(p, final)
+    # a report older than its checkpoint is still this configuration's evaluation
+    os.utime(report, ns=(ckpt.stat().st_mtime_ns - 10**9,) * 2)
     stamp = ckpt.stat().st_mtime_ns
 
     second = sweep(params_file=str(path), use_deployments=False)
@@ -45,3 +52,11 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     # and the LR search the lr_search stage would record is the one the sweep recorded
     flow_choice = json.loads(runs.lr_report(p, "vit").read_text())
     assert protocol.search_lr(p, "vit", track=False) == flow_choice
+
+    # a report without the current run key (another configuration's, or written before
+    # reports carried one) is not this run's evaluation: the run is due again
+    vit = RunSpec("vit", 1, lr=protocol.chosen_lr(p, "vit"))
+    old = json.loads(vit.report_path(p).read_text())
+    del old["run_key"]
+    vit.report_path(p).write_text(json.dumps(old))
+    assert not steps.is_done(p, "final", "vit", 1, None)

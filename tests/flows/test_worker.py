@@ -228,6 +228,7 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
     from flows import steps
     from flows.sweep import train
     from flows.train_one import DEPLOYMENT, label, request
+    from glsim import protocol
     from glsim.train.checkpoint import read_checkpoint
 
     # one LR-search run long enough to be caught mid-way (tiny epochs: a fraction of a second)
@@ -238,8 +239,8 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
         protocol={"lr_grid": [0.01], "search_epochs": None},
     )
     params = steps.resolve(path, None, None)
-    steps.prepare(params)
-    steps.shard(params)
+    protocol.prepare(params)
+    protocol.shard(params)
     req = request(str(path), None, "synthetic_fg", "lrsearch", "vit", 1, 0.01, track=False)
     run = label(req)
     p, spec = steps.run_of(params, "lrsearch", "vit", 1, 0.01)
