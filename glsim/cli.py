@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from glsim.cost import add_cost_commands
 from glsim.data.cli import add_data_commands
 from glsim.errors import debug_requested, guarded
+from glsim.inference import add_predict_command
 from glsim.tracking.cli import add_tracking_commands
 
 
@@ -17,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_data_commands(subparsers)
     add_tracking_commands(subparsers)
+    add_predict_command(subparsers)
+    add_cost_commands(subparsers)
     return parser
 
 

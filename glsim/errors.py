@@ -30,6 +30,10 @@ class RunError(RuntimeError):
     """A run folder is missing what a step needs (no checkpoint, unfinished training)."""
 
 
+class CommandError(ValueError):
+    """A ``glsim`` command's argument is unusable (no images, an unknown model, a bad size)."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Every error class whose message names the bad file/key/value and what to do."""
     from glsim.config import ParamsError
@@ -52,6 +56,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         WeightsError,
         UnknownModel,
         RunError,
+        CommandError,
         TrainingDiverged,
     ]
     try:

@@ -1,0 +1,374 @@
+"""``glsim predict``: classify a user's own images with a trained run.
+
+A run folder (``runs/<dataset>/<model>/seed<S>``, ``runs/<dataset>/ablation/<variant>/seed<S>``
+or ``runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>``) holds ``params.resolved.yaml``; the
+model is built and loaded from it with :func:`glsim.train.run.load_run`, and images are
+preprocessed as the run's evaluation does (its ``image_size``/``resize_ratio``, the
+backbone's own normalisation). Any image Pillow reads is accepted: grayscale, palette,
+RGBA, CMYK, 16-bit, EXIF-rotated, tiny or huge (decoded at a bounded size). A file that is
+not a readable image is named on stderr and the others are still classified.
+
+Not imported by any DVC stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glsim.errors import CommandError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+RESOLVED_NAME = "params.resolved.yaml"
+MAX_SIDE_FACTOR = 4  # decode at most 4x the resize target on the short side
+
+
+# ---------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Predictor:
+    model: Any
+    transform: Any
+    class_names: list[str]
+    device: Any
+    resize: int  # the eval transform's square resize side
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _seed_of(folder: Path) -> int | None:
+    m = re.fullmatch(r"seed(\d+)", folder.name)
+    return int(m.group(1)) if m else None
+
+
+def run_spec_of(run_dir: Path, params) -> tuple[Any, Path]:
+    """The :class:`~glsim.runs.RunSpec` of a run folder and the ``base.runs_dir`` it lies under."""
+    from glsim.runs import RunSpec
+
+    seed = _seed_of(run_dir)
+    layout = (
+        "runs/<dataset>/<model>/seed<S>, runs/<dataset>/ablation/<variant>/seed<S> or "
+        "runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>"
+    )
+    parents = run_dir.parents
+    if seed is None or len(parents) < 3:
+        raise CommandError(
+            f"--model {run_dir}: cannot tell the run from the folder name; give a run folder "
+            f"({layout})"
+        )
+    parent = run_dir.parent
+    lr_match = re.fullmatch(r"lr(.+)", parent.name)
+    if len(parents) >= 4 and parents[1].name == "ablation":
+        variant = parent.name
+        entry = params.ablations.variants.get(variant)
+        if entry is None:
+            raise CommandError(
+                f"--model {run_dir}: ablation variant {variant!r} is not in its "
+                f"{RESOLVED_NAME} (ablations.variants), so its model is unknown"
+            )
+        return RunSpec(entry.model, seed, kind="ablation", variant=variant), parents[3]
+    if len(parents) >= 5 and lr_match and parents[2].name == "lrsearch":
+        try:
+            lr = float(lr_match.group(1))
+        except ValueError:
+            raise CommandError(f"--model {run_dir}: {parent.name!r} is not lr<LR>") from None
+        return RunSpec(parents[1].name, seed, lr=lr, kind="lrsearch"), parents[4]
+    return RunSpec(parent.name, seed), parents[2]
+
+
+def _head_width(checkpoint: Path) -> int:
+    from glsim.train.checkpoint import read_checkpoint
+
+    state = read_checkpoint(checkpoint).get("model", {})
+    widths = {v.shape[0] for k, v in state.items() if k.endswith("head.weight") and v.ndim == 2}
+    if len(widths) != 1:
+        raise CommandError(
+            f"{checkpoint}: cannot tell the class count (no shard index, and head widths "
+            f"{sorted(widths)}); restore the dataset's shards folder"
+        )
+    return widths.pop()
+
+
+def load_predictor(model_path: str | Path, *, device: str | None = None) -> Predictor:
+    """Build and load the trained model of a run folder, with its eval preprocessing."""
+    import torch
+
+    from glsim.config import load_params
+    from glsim.data.shards import ShardError
+    from glsim.data.transforms import build_transforms
+    from glsim.models.backbone import pretrained_norm
+    from glsim.models.registry import check_model_name
+    from glsim.runs import shards_dir
+    from glsim.train.checkpoint import CHECKPOINT_NAME, require_checkpoint
+    from glsim.train.run import load_run, num_classes
+    from glsim.utils import resolve_device
+
+    text = str(model_path)
+    if text.startswith(("models:/", "runs:/")):
+        raise CommandError(
+            f"--model {text}: MLflow URIs are not supported yet; give a run folder "
+            "(runs/<dataset>/<model>/seed<S>)"
+        )
+    run_dir = Path(model_path)
+    if run_dir.is_file():  # a checkpoint inside a run folder
+        run_dir = run_dir.parent
+    if not run_dir.is_dir():
+        raise CommandError(f"--model {run_dir}: no such run folder")
+    resolved = run_dir / RESOLVED_NAME
+    if not resolved.is_file():
+        raise CommandError(
+            f"--model {run_dir}: no {RESOLVED_NAME} there; give a trained run folder "
+            "(runs/<dataset>/<model>/seed<S>)"
+        )
+    params = load_params(resolved)
+    spec, runs_root = run_spec_of(run_dir.resolve(), params)
+    check_model_name(spec.model)
+    # the folder may have moved since training; the pretrained weights are superseded by
+    # the checkpoint, so they are not read
+    params = params.with_overrides(
+        {"base.runs_dir": str(runs_root), "model.backbone.weights": None},
+        source=f"{resolved} (predict)",
+    )
+    require_checkpoint(run_dir / CHECKPOINT_NAME)
+    try:
+        model, _ = load_run(params, spec)
+        count = num_classes(params)
+    except ShardError:  # the dataset's shards are not here: the checkpoint says the width
+        count = _head_width(run_dir / CHECKPOINT_NAME)
+        model = _load_without_shards(params, spec, count)
+    classes = _class_names(shards_dir(params) / "classes.json", count)
+    mean, std = pretrained_norm(getattr(model, "encoder", model))
+    transform = build_transforms(
+        image_size=params.data.image_size,
+        resize_ratio=params.data.resize_ratio,
+        train=False,
+        mean=mean,
+        std=std,
+    )
+    dev = resolve_device(device or params.base.device)
+    model.eval().to(dev)
+    torch.set_grad_enabled(False)
+    resize = int(params.data.image_size * params.data.resize_ratio)
+    return Predictor(model, transform, classes, dev, resize)
+
+
+def _load_without_shards(params, spec, count: int):
+    from glsim.models import create_model
+    from glsim.train.loop import load_trained
+    from glsim.train.run import model_kwargs
+
+    model = create_model(
+        spec.model,
+        num_classes=count,
+        image_size=params.data.image_size,
+        **model_kwargs(params, spec.model),
+    )
+    load_trained(model, spec.run_dir(params))
+    return model
+
+
+def _class_names(path: Path, count: int) -> list[str]:
+    """Names from the shard folder's ``classes.json``; ``class <i>`` where it is missing."""
+    names: list[str] = []
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            data = [data[k] for k in sorted(data, key=lambda k: int(k))]
+        names = [str(n) for n in data]
+    except (OSError, ValueError, TypeError, KeyError):
+        names = []
+    if len(names) != count:
+        names = [f"class {i}" for i in range(count)]
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# images
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], bool]:
+    """Files named directly (whatever their suffix) and image files under named folders.
+
+    Returns the paths and whether a folder was given (for the progress bar). A path that
+    does not exist is kept: loading it reports it.
+    """
+    paths: list[Path] = []
+    folder = False
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            folder = True
+            paths += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            paths.append(path)
+    return paths, folder
+
+
+def load_image(path: Path, resize: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3), upright (EXIF), decoded with its short side at most
+    ``MAX_SIDE_FACTOR * resize`` (memory stays bounded for very large files)."""
+    from PIL import Image, ImageOps
+
+    bound = MAX_SIDE_FACTOR * resize
+    with Image.open(path) as im:
+        w, h = im.size
+        if min(w, h) > bound:  # JPEG decodes at 1/2, 1/4, 1/8 scale, never below the request
+            scale = bound / min(w, h)
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if min(im.size) > bound:
+            scale = bound / min(im.size)
+            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return to_rgb(im)
+
+
+def to_rgb(im) -> np.ndarray:
+    """Any Pillow mode as uint8 RGB: 16/32-bit and float scaled to 8 bits, transparency
+    composited on white, CMYK/palette/grayscale converted."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
+        arr = np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+# ---------------------------------------------------------------------------------------
+# prediction
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict_paths(
+    predictor: Predictor, paths: list[Path], *, top_k: int, batch_size: int, progress=None
+) -> Iterator[tuple[Path, list[dict] | None, str | None]]:
+    """Per path: ``(path, predictions, None)`` or ``(path, None, why it failed)``, in order."""
+    import torch
+
+    k = max(1, min(top_k, predictor.num_classes))
+    for chunk in _batches(paths, max(1, batch_size)):
+        tensors, ok, failed = [], [], {}
+        for path in chunk:
+            try:
+                image = load_image(path, predictor.resize)
+                tensors.append(predictor.transform(image=image)["image"])
+                ok.append(path)
+            except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                failed[path] = _reason(err)
+        results: dict[Path, list[dict]] = {}
+        if tensors:
+            out = predictor.model(torch.stack(tensors).to(predictor.device))
+            logits = getattr(out, "logits", out)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            top = probs.topk(k, dim=-1)
+            for path, values, indices in zip(ok, top.values, top.indices, strict=True):
+                results[path] = [
+                    {"class": int(i), "label": predictor.class_names[int(i)], "prob": float(v)}
+                    for v, i in zip(values, indices, strict=True)
+                ]
+        for path in chunk:
+            yield path, results.get(path), failed.get(path)
+        if progress is not None:
+            progress.update(len(chunk))
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, IsADirectoryError):
+        return "is a directory"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"not a readable image ({text})"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1 or args.batch_size < 1:
+        raise CommandError("--top-k and --batch-size must be at least 1")
+    paths, folder = collect_images(args.inputs)
+    if not paths:
+        raise CommandError(f"no image files under {', '.join(args.inputs)}")
+    predictor = load_predictor(args.model, device=args.device)
+    progress = None
+    if folder and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False)
+    rows, failures = [], 0
+    try:
+        for path, preds, why in predict_paths(
+            predictor, paths, top_k=args.top_k, batch_size=args.batch_size, progress=progress
+        ):
+            if preds is None:
+                failures += 1
+                line = f"{path}: {why}"
+                if progress is not None:
+                    progress.write(line, file=sys.stderr)
+                else:
+                    print(line, file=sys.stderr, flush=True)
+                continue
+            if args.json:
+                rows.append({"path": str(path), "predictions": preds})
+            else:
+                print(str(path))
+                for p in preds:
+                    print(f"  {p['label']} (p={p['prob']:.3f})")
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 1 if failures else 0
+
+
+def add_predict_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify images with a trained run",
+        description=(
+            "Classify images (files, or folders walked for image files) with a trained run "
+            "folder; preprocessing comes from the run's own params."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument(
+        "--model", required=True, help="a run folder, e.g. runs/<dataset>/<model>/seed<S>"
+    )
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="a JSON list instead of text")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the run's)")
+    p.set_defaults(func=cmd_predict)
