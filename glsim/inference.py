@@ -2,7 +2,9 @@
 
 A run folder (``runs/<dataset>/<model>/seed<S>``, ``runs/<dataset>/ablation/<variant>/seed<S>``
 or ``runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>``) holds ``params.resolved.yaml``; the
-model is built and loaded from it with :func:`glsim.train.run.load_run`, and images are
+model is built and loaded from it with :func:`glsim.train.run.load_run` (an MLflow
+``runs:/<id>/model`` or ``models:/<name>@<alias>`` URI: ``mlflow.pytorch.load_model`` and
+the run's logged ``params.resolved.yaml``), and images are
 preprocessed as the run's evaluation does (its ``image_size``/``resize_ratio``, the
 backbone's own normalisation). Any image Pillow reads is accepted: grayscale, palette,
 RGBA, CMYK, 16-bit, EXIF-rotated, tiny or huge (decoded at a bounded size). A file that is
@@ -105,25 +107,18 @@ def _head_width(checkpoint: Path) -> int:
 
 
 def load_predictor(model_path: str | Path, *, device: str | None = None) -> Predictor:
-    """Build and load the trained model of a run folder, with its eval preprocessing."""
-    import torch
-
+    """Build and load the trained model of a run folder or MLflow URI, with its eval
+    preprocessing."""
     from glsim.config import load_params
     from glsim.data.shards import ShardError
-    from glsim.data.transforms import build_transforms
-    from glsim.models.backbone import pretrained_norm
     from glsim.models.registry import check_model_name
-    from glsim.runs import shards_dir
     from glsim.train.checkpoint import CHECKPOINT_NAME, require_checkpoint
     from glsim.train.run import load_run, num_classes
-    from glsim.utils import resolve_device
 
     text = str(model_path)
     if text.startswith(("models:/", "runs:/")):
-        raise CommandError(
-            f"--model {text}: MLflow URIs are not supported yet; give a run folder "
-            "(runs/<dataset>/<model>/seed<S>)"
-        )
+        model, params = _load_mlflow(text)
+        return _predictor(model, params, _class_count(params, model), device)
     run_dir = Path(model_path)
     if run_dir.is_file():  # a checkpoint inside a run folder
         run_dir = run_dir.parent
@@ -151,6 +146,15 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
     except ShardError:  # the dataset's shards are not here: the checkpoint says the width
         count = _head_width(run_dir / CHECKPOINT_NAME)
         model = _load_without_shards(params, spec, count)
+    return _predictor(model, params, count, device)
+
+
+def _predictor(model, params, count: int, device: str | None) -> Predictor:
+    from glsim.data.transforms import build_transforms
+    from glsim.models.backbone import pretrained_norm
+    from glsim.runs import shards_dir
+    from glsim.utils import resolve_device
+
     classes = _class_names(shards_dir(params) / "classes.json", count)
     mean, std = pretrained_norm(getattr(model, "encoder", model))
     transform = build_transforms(
@@ -162,9 +166,65 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
     )
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
-    torch.set_grad_enabled(False)
     resize = int(params.data.image_size * params.data.resize_ratio)
     return Predictor(model, transform, classes, dev, resize)
+
+
+def _class_count(params, model) -> int:
+    from glsim.data.shards import ShardError
+    from glsim.train.run import num_classes
+
+    try:
+        return num_classes(params)
+    except ShardError:
+        heads = [
+            m for n, m in model.named_modules() if n.endswith("head") and hasattr(m, "out_features")
+        ]
+        if not heads:
+            raise CommandError(
+                "cannot tell the model's class count (no shard index, no head)"
+            ) from None
+        return int(heads[-1].out_features)
+
+
+def _load_mlflow(uri: str):
+    """The logged model of an MLflow ``runs:/<id>/model`` or ``models:/<name>@<alias>`` (or
+    ``models:/<name>/<version>``) and the run's ``params.resolved.yaml`` artifact."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from glsim.config import load_params
+    from glsim.tracking.mlflow import tracking_uri
+
+    store = tracking_uri()
+    mlflow.set_tracking_uri(store)
+    client = mlflow.MlflowClient(store)
+    try:
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/") :].split("/", 1)[0]
+        else:
+            ref = uri[len("models:/") :]
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                run_id = client.get_model_version_by_alias(name, alias).run_id
+            else:
+                name, _, version = ref.partition("/")
+                if not version.isdigit():
+                    raise CommandError(
+                        f"--model {uri}: give models:/<name>@<alias> or models:/<name>/<version>"
+                    )
+                run_id = client.get_model_version(name, version).run_id
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=RESOLVED_NAME, tracking_uri=store
+        )
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except MlflowException as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandError(f"--model {uri}: {first} (tracking store {store})") from None
+    params = load_params(local).with_overrides(
+        {"model.backbone.weights": None}, source=f"{uri} {RESOLVED_NAME}"
+    )
+    return model, params
 
 
 def _load_without_shards(params, spec, count: int):
@@ -289,7 +349,8 @@ def predict_paths(
                 failed[path] = _reason(err)
         results: dict[Path, list[dict]] = {}
         if tensors:
-            out = predictor.model(torch.stack(tensors).to(predictor.device))
+            with torch.inference_mode():
+                out = predictor.model(torch.stack(tensors).to(predictor.device))
             logits = getattr(out, "logits", out)
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
@@ -365,7 +426,10 @@ def add_predict_command(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument(
-        "--model", required=True, help="a run folder, e.g. runs/<dataset>/<model>/seed<S>"
+        "--model",
+        required=True,
+        help="a run folder (runs/<dataset>/<model>/seed<S>) or an MLflow URI "
+        "(runs:/<id>/model, models:/<name>@<alias>)",
     )
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)

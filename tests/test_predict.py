@@ -24,7 +24,7 @@ CLASSES = 3
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def trained(tmp_path_factory):
     """A finished one-epoch GLSim run on a 3-class image folder (no tracking)."""
     tmp = tmp_path_factory.mktemp("predict")
     source = write_imagefolder(tmp / "src", classes=CLASSES)
@@ -39,7 +39,12 @@ def run_dir(tmp_path_factory) -> Path:
         params.data.dataset_source, params.data.raw_dir, name="mine", params=params
     )
     write_shards(manifest, params.data.shards_dir / "mine", max_count=64, max_bytes=1 << 22)
-    return train_run(params, RunSpec("glsim", 1, lr=0.01), track=False)
+    return params, train_run(params, RunSpec("glsim", 1, lr=0.01), track=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained) -> Path:
+    return trained[1]
 
 
 def write_images(root: Path) -> dict[str, Path]:
@@ -146,5 +151,32 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys):
     assert main(["predict", str(image), "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "params.resolved.yaml" in err[0]
-    assert main(["predict", str(image), "--model", "models:/glsim-x@champion"]) == 2
-    assert "MLflow URIs" in capsys.readouterr().err
+
+
+def test_predict_from_an_mlflow_runs_uri(trained, tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a server-less store puts artifacts in ./mlruns
+    params = trained[0].with_overrides({"base.runs_dir": str(tmp_path / "runs")})
+    train_run(params, RunSpec("glsim", 1, lr=0.01), track=True)
+    capsys.readouterr()  # the training log
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    image = tmp_path / "a.png"
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(image)
+    uri = f"runs:/{run.info.run_id}/model"
+    code = main(["predict", str(image), "--model", uri, "--top-k", "3", "--json"])
+    assert code == 0, capsys.readouterr().err
+    (row,) = json.loads(capsys.readouterr().out)
+    assert abs(sum(p["prob"] for p in row["predictions"]) - 1) < 1e-4
+    assert {p["label"] for p in row["predictions"]} == {f"species_{c:03d}" for c in range(3)}
+    # the same image from the run folder gives the same answer
+    folder = str(tmp_path / "runs/mine/glsim/seed1")
+    assert main(["predict", str(image), "--model", folder, "--top-k", "3", "--json"]) == 0
+    (folder_row,) = json.loads(capsys.readouterr().out)
+    for a, b in zip(row["predictions"], folder_row["predictions"], strict=True):
+        assert a["class"] == b["class"] and a["prob"] == pytest.approx(b["prob"], abs=1e-5)
+    # an unknown registered model is one error line
+    assert main(["predict", str(image), "--model", "models:/nope@champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --model models:/nope@champion")
