@@ -56,12 +56,7 @@ def run_of(
         return params, protocol.final_spec(params, name, seed)
     if kind == "ablation":
         vparams = protocol.variant_params(params, name)  # raises for an unknown variant
-        model = params.ablations.variants[name].model
-        spec = RunSpec(
-            model=model, seed=seed, lr=protocol.chosen_lr(params, model), kind="ablation",
-            variant=name,
-        )  # fmt: skip
-        return vparams, spec
+        return vparams, protocol.variant_spec(params, name, seed)
     raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
 
 

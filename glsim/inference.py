@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,46 +52,6 @@ class Predictor:
         return len(self.class_names)
 
 
-def _seed_of(folder: Path) -> int | None:
-    m = re.fullmatch(r"seed(\d+)", folder.name)
-    return int(m.group(1)) if m else None
-
-
-def run_spec_of(run_dir: Path, params) -> tuple[Any, Path]:
-    """The :class:`~glsim.runs.RunSpec` of a run folder and the ``base.runs_dir`` it lies under."""
-    from glsim.runs import RunSpec
-
-    seed = _seed_of(run_dir)
-    layout = (
-        "runs/<dataset>/<model>/seed<S>, runs/<dataset>/ablation/<variant>/seed<S> or "
-        "runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>"
-    )
-    parents = run_dir.parents
-    if seed is None or len(parents) < 3:
-        raise CommandError(
-            f"--model {run_dir}: cannot tell the run from the folder name; give a run folder "
-            f"({layout})"
-        )
-    parent = run_dir.parent
-    lr_match = re.fullmatch(r"lr(.+)", parent.name)
-    if len(parents) >= 4 and parents[1].name == "ablation":
-        variant = parent.name
-        entry = params.ablations.variants.get(variant)
-        if entry is None:
-            raise CommandError(
-                f"--model {run_dir}: ablation variant {variant!r} is not in its "
-                f"{RESOLVED_NAME} (ablations.variants), so its model is unknown"
-            )
-        return RunSpec(entry.model, seed, kind="ablation", variant=variant), parents[3]
-    if len(parents) >= 5 and lr_match and parents[2].name == "lrsearch":
-        try:
-            lr = float(lr_match.group(1))
-        except ValueError:
-            raise CommandError(f"--model {run_dir}: {parent.name!r} is not lr<LR>") from None
-        return RunSpec(parents[1].name, seed, lr=lr, kind="lrsearch"), parents[4]
-    return RunSpec(parent.name, seed), parents[2]
-
-
 def _head_width(checkpoint: Path) -> int:
     from glsim.train.checkpoint import read_checkpoint
 
@@ -112,6 +71,7 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
     from glsim.config import load_params
     from glsim.data.shards import ShardError
     from glsim.models.registry import check_model_name
+    from glsim.runs import spec_of_run_dir
     from glsim.train.checkpoint import CHECKPOINT_NAME, require_checkpoint
     from glsim.train.run import load_run, num_classes
 
@@ -131,7 +91,7 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
             "(runs/<dataset>/<model>/seed<S>)"
         )
     params = load_params(resolved)
-    spec, runs_root = run_spec_of(run_dir.resolve(), params)
+    spec, runs_root = spec_of_run_dir(run_dir.resolve(), params)
     check_model_name(spec.model)
     # the folder may have moved since training; the pretrained weights are superseded by
     # the checkpoint, so they are not read
@@ -150,20 +110,12 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
 
 
 def _predictor(model, params, count: int, device: str | None) -> Predictor:
-    from glsim.data.transforms import build_transforms
-    from glsim.models.backbone import pretrained_norm
+    from glsim.eval.evaluate import eval_transform
     from glsim.runs import shards_dir
     from glsim.utils import resolve_device
 
     classes = _class_names(shards_dir(params) / "classes.json", count)
-    mean, std = pretrained_norm(getattr(model, "encoder", model))
-    transform = build_transforms(
-        image_size=params.data.image_size,
-        resize_ratio=params.data.resize_ratio,
-        train=False,
-        mean=mean,
-        std=std,
-    )
+    transform = eval_transform(params, model)
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
     resize = int(params.data.image_size * params.data.resize_ratio)

@@ -366,17 +366,16 @@ def variant_params(params: Params, name: str) -> Params:
     return params.with_overrides(overrides, source=f"ablations.variants.{name}.set")
 
 
+def variant_spec(params: Params, name: str, seed: int) -> RunSpec:
+    """The run of ablation variant ``name`` with ``seed``, at its model's searched LR."""
+    model = params.ablations.variants[name].model
+    return RunSpec(model=model, seed=seed, lr=chosen_lr(params, model), kind="ablation", variant=name)
+
+
 def run_variant(params: Params, name: str, seed: int, *, track: bool = True) -> dict[str, Any]:
     """Train and evaluate one ablation variant with ``seed`` (its model's searched LR)."""
     vparams = variant_params(params, name)  # raises for an unknown name
-    variant = params.ablations.variants[name]
-    spec = RunSpec(
-        model=variant.model,
-        seed=seed,
-        lr=chosen_lr(params, variant.model),
-        kind="ablation",
-        variant=name,
-    )
+    spec = variant_spec(params, name, seed)
     train_run(vparams, spec, track=track)
     return evaluate_run(vparams, spec, track=track)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -151,6 +152,40 @@ class RunSpec:
         if self.kind == "ablation":
             return ablation_report(params, self.name, self.seed)
         return eval_report(params, self.model, self.seed)
+
+
+def spec_of_run_dir(run_dir: Path, params: Params) -> tuple[RunSpec, Path]:
+    """The inverse of :meth:`RunSpec.run_dir`: the spec of a run folder (final, ablation or
+    LR-search layout) and the ``base.runs_dir`` it lies under (the folder may have moved).
+    ``params`` is the run's own resolved tree (an ablation folder names a variant, whose
+    model it holds)."""
+    from glsim.errors import RunError
+
+    layout = (
+        "runs/<dataset>/<model>/seed<S>, runs/<dataset>/ablation/<variant>/seed<S> or "
+        "runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>"
+    )
+    seed_match = re.fullmatch(r"seed(\d+)", run_dir.name)
+    parents = run_dir.parents
+    if seed_match is None or len(parents) < 3:
+        raise RunError(f"{run_dir}: cannot tell the run from the folder name; give a run folder ({layout})")
+    seed, parent = int(seed_match.group(1)), run_dir.parent
+    if len(parents) >= 4 and parents[1].name == "ablation":
+        entry = params.ablations.variants.get(parent.name)
+        if entry is None:
+            raise RunError(
+                f"{run_dir}: ablation variant {parent.name!r} is not in the run's "
+                "params.resolved.yaml (ablations.variants), so its model is unknown"
+            )
+        return RunSpec(entry.model, seed, kind="ablation", variant=parent.name), parents[3]
+    lr_match = re.fullmatch(r"lr(.+)", parent.name)
+    if len(parents) >= 5 and lr_match and parents[2].name == "lrsearch":
+        try:
+            lr = float(lr_match.group(1))
+        except ValueError:
+            raise RunError(f"{run_dir}: {parent.name!r} is not lr<LR>") from None
+        return RunSpec(parents[1].name, seed, lr=lr, kind="lrsearch"), parents[4]
+    return RunSpec(parent.name, seed), parents[2]
 
 
 def run_key(params: Params, spec: RunSpec) -> str:

@@ -127,3 +127,21 @@ def test_pretrain_key_hashes_what_the_pretrained_weights_depend_on():
         {"data.resize_ratio": 1.0},
     ):
         assert runs.pretrain_key(params.with_overrides(same)) == key, same
+
+
+def test_a_run_folder_names_its_spec_back(tmp_path):
+    params = load_params(ROOT / "params.yaml").with_overrides({"base.runs_dir": str(tmp_path / "r")})
+    for spec in (
+        RunSpec(model="glsim", seed=10),
+        RunSpec(model="vit", seed=1, lr=0.01, kind="lrsearch"),
+        RunSpec(model="vit", seed=100, kind="ablation", variant="vit_cls_block"),
+    ):
+        found, root = runs.spec_of_run_dir(spec.run_dir(params), params)
+        assert (found.model, found.seed, found.kind, found.variant) == (
+            spec.model, spec.seed, spec.kind, spec.variant,
+        ) and root == params.base.runs_dir  # fmt: skip
+        assert found.lr == spec.lr
+    from glsim.errors import RunError
+
+    with pytest.raises(RunError, match="cannot tell the run"):
+        runs.spec_of_run_dir(tmp_path / "somewhere", params)

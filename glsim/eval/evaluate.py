@@ -21,18 +21,23 @@ from glsim.data.transforms import build_transforms, eval_box_transform
 from glsim.models.backbone import pretrained_norm
 
 
-def eval_loader(params: Params, model: nn.Module, shards: str | Path, split: str = "test"):
-    """The evaluation loader of ``shards``/``split`` in the model's own normalisation."""
+def eval_transform(params: Params, model: nn.Module):
+    """The evaluation preprocessing of a model: the run's size and resize ratio, and the
+    normalisation of its (ViT) encoder. Evaluation, the probe and ``glsim predict`` use it."""
     mean, std = pretrained_norm(getattr(model, "encoder", model))
-    transform = build_transforms(
+    return build_transforms(
         image_size=params.data.image_size,
         resize_ratio=params.data.resize_ratio,
         train=False,
         mean=mean,
         std=std,
     )
+
+
+def eval_loader(params: Params, model: nn.Module, shards: str | Path, split: str = "test"):
+    """The evaluation loader of ``shards``/``split`` in the model's own preprocessing."""
     return make_loader(
-        shards, split, transform=transform, batch_size=params.eval.batch_size,
+        shards, split, transform=eval_transform(params, model), batch_size=params.eval.batch_size,
         shuffle=False, seed=0, epoch=0, workers=params.data.workers, with_meta=True,
     )  # fmt: skip
 

@@ -51,22 +51,15 @@ def probe_backbone(params, *, split: str = "test") -> dict:
     GLS (the configured metric) and last-layer CLS attention, each with the configured O,
     on ``split`` of the configured dataset (which must carry object boxes).
     """
-    from glsim.data.loader import make_loader
-    from glsim.data.transforms import build_transforms, eval_box_transform
+    from glsim.data.transforms import eval_box_transform
+    from glsim.eval.evaluate import eval_loader
     from glsim.models.attention import cls_attention, forward_blocks_with_attention
-    from glsim.models.backbone import create_vit, pretrained_norm
+    from glsim.models.backbone import create_vit
     from glsim.runs import shards_dir
 
     bb, d, top_k = params.model.backbone, params.data, params.model.glsim.top_k
     vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()
-    mean, std = pretrained_norm(vit)
-    transform = build_transforms(
-        image_size=d.image_size, resize_ratio=d.resize_ratio, train=False, mean=mean, std=std
-    )
-    loader = make_loader(
-        shards_dir(params), split, transform=transform, batch_size=params.eval.batch_size,
-        shuffle=False, seed=0, epoch=0, workers=d.workers, with_meta=True,
-    )  # fmt: skip
+    loader = eval_loader(params, vit, shards_dir(params), split)
     gls, attn, targets = [], [], []
     for images, _, meta in loader:
         if "box" not in meta:  # real datasets carry no object boxes: nothing to measure
