@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
@@ -46,6 +45,7 @@ from flows.train_one import (
     train_one,
 )
 from glsim import protocol
+from glsim.config import ParamsError, parse_sets
 
 RETRIES = 2
 RETRY_DELAY_S = 10
@@ -253,12 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--local", action="store_true", help="train here, not through workers")
     p.add_argument("--no-track", action="store_true")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_sets(args.set)
+    except ParamsError as err:
+        p.error(str(err))
     print(
         sweep(
             params_file=args.params,

@@ -503,6 +503,18 @@ def params_from_dict(data: dict[str, Any], *, source: str = "<params>") -> Param
         raise ParamsError(_format_errors(err, source)) from None
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.03", ...]`` (``--set`` arguments) -> ``{"train.lr": 0.03}``; values
+    are YAML, so numbers, lists and mappings keep their type."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def load_params(
     path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> Params:

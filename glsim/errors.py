@@ -26,6 +26,18 @@ _OS_ADVICE = {
 }
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store does not answer; the message is one line saying what to do."""
+
+
+class RegistryError(RuntimeError):
+    """A registry command cannot proceed; the message names what is missing and what to do."""
+
+
+class SyncError(RuntimeError):
+    """A pending tracking file cannot be replayed; the message names it and what to do."""
+
+
 class RunError(RuntimeError):
     """A run folder is missing what a step needs (no checkpoint, unfinished training)."""
 
@@ -58,17 +70,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RunError,
         CommandError,
         TrainingDiverged,
+        TrackingUnavailable,
+        RegistryError,
+        SyncError,
     ]
-    try:
-        from glsim.tracking.mlflow import TrackingUnavailable
-
-        errors.append(TrackingUnavailable)
-        from glsim.tracking.registry import RegistryError
-        from glsim.tracking.sync import SyncError
-
-        errors += [RegistryError, SyncError]
-    except ImportError:  # pragma: no cover - before the tracking module defines it
-        pass
     try:
         from glsim.validation import ValidationFailed
 

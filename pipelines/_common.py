@@ -6,10 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import yaml
-
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
-from glsim.config import Params, ParamsError, for_dataset, load_params
+from glsim.config import Params, for_dataset, load_params, parse_sets
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -28,13 +26,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def params_from(args: argparse.Namespace) -> Params:
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.03")
-        overrides[key] = yaml.safe_load(value)
-    params = load_params(args.params, overrides)
+    params = load_params(args.params, parse_sets(args.set))
     from glsim.protocol import check_params
 
     return check_params(for_dataset(params, args.dataset or params.data.dataset))

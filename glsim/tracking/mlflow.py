@@ -43,15 +43,13 @@ for _key, _value in HTTP_DEFAULTS.items():
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from glsim.errors import TrackingUnavailable  # noqa: E402,F401  (raised here; re-exported)
+
 RUN_ID_FILE = "mlflow_run_id"
 PENDING_FILE = "tracking-pending.jsonl"
 EMBEDDED_HINT = (
     "`unset MLFLOW_TRACKING_URI` to use the embedded store (sqlite:///mlflow.db at the repo root)"
 )
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store does not answer; the message is one line saying what to do."""
 
 
 _CHECKED: set[str] = set()  # URIs that answered in this process
@@ -175,16 +173,9 @@ def pending_calls(path: str | Path) -> list[dict[str, Any]]:
     return calls
 
 
-@contextlib.contextmanager
-def _quiet_retries() -> Iterator[None]:
-    """Hide urllib3's per-retry warnings (a lost server is reported once, by the Tracker)."""
-    log = logging.getLogger("urllib3.connectionpool")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+# urllib3 warns on every retry; a lost server is reported once, by the Tracker. Set once
+# here (Logger.setLevel clears every logger's cache, so not per tracking call).
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _forget_active_run(run_id: str | None) -> None:
@@ -337,8 +328,7 @@ class Tracker:
             tags["mlflow.parentRunId"] = self.parent_run_id
         self._run_id = run_id
         try:
-            with _quiet_retries():
-                self.run = self._start(run_id, tags)
+            self.run = self._start(run_id, tags)
         except Exception as err:
             try:  # lost since the check (the store answered then): carry on without it
                 _probe(self.uri, timeout=5.0)
@@ -377,8 +367,7 @@ class Tracker:
         """``fn()`` unless offline; a failure takes the Tracker offline. Unsent: kept."""
         if not self._offline:
             try:
-                with _quiet_retries():
-                    return fn()
+                return fn()
             except Exception as err:  # tracking must never stop the caller
                 self._lost(call, err)
         self._keep(call, args, step)

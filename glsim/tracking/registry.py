@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from glsim import runs
 from glsim.config import Params, for_dataset
+from glsim.errors import RegistryError  # noqa: F401  (raised here; re-exported)
 from glsim.tracking.mlflow import (
     RUN_ID_FILE,
     check_tracking,
@@ -47,10 +48,6 @@ HISTORY_TAG = "alias_history"  # registered-model tag: every alias move, oldest 
 VERSION_NOTE_TAG = "promotion"  # model-version tag: the last decision about this version
 MODEL_ARTIFACT = "model"  # the name training logs its model under (``runs:/<id>/model``)
 MAX_TAG_CHARS = 100_000  # MLflow's limit for a registry tag value
-
-
-class RegistryError(RuntimeError):
-    """A registry command cannot proceed; the message names what is missing and what to do."""
 
 
 def registry_client(client: MlflowClient | None = None) -> MlflowClient:
@@ -86,12 +83,13 @@ class Candidate:
     top1_mean: float
     top1_std: float
     seeds: dict[str, float]
+    run_key: str | None = None  # the key its eval report was written under
 
 
 def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
     """Read every seed's eval report of ``model`` on ``dataset`` (``protocol.seeds``) and pick
     the best seed (ties: the earlier seed in ``protocol.seeds``)."""
-    from glsim.eval.tables import aggregate
+    from glsim.eval.tables import aggregate, load_reports
 
     if model not in params.protocol.models:
         raise RegistryError(
@@ -107,7 +105,7 @@ def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
             f"{dataset}/{model}: eval report(s) missing: {', '.join(missing)}; evaluate every "
             f"seed of protocol.seeds first (dvc repro, or pipelines/evaluate.py)"
         )
-    reports = {seed: json.loads(path.read_text()) for seed, path in paths.items()}
+    reports = dict(zip(paths, load_reports(paths.values()), strict=True))
     best = max(seeds, key=lambda s: (float(reports[s]["top1"]), -seeds.index(s)))
     entry = aggregate(reports.values())[reports[best]["dataset"]][reports[best]["model"]]
     return Candidate(
@@ -119,6 +117,7 @@ def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
         top1_mean=float(entry["top1_mean"]),
         top1_std=float(entry["top1_std"]),
         seeds={str(k): float(v) for k, v in entry["seeds"].items()},
+        run_key=reports[best].get("run_key"),
     )
 
 
@@ -134,10 +133,12 @@ def validation_status(params: Params) -> str:
 
 
 def _run_key(params: Params, cand: Candidate, run_tags: dict[str, str]) -> str:
-    """The run's key: from its checkpoint (what training wrote), else its MLflow tag, else
-    recomputed from the params and the LR of its eval report."""
+    """The run's key: the one its eval report was written under; for reports older than run
+    keys, its checkpoint's (loaded only then), else its MLflow tag, else recomputed."""
     from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
+    if cand.run_key:
+        return cand.run_key
     ckpt = cand.run_dir / CHECKPOINT_NAME
     if ckpt.is_file():
         key = read_checkpoint(ckpt).get("extra", {}).get("run_key")

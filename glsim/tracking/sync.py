@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glsim.errors import SyncError  # noqa: F401  (raised here; re-exported)
 from glsim.tracking.mlflow import (
     PENDING_FILE,
     RUN_ID_FILE,
@@ -42,10 +43,6 @@ RESOLVED_PARAMS = "params.resolved.yaml"
 DEFAULT_EXPERIMENT = "glsim"
 SYNCED_FROM_TAG = "glsim.synced_from_run_id"
 MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
-
-
-class SyncError(RuntimeError):
-    """A pending file cannot be replayed; the message names it and what to do."""
 
 
 @dataclass
@@ -88,52 +85,27 @@ def _paths(target: Path) -> tuple[Path, Path, Path | None]:
 
 def run_spec_for(run_dir: Path):
     """``(params, RunSpec)`` of a run folder, from its ``params.resolved.yaml`` and where it
-    lies (``<dataset>/<model>/seedS``, ``.../lrsearch/<model>/lrX/seedS`` or
-    ``.../ablation/<variant>/seedS``); None when the folder is not a run folder."""
+    lies (:func:`glsim.runs.spec_of_run_dir`); None when the folder is not a run folder."""
     from glsim.config import ParamsError, load_params
-    from glsim.runs import RunSpec
+    from glsim.errors import RunError
+    from glsim.runs import spec_of_run_dir
 
     resolved = run_dir / RESOLVED_PARAMS
     if not resolved.is_file():
         return None
     try:
         params = load_params(resolved)
-    except ParamsError:
+        spec, _ = spec_of_run_dir(run_dir.resolve(), params)
+    except (ParamsError, RunError):
         return None
-    parts = run_dir.resolve().parts
-    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].isdigit():
-        return None
-    seed = int(parts[-1][4:])
-    specs = []
-    if parts[-3] == "ablation" and parts[-2] in params.ablations.variants:
-        model = params.ablations.variants[parts[-2]].model
-        specs.append(RunSpec(model=model, seed=seed, kind="ablation", variant=parts[-2]))
-    if len(parts) >= 5 and parts[-4] == "lrsearch" and parts[-2].startswith("lr"):
-        try:
-            lr = float(parts[-2][2:])
-        except ValueError:
-            lr = None
-        if lr is not None:
-            specs.append(RunSpec(model=parts[-3], seed=seed, lr=lr, kind="lrsearch"))
-    specs.append(RunSpec(model=parts[-2], seed=seed))
-    for spec in specs:
-        rel = spec.run_dir(params).relative_to(params.base.runs_dir).parts
-        if parts[-len(rel) :] == rel:
-            return params, spec
-    return None
+    return params, spec
 
 
 def _experiment_of(run_dir: Path | None, experiment: str | None) -> str:
     if experiment:
         return experiment
-    if run_dir is not None and (run_dir / RESOLVED_PARAMS).is_file():
-        import yaml
-
-        tree = yaml.safe_load((run_dir / RESOLVED_PARAMS).read_text()) or {}
-        name = (tree.get("base") or {}).get("experiment")
-        if name:
-            return str(name)
-    return DEFAULT_EXPERIMENT
+    found = run_spec_for(run_dir) if run_dir is not None else None
+    return found[0].base.experiment if found else DEFAULT_EXPERIMENT
 
 
 class _Target:
@@ -243,9 +215,9 @@ def _append(path: Path, lines: list[str]) -> None:
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    from glsim.utils import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def sync_run(
