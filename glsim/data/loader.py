@@ -53,12 +53,18 @@ def epoch_shards(
     """The split's index entries in the order an epoch reads them (before worker splitting).
 
     Shards are shuffled once, before they are dealt to workers, so the (seed, epoch) ->
-    shard order map does not depend on the worker count.
+    shard order map does not depend on the worker count (nor on the ranks of a torchrun
+    run: every rank computes the same order).
     """
     shards = list(_split_entry(shards_dir, split)["shards"])
     if shuffle:
         random.Random(_seed_for(seed, epoch, _SHARD_ORDER)).shuffle(shards)
     return shards
+
+
+def rank_count(count: int, rank: int, world_size: int) -> int:
+    """Samples of a stream of ``count`` that rank ``rank`` keeps (every ``world_size``-th)."""
+    return len(range(rank, count, world_size))
 
 
 def num_batches(
@@ -71,16 +77,22 @@ def num_batches(
     shuffle: bool,
     seed: int,
     epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> int:
     """Exactly how many batches :func:`make_loader` yields with the same arguments.
 
     Each DataLoader worker batches its own shards (``shards[w::workers]``), so with
     ``workers > 1`` this can exceed ``ceil(count / batch_size)`` by up to one partial
-    batch per worker.
+    batch per worker. Under torchrun (``world_size > 1``) the count is ``rank``'s; ranks
+    can differ by one batch per worker (the training loop steps every rank the minimum).
     """
     shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
     workers = max(1, min(workers, len(shards)))
-    counts = [sum(s["count"] for s in shards[w::workers]) for w in range(workers)]
+    counts = [
+        rank_count(sum(s["count"] for s in shards[w::workers]), rank, world_size)
+        for w in range(workers)
+    ]
     per_worker = (c // batch_size if drop_last else -(-c // batch_size) for c in counts)
     return sum(per_worker)
 
@@ -153,9 +165,17 @@ def image_member(sample: dict[str, Any]) -> bytes:
 
 
 _SHARD_ORDER, _SAMPLE_ORDER, _AUGMENT = 0, 1, 2  # independent random streams of an epoch
+MAX_WORKERS = 1024  # DataLoader workers per rank, for the global worker number of a stream
+
+
+def _worker_number(rank: int) -> int:
+    info = get_worker_info()
+    return rank * MAX_WORKERS + (info.id if info else 0)
 
 
 def _seed_for(seed: int, epoch: int, stream: int, worker: int = 0) -> int:
+    # ``worker`` is global over the ranks (``rank * MAX_WORKERS + DataLoader worker id``), so
+    # rank 0 of a torchrun run draws what a single process draws
     # SeedSequence mixes the ints so nearby (seed, epoch, worker) give unrelated streams.
     return int(np.random.SeedSequence([seed, epoch, stream, worker]).generate_state(1)[0])
 
@@ -164,17 +184,21 @@ class _ToTensors:
     """Decode, transform and pack one sample; reseeds the transform once per worker."""
 
     def __init__(
-        self, transform: Callable[..., dict[str, Any]], seed: int, epoch: int, with_meta: bool
+        self,
+        transform: Callable[..., dict[str, Any]],
+        seed: int,
+        epoch: int,
+        with_meta: bool,
+        rank: int = 0,
     ):
         self.transform = transform
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.rank = seed, epoch, rank
         self.with_meta = with_meta
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple]:
-        info = get_worker_info()
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(
-                _seed_for(self.seed, self.epoch, _AUGMENT, info.id if info else 0)
+                _seed_for(self.seed, self.epoch, _AUGMENT, _worker_number(self.rank))
             )
         for sample in samples:
             key = sample["__key__"]
@@ -204,6 +228,8 @@ def make_dataset(
     epoch: int,
     with_meta: bool = False,
     shuffle_buffer: int = SHUFFLE_BUFFER,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> wds.DataPipeline:
     """The per-sample WebDataset pipeline behind :func:`make_loader` (an IterableDataset)."""
     shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
@@ -221,21 +247,44 @@ def make_dataset(
         functools.partial(open_shards, expected=expected),
         group_by_keys,
     ]
+    if world_size > 1:
+        stages.append(_RankShare(rank, world_size))
     if shuffle:
-        stages.append(_SampleShuffle(shuffle_buffer, seed, epoch))
-    stages.append(_ToTensors(transform, seed, epoch, with_meta))
+        stages.append(_SampleShuffle(shuffle_buffer, seed, epoch, rank))
+    stages.append(_ToTensors(transform, seed, epoch, with_meta, rank))
     return wds.DataPipeline(*stages)
+
+
+class _RankShare:
+    """Rank ``rank``'s share of a torchrun run: every ``world_size``-th sample of the
+    worker's stream, taken before the (per-rank) shuffle.
+
+    Every rank reads the same shards in the same (seed, epoch) order, so the shares are
+    disjoint and together the whole split, every epoch, whatever the shard count (a
+    fine-grained dataset is often one shard). The price is that each rank reads, though
+    does not decode, every shard: like ``DistributedSampler``, not like webdataset's
+    ``split_by_node``, which needs at least one shard per rank and worker.
+    """
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for i, sample in enumerate(samples):
+            if i % self.world_size == self.rank:
+                yield sample
 
 
 class _SampleShuffle:
     """webdataset's buffered shuffle, seeded per (seed, epoch, worker)."""
 
-    def __init__(self, bufsize: int, seed: int, epoch: int):
-        self.bufsize, self.seed, self.epoch = bufsize, seed, epoch
+    def __init__(self, bufsize: int, seed: int, epoch: int, rank: int = 0):
+        self.bufsize, self.seed, self.epoch, self.rank = bufsize, seed, epoch, rank
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        rng = random.Random(_seed_for(self.seed, self.epoch, _SAMPLE_ORDER, info.id if info else 0))
+        rng = random.Random(
+            _seed_for(self.seed, self.epoch, _SAMPLE_ORDER, _worker_number(self.rank))
+        )
         return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
 
 
@@ -251,6 +300,8 @@ def make_loader(
     workers: int,
     drop_last: bool = False,
     with_meta: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches ``(images, labels)`` (or ``(images, labels, meta)``) from a split's shards.
 
@@ -277,6 +328,8 @@ def make_loader(
         workers: DataLoader worker processes (0: load in this process); capped at the shard count.
         drop_last: Drop the last partial batch.
         with_meta: Also yield keys and boxes.
+        rank, world_size: this process's share under torchrun (every ``world_size``-th
+            sample, see ``_RankShare``); its shuffle and augmentation streams are its own.
     """
     dataset = make_dataset(
         shards_dir,
@@ -286,6 +339,8 @@ def make_loader(
         seed=seed,
         epoch=epoch,
         with_meta=with_meta,
+        rank=rank,
+        world_size=world_size,
     )
     workers = min(workers, len(_split_entry(shards_dir, split)["shards"]))
     return DataLoader(

@@ -6,6 +6,12 @@ Determinism: every epoch reseeds python/numpy/torch from ``(seed, epoch)`` and a
 loader factory for that epoch's stream, so a run resumed from its last checkpoint sees
 the same batches, drop-path masks and augmentations as an uninterrupted run and ends with
 the same weights.
+
+Under ``torchrun`` (:mod:`glsim.train.distributed`) the same loop runs in every rank with
+the model in DistributedDataParallel: gradients are averaged over the ranks, so N ranks on
+``B/N`` images each take the step one process takes on ``B``; the metrics read every
+``log_every`` steps are summed over the ranks (the divergence check sees the same value in
+every rank), and only rank 0 logs, prints and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from glsim.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -30,6 +37,7 @@ from glsim.train.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from glsim.train.distributed import SINGLE, Dist
 from glsim.utils import seed_everything
 
 LoaderFactory = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
@@ -60,6 +68,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+RANK_SEED_STRIDE = 1_000_000_007  # torchrun rank r seeds epoch_seed + r * stride
+
+
 def compute_loss(
     model: nn.Module, images: Tensor, targets: Tensor, criterion: nn.Module
 ) -> tuple[Tensor, Tensor]:
@@ -68,6 +79,43 @@ def compute_loss(
         return model.training_loss(images, targets, criterion)
     logits = model(images)
     return criterion(logits, targets), logits
+
+
+class LossForward(nn.Module):
+    """``model`` and its loss as one module, ``(images, targets) -> (loss, logits)``, so
+    that DistributedDataParallel, which syncs gradients of what its ``forward`` computes,
+    also covers the models whose loss is their own ``training_loss`` (GLSim, TransFG, CAL)."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return compute_loss(self.model, images, targets, self.criterion)
+
+
+def distribute(
+    model: nn.Module, criterion: nn.Module, dist: Dist, device: torch.device
+) -> nn.Module:
+    """The module a rank steps: ``model`` itself when alone, else its :class:`LossForward`
+    in DistributedDataParallel (which broadcasts rank 0's weights to every rank). BatchNorm
+    (ResNet, CAL) becomes SyncBatchNorm on CUDA; gloo on CPU keeps per-rank statistics."""
+    if not dist.enabled:
+        return model
+    net: nn.Module = LossForward(model, criterion)
+    if device.type == "cuda":
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _forward(
+    net: nn.Module, images: Tensor, targets: Tensor, criterion: nn.Module
+) -> tuple[Tensor, Tensor]:
+    if isinstance(net, DistributedDataParallel):  # a LossForward: DDP must see the call
+        return net(images, targets)
+    return compute_loss(net, images, targets, criterion)
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -139,14 +187,15 @@ def train_step(
 ) -> tuple[Tensor, Tensor]:
     """One optimiser step: forward (fp16 autocast when ``use_amp``), backward, clip, step.
 
-    Returns ``(loss, correct)`` as tensors on the model's device -- the detached loss and
+    ``model`` is a model, or what :func:`distribute` made of it under torchrun (then the
+    backward pass also averages the gradients over the ranks). Returns ``(loss, correct)`` as tensors on the model's device -- the detached loss and
     the number of correctly classified images in the batch -- and never syncs with the
     host, so the caller decides when to read them (and to check the loss is finite).
     ``scaler`` (a CUDA ``GradScaler``) is used when given.
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
-        loss, logits = compute_loss(model, images, targets, criterion)
+        loss, logits = _forward(model, images, targets, criterion)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -177,8 +226,13 @@ def train_one_epoch(
     recipe: Recipe,
     device: torch.device,
     log_metrics: MetricsSink | None = None,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
     """Run one pass over ``loader``, advancing ``state.step``; the epoch's mean loss and accuracy.
+
+    Under torchrun (``dist``) each rank passes over its own loader (the loaders must yield
+    the same number of batches), and what is read is summed over the ranks: the loss logged
+    is the ranks' mean, the epoch's loss and accuracy are over every rank's images.
 
     The loss sum and correct count stay on the device and are read (one host sync) every
     ``recipe.log_every`` steps -- when ``train/loss_step`` and ``train/lr`` are logged -- and
@@ -198,7 +252,11 @@ def train_one_epoch(
 
     def read(loss: Tensor) -> tuple[float, float, float]:
         """The only host sync: last step's loss, the epoch's loss sum and correct count."""
-        values = torch.stack((loss.to(acc_dtype), loss_sum, correct_sum)).tolist()
+        stacked = torch.stack((loss.to(acc_dtype), loss_sum, correct_sum))
+        if dist.enabled:
+            dist.all_reduce_sum(stacked)
+            stacked[0] /= dist.world_size
+        values = stacked.tolist()
         nonlocal checked_through
         step = state.step - 1  # 0-based index of the step just taken
         bad = next((v for v in values[:2] if not math.isfinite(v)), None)
@@ -234,6 +292,8 @@ def train_one_epoch(
     if seen == 0:
         raise RuntimeError(f"epoch {epoch}: the training loader yielded no batch; check the shards")
     _, total_loss, correct = read(loss)
+    if dist.enabled:
+        seen = int(dist.all_reduce_sum(torch.tensor(float(seen), dtype=acc_dtype, device=device)))
     return {
         "train/loss": total_loss / seen,
         "train/acc": 100.0 * correct / seen,
@@ -253,6 +313,7 @@ def fit(
     log_metrics: MetricsSink | None = None,
     stop_after_epochs: int | None = None,
     run_key: str = "",
+    dist: Dist = SINGLE,
 ) -> TrainState:
     """Train ``model`` for ``recipe.epochs``, resuming from ``out_dir/last.pt`` if present.
 
@@ -274,6 +335,11 @@ def fit(
             testing resumption.
         run_key: identifies the configuration (model, recipe, data, seed); a checkpoint
             written under another key is moved aside (``last.pt.stale``) instead of resumed.
+        dist: this rank under torchrun (:func:`glsim.train.distributed.setup`): the model
+            is stepped in DistributedDataParallel, ``loader_for_epoch`` must give every
+            rank its share with the same batch count, and only rank 0 logs and writes the
+            checkpoint (every rank waits for it at a barrier). Each rank resumes from the
+            same ``last.pt``.
 
     Returns:
         The final :class:`TrainState` (its ``history`` holds per-epoch metrics).
@@ -286,39 +352,53 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if recipe.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     ckpt = out_dir / CHECKPOINT_NAME
-    state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
-    if state.epoch:
+    main = dist.is_main
+    log_metrics = log_metrics if main else None
+    if main:  # rank 0 decides (a stale checkpoint is moved aside once) before the others read
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+    dist.barrier()
+    if not main:
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+    if state.epoch and main:
         print(
             f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
             flush=True,
         )
+    # after the resume: DDP starts every rank from rank 0's weights
+    net = distribute(model, criterion, dist, device)
 
     epochs_run = 0
     while state.epoch < recipe.epochs:
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
         epoch = state.epoch
-        seed_everything(epoch_seed(seed, epoch))
+        # rank 0 draws what a single process draws; other ranks their own drop-path masks
+        seed_everything(epoch_seed(seed, epoch) + dist.rank * RANK_SEED_STRIDE)
         metrics = {
             "epoch": float(epoch + 1),
             **train_one_epoch(
-                model, loader_for_epoch(epoch), epoch=epoch, state=state, optimizer=optimizer,
+                net, loader_for_epoch(epoch), epoch=epoch, state=state, optimizer=optimizer,
                 scheduler=scheduler, criterion=criterion, scaler=scaler, recipe=recipe,
-                device=device, log_metrics=log_metrics,
+                device=device, log_metrics=log_metrics, dist=dist,
             ),
         }  # fmt: skip
         state.epoch += 1
         state.history.append(metrics)
-        save_checkpoint(
-            ckpt, model=model, optimizer=optimizer, scaler=scaler, state=state,
-            extra={"run_key": run_key},
-        )  # fmt: skip
+        if main:
+            extra: dict[str, Any] = {"run_key": run_key}
+            if dist.enabled:
+                extra["world_size"] = dist.world_size
+            save_checkpoint(
+                ckpt, model=model, optimizer=optimizer, scaler=scaler, state=state, extra=extra
+            )
+        dist.barrier()  # no rank starts an epoch its resume could not reproduce
         epochs_run += 1
-        print(
-            f"epoch {state.epoch}/{recipe.epochs} loss {metrics['train/loss']:.4f} "
-            f"acc {metrics['train/acc']:.2f}% ({metrics['train/epoch_seconds']:.1f}s)",
-            flush=True,
-        )
+        if main:
+            print(
+                f"epoch {state.epoch}/{recipe.epochs} loss {metrics['train/loss']:.4f} "
+                f"acc {metrics['train/acc']:.2f}% ({metrics['train/epoch_seconds']:.1f}s)",
+                flush=True,
+            )
         if log_metrics:
             log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, state.step)
     return state

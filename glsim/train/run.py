@@ -9,6 +9,7 @@ the model a run trains; :func:`train_run` trains it. Paths and run keys come fro
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
 from glsim.runs import RunSpec, run_key, shards_dir
+from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import atomic_write_json, resolve_device, seed_everything, set_threads
@@ -109,20 +111,30 @@ def train_run(
 
     Writes ``last.pt`` (checkpoint, every epoch), ``train.json`` (per-epoch history) and
     ``params.resolved.yaml`` into the run dir, and logs all of it to MLflow.
+
+    Started by ``torchrun --nproc_per_node N`` (e.g. ``torchrun --nproc_per_node 2
+    pipelines/train.py --model glsim --seed 1``), the N processes train the run together
+    with DistributedDataParallel (:mod:`glsim.train.distributed`): each rank reads every
+    N-th sample and ``train.batch_size / N`` images per step, and rank 0 alone writes the
+    run folder and tracks. The run key does not depend on N: a run finished by torchrun is
+    not repeated by a single process, and a killed one may be resumed with any N.
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     set_threads(params.base.num_threads)
-    device = resolve_device(params.base.device)
+    dist, device = distributed.setup(resolve_device(params.base.device))
     out = spec.run_dir(params)
     key = run_key(params, spec)
     if is_finished(out, key, recipe(params, spec.lr).epochs):
-        print(
-            f"{out}: already finished with this configuration (run key {key}); not repeated",
-            flush=True,
-        )
+        if dist.is_main:
+            print(
+                f"{out}: already finished with this configuration (run key {key}); not repeated",
+                flush=True,
+            )
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved(params, out)
+    bs = distributed.per_rank_batch(params.train.batch_size, dist)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_resolved(params, out)
     seed_everything(spec.seed)  # the fresh aggregator/head init depends on the seed only
     model = build(params, spec.model)
     mean, std = pretrained_norm(getattr(model, "encoder", model))
@@ -137,29 +149,36 @@ def train_run(
         std=std,
     )
     src = shards_dir(params, spec.kind)
-    bs = params.train.batch_size
-    steps = num_batches(
-        src,
-        "train",
-        batch_size=bs,
-        workers=params.data.workers,
-        drop_last=True,
-        shuffle=True,
-        seed=spec.seed,
-        epoch=0,
-    )
+
+    def epoch_steps(epoch: int) -> int:
+        """Batches per epoch; under torchrun every rank takes the fewest any rank has."""
+        return min(
+            num_batches(
+                src, "train", batch_size=bs, workers=params.data.workers, drop_last=True,
+                shuffle=True, seed=spec.seed, epoch=epoch, rank=r, world_size=dist.world_size,
+            )  # fmt: skip
+            for r in range(dist.world_size)
+        )
+
+    steps = epoch_steps(0)
 
     def loader_for_epoch(epoch: int):
-        return make_loader(
+        loader = make_loader(
             src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
+            rank=dist.rank, world_size=dist.world_size,
         )  # fmt: skip
+        return itertools.islice(loader, epoch_steps(epoch)) if dist.enabled else loader
 
     rcp = recipe(params, spec.lr)
     kwargs = dict(
         loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=rcp, out_dir=out,
         seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs, run_key=key,
+        dist=dist,
     )  # fmt: skip
+    if not dist.is_main:  # rank 0 alone tracks and writes the run folder
+        fit(model, **kwargs)
+        return out
     if not track:
         state = fit(model, **kwargs)
     else:

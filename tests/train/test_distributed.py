@@ -1,0 +1,161 @@
+"""torchrun with gloo on CPU: the DDP step equals one process's step on the whole batch, the
+ranks' loader shares are disjoint and complete, and a run trained by two processes
+checkpoints, resumes after a kill and evaluates like a single-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny import tiny_params
+
+from glsim import protocol
+from glsim.data.loader import make_loader, num_batches
+from glsim.data.transforms import build_transforms
+from glsim.runs import shards_dir
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import ddp_step  # noqa: E402
+
+
+def torchrun(*args: str, nproc: int = 2, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.Popen([*cmd, *args], env=env, start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, f"torchrun exited {proc.returncode}"
+
+
+@pytest.mark.parametrize("model", ["vit", "glsim"])
+def test_ddp_step_on_two_half_batches_equals_one_step_on_the_batch(tmp_path, model, record_property):
+    out = tmp_path / "ddp.pt"
+    finish(torchrun(str(HERE / "ddp_step.py"), model, str(out)))
+    net = ddp_step.tiny(model)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images, targets = ddp_step.batch()
+    ddp_step.step(net, net, images, targets)
+    single, ddp = net.state_dict(), torch.load(out)
+    diff = max((single[k].double() - ddp[k].double()).abs().max().item() for k in single)
+    moved = max((single[k].double() - before[k].double()).abs().max().item() for k in single)
+    record_property("max_abs_weight_difference", diff)
+    print(f"{model}: max |w_ddp - w_single| = {diff:.3g} (the step moved weights by up to {moved:.3g})")
+    assert moved > 1e-3  # the step did something, so equality is not vacuous
+    assert diff < 1e-5
+
+
+def test_rank_shares_are_disjoint_and_complete_every_epoch(tmp_path):
+    params = tiny_params(tmp_path, data={"shard_max_count": 5, "shard_max_bytes": 1 << 20})
+    protocol.prepare(params)
+    protocol.shard(params)
+    src = shards_dir(params)
+    transform = build_transforms(image_size=32, resize_ratio=1.0, train=False)
+
+    def keys(rank: int, world: int, epoch: int, workers: int) -> list[str]:
+        loader = make_loader(
+            src, "train", transform=transform, batch_size=2, shuffle=True, seed=3, epoch=epoch,
+            workers=workers, with_meta=True, rank=rank, world_size=world,
+        )  # fmt: skip
+        batches = [meta["key"] for _, _, meta in loader]
+        assert len(batches) == num_batches(
+            src, "train", batch_size=2, workers=workers, drop_last=False, shuffle=True, seed=3,
+            epoch=epoch, rank=rank, world_size=world,
+        )  # fmt: skip
+        return [k for batch in batches for k in batch]
+
+    single = sorted(keys(0, 1, 0, 0))
+    for epoch, world, workers in ((0, 2, 0), (1, 2, 0), (0, 3, 0), (1, 2, 2)):
+        shares = [keys(r, world, epoch, workers) for r in range(world)]
+        flat = [k for share in shares for k in share]
+        assert len(flat) == len(set(flat)), "a sample went to two ranks"
+        assert sorted(flat) == single, "the ranks together miss samples"
+        assert max(map(len, shares)) - min(map(len, shares)) <= max(1, workers)
+    # the ranks' orders differ between epochs (shards and samples reshuffled)
+    assert keys(0, 2, 0, 0) != keys(0, 2, 1, 0)
+
+
+def _torchrun_params(tmp_path: Path) -> Path:
+    params = tiny_params(
+        tmp_path,
+        data={"shard_max_count": 5, "shard_max_bytes": 1 << 20},
+        train={"epochs": 3, "batch_size": 6, "warmup_steps": 1},
+        protocol={"models": ["vit", "glsim"], "seeds": [1], "lr_grid": []},
+    )
+    protocol.prepare(params)
+    protocol.shard(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return path
+
+
+def _train_cmd(params_file: Path, runs_dir: Path) -> list[str]:
+    return [
+        str(ROOT / "pipelines/train.py"), "--params", str(params_file), "--model", "vit",
+        "--seed", "1", "--set", f"base.runs_dir={runs_dir}",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_torchrun_run_checkpoints_resumes_after_a_kill_and_evaluates_like_one_process(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params_file = _torchrun_params(tmp_path)
+    whole, killed = tmp_path / "runs-whole", tmp_path / "runs-killed"
+    finish(torchrun(*_train_cmd(params_file, whole)))
+
+    # the same run, killed (SIGKILL to every rank) once its first checkpoint is written
+    proc = torchrun(*_train_cmd(params_file, killed))
+    ckpt = killed / "synthetic_fg/vit/seed1/last.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = torch.load(ckpt, weights_only=False)
+    assert 1 <= first["state"]["epoch"] < 3, "killed too late to test resumption"
+    assert first["extra"]["world_size"] == 2
+    finish(torchrun(*_train_cmd(params_file, killed)))
+
+    a = torch.load(whole / "synthetic_fg/vit/seed1/last.pt", weights_only=False)
+    b = torch.load(ckpt, weights_only=False)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"resumed run differs at {k}"
+    history = json.loads((whole / "synthetic_fg/vit/seed1/train.json").read_text())
+    assert history["epochs_done"] == 3 and len(history["history"]) == 3
+
+    # evaluation: the evaluate stage (one process) on the torchrun run's checkpoint gives
+    # the report an in-process evaluation of the same checkpoint gives
+    from glsim.config import load_params
+    from glsim.protocol import evaluate_final, final_spec
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [sys.executable, str(ROOT / "pipelines/evaluate.py"), "--params", str(params_file),
+         "--model", "vit", "--seed", "1", "--set", f"base.runs_dir={whole}"],
+        check=True, env=env, timeout=240,
+    )  # fmt: skip
+    params = load_params(params_file, {"base.runs_dir": str(whole)})
+    stage_report = json.loads(final_spec(params, "vit", 1).report_path(params).read_text())
+    in_process = evaluate_final(params, "vit", 1, track=False)
+    assert stage_report["top1"] == in_process["top1"]
+    assert stage_report["per_class"] == in_process["per_class"]
