@@ -77,18 +77,28 @@ def ensure_limit(
 
 
 @contextmanager
-def gpu_slot(enabled: bool = True) -> Iterator[dict[str, Any]]:
-    """Hold one slot of this worker's ``gpu-<id>`` limit (waits for a free one); yields a
-    record of the hold (worker, limit, acquired/released times, UTC ISO) filled on exit."""
-    record: dict[str, Any] = {"worker": worker_id(), "limit": limit_name() if enabled else None}
+def gpu_slot(enabled: bool = True, slots: int = 1) -> Iterator[dict[str, Any]]:
+    """Hold ``slots`` slots of this worker's ``gpu-<id>`` limit (waits until they are free;
+    a torchrun training takes one per process); yields a record of the hold (worker, limit,
+    slots, acquired/released times, UTC ISO) filled on exit."""
+    record: dict[str, Any] = {
+        "worker": worker_id(), "limit": limit_name() if enabled else None, "slots": slots,
+    }  # fmt: skip
     if not enabled:
         yield record
         return
     from prefect.concurrency.sync import concurrency
 
-    ensure_limit()
+    limit = ensure_limit()
+    if slots > limit:
+        from glsim.config import ParamsError
+
+        raise ParamsError(
+            f"a run needs {slots} GPU slots but {record['limit']} has {limit}; lower "
+            f"GLSIM_PROCS_PER_RUN or raise the limit (python -m flows.gpu --slots {slots})"
+        )
     # strict: a limit that vanished must not silently oversubscribe the node
-    with concurrency(record["limit"], occupy=1, strict=True):
+    with concurrency(record["limit"], occupy=slots, strict=True):
         record["acquired"] = _now()
         record["acquired_unix"] = time.time()
         try:

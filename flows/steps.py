@@ -68,22 +68,131 @@ def is_done(params: Params, kind: str, name: str, seed: int, lr: float | None) -
     return protocol.is_done(*run_of(params, kind, name, seed, lr))
 
 
-def train_and_evaluate(
+PROCS_ENV = "GLSIM_PROCS_PER_RUN"
+
+
+def procs_per_run() -> int:
+    """Processes (GPUs) one training run takes on this worker: ``GLSIM_PROCS_PER_RUN``
+    (default 1). Above 1 the run is trained by ``torchrun`` with DDP and holds that many
+    slots of the worker's ``gpu-<id>`` limit."""
+    import os
+
+    value = os.environ.get(PROCS_ENV, "1")
+    try:
+        procs = int(value)
+    except ValueError:
+        procs = 0
+    if procs < 1:
+        from glsim.config import ParamsError
+
+        raise ParamsError(f"{PROCS_ENV}={value!r} is not a process count; set it to 1 or more")
+    return procs
+
+
+def train(
     params: Params, kind: str, name: str, seed: int, lr: float | None, *, track: bool = True
-) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) and evaluate one run through the protocol's
-    own functions; returns the evaluation report (the pretraining report for ``pretrain``)."""
+) -> Path:
+    """Train (or resume, or skip when finished) one run in this process; its run folder."""
     from glsim.train.run import train_run
 
+    return train_run(*run_of(params, kind, name, seed, lr), track=track)
+
+
+def torchrun_train(
+    request: dict[str, Any], nproc: int, *, timeout: float | None = None
+) -> None:
+    """Train one run with ``torchrun --standalone --nproc_per_node nproc`` (DDP: NCCL on a
+    node's GPUs, gloo on CPU); returns when every rank has finished. ``request`` holds the
+    run's coordinates (``params_file``, ``overrides``, ``dataset``, ``kind``, ``name``,
+    ``seed``, ``lr``, ``track``), the same a training flow run carries. A failed rank is a
+    :class:`~glsim.errors.CommandError` naming the exit status; a diverged run or bad input
+    is also raised in this process (the ranks' first ``error:`` line is in the message)."""
+    import json
+    import subprocess
+    import sys
+
+    from glsim.errors import CommandError
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "flows.steps", json.dumps(request),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode == 0:
+        return
+    import re
+
+    # a rank's guarded() line, maybe prefixed by torchrun ("[rank1]:")
+    errors = re.findall(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", proc.stderr, re.MULTILINE)
+    reason = errors[0] if errors else f"exit status {proc.returncode}"
+    if "diverged" in reason or "loss is nan" in reason or "loss is inf" in reason:
+        from glsim.train.loop import TrainingDiverged
+
+        raise TrainingDiverged(reason)
+    if proc.returncode == 2 and errors:  # guarded(): an input error, named
+        from glsim.errors import RunError
+
+        raise RunError(f"torchrun training: {reason}")
+    raise CommandError(f"torchrun training of {request.get('name')} failed: {reason}")
+
+
+def train_and_evaluate(
+    params: Params,
+    kind: str,
+    name: str,
+    seed: int,
+    lr: float | None,
+    *,
+    track: bool = True,
+    request: dict[str, Any] | None = None,
+    nproc: int = 1,
+) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) and evaluate one run through the protocol's
+    own functions; returns the evaluation report (the pretraining report for ``pretrain``).
+
+    With ``nproc > 1`` the training is :func:`torchrun_train` of ``request`` (the run's
+    coordinates); the evaluation then runs here, in one process, on the checkpoint rank 0
+    wrote. Pretraining always runs in one process.
+    """
     if kind == "pretrain":
         return protocol.pretrain(params)
-    if kind == "lrsearch":
-        p, spec = run_of(params, kind, name, seed, lr)
-        train_run(p, spec, track=track)
-        return protocol.evaluate_run(p, spec, track=track)
-    if kind == "final":
-        protocol.train_final(params, name, seed, track=track)
-        return protocol.evaluate_final(params, name, seed, track=track)
-    if kind == "ablation":
-        return protocol.run_variant(params, name, seed, track=track)
-    raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
+    run_params, spec = run_of(params, kind, name, seed, lr)
+    if nproc > 1 and not protocol.is_done(run_params, spec):
+        if request is None:
+            raise ValueError("a torchrun training needs the run's request (its coordinates)")
+        torchrun_train(request, nproc)
+    else:
+        train(params, kind, name, seed, lr, track=track)
+    return protocol.evaluate_run(run_params, spec, track=track)
+
+
+def _torchrun_main(argv: list[str]) -> None:
+    """Entry point of every rank :func:`torchrun_train` starts: train one run, then leave
+    the process group. Input errors are one ``error:`` line and exit status 2 (as stages)."""
+    import json
+
+    from glsim.errors import guarded
+    from glsim.train.distributed import teardown
+
+    def body() -> None:
+        r = json.loads(argv[0])
+        params = resolve(r["params_file"], r.get("overrides"), r.get("dataset"))
+        try:
+            train(params, r["kind"], r["name"], int(r.get("seed", 0)), r.get("lr"),
+                  track=bool(r.get("track", True)))  # fmt: skip
+        finally:
+            teardown()
+
+    raise SystemExit(guarded(body))
+
+
+if __name__ == "__main__":
+    import sys
+
+    import glsim  # noqa: F401  (telemetry switches before any other import)
+
+    _torchrun_main(sys.argv[1:])

@@ -119,9 +119,15 @@ def train_one(
     logger = get_run_logger(FlowRunContext.get())  # this flow's, also when run inside a task
     try:
         params = steps.resolve(params_file, overrides, dataset)
-        with gpu.gpu_slot(gpu_limit) as slot:
-            logger.info("%s: training on worker %s (limit %s)", run, slot["worker"], slot["limit"])
-            report = steps.train_and_evaluate(params, kind, name, seed, lr, track=track)
+        nproc = steps.procs_per_run() if kind != "pretrain" else 1
+        with gpu.gpu_slot(gpu_limit, slots=nproc) as slot:
+            logger.info(
+                "%s: training on worker %s (limit %s, %d process%s)",
+                run, slot["worker"], slot["limit"], nproc, "es" if nproc > 1 else "",
+            )  # fmt: skip
+            report = steps.train_and_evaluate(
+                params, kind, name, seed, lr, track=track, request=req, nproc=nproc
+            )
     except TrainingDiverged as err:  # loud, and never retried
         logger.error("%s diverged: %s", run, err)
         return Failed(name=DIVERGED, message=str(err))
