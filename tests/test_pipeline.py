@@ -16,7 +16,7 @@ from glsim.data.shards import read_index
 from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
 from glsim.runs import RunSpec
 from glsim.train.pretrain import pretrain_backbone
-from glsim.train.run import train_run
+from glsim.train.run import load_run, train_run
 
 
 @pytest.fixture
@@ -82,6 +82,22 @@ def test_protocol_end_to_end(chain, tmp_path):
     glsim_run = tracked[tracked["tags.mlflow.runName"] == "synthetic_fg/glsim/seed1"].iloc[0]
     assert glsim_run["metrics.test_top1"] == pytest.approx(report["top1"])
     assert glsim_run["params.train.epochs"] == str(params.train.epochs)
+
+    # the logged model carries a signature (images in, logits out) and an input example
+    # that MLflow's pyfunc runs to the run's own logits
+    info = mlflow.models.get_model_info(f"runs:/{glsim_run['run_id']}/model")
+    size = params.data.image_size
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, size, size)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)  # 3 classes
+    example = mlflow.models.Model.load(info.model_uri).load_input_example(
+        mlflow.artifacts.download_artifacts(info.model_uri)
+    )
+    assert example.shape == (1, 3, size, size)
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+    model, _ = load_run(params, RunSpec(model="glsim", seed=1, lr=chosen_lr(params, "glsim")))
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(example)).numpy()
+    assert abs(served - expected).max() < 1e-5
 
 
 @pytest.mark.integration

@@ -260,19 +260,50 @@ def dvc_hash(path: str | Path, root: str | Path = ".") -> str:
     return ""
 
 
-def log_pytorch_model(model, name: str = "model", registered_model_name: str | None = None):
+def model_example(model, image_size: int):
+    """An input example for ``model`` -- one normalised image, float32 (1, 3, S, S) -- and
+    the signature it gives: that tensor in, logits (1, C) out."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size))
+    example = example.astype(np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).float().numpy()
+    model.train(was_training)
+    return example, infer_signature(example, logits)
+
+
+def log_pytorch_model(
+    model,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    *,
+    image_size: int | None = None,
+):
     """``mlflow.pytorch.log_model`` into the active run, as every glsim model is logged:
     pickled (pt2 export would trace GLSim's data-dependent crop; glsim must be importable
-    where it is loaded) with explicit requirements, which skips MLflow's slow inference."""
+    where it is loaded) with explicit requirements, which skips MLflow's slow inference,
+    and in eval mode. With ``image_size``, also the input example and the signature of
+    :func:`model_example` (MLflow checks the example through the saved model)."""
     import mlflow.pytorch
     import torch
 
+    model.eval()
+    example = {}
+    if image_size is not None:
+        input_example, signature = model_example(model, image_size)
+        example = {"input_example": input_example, "signature": signature}
     return mlflow.pytorch.log_model(
         model,
         name=name,
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm==1.0.31", "glsim"],
         registered_model_name=registered_model_name,
+        **example,
     )
 
 
@@ -422,13 +453,20 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._send("set_tags", dict(tags), lambda: mlflow.set_tags(tags))
 
-    def log_model(self, model, name: str = "model", registered_model_name: str | None = None):
+    def log_model(
+        self,
+        model,
+        name: str = "model",
+        registered_model_name: str | None = None,
+        *,
+        image_size: int | None = None,
+    ):
         """``mlflow.pytorch.log_model`` (pickled; glsim must be importable where it is loaded)
         with explicit requirements, which skips MLflow's slow requirement inference.
         Offline: only a note is kept (the run folder's checkpoint is the model); returns None."""
 
         def send():
-            return log_pytorch_model(model, name, registered_model_name)
+            return log_pytorch_model(model, name, registered_model_name, image_size=image_size)
 
         note = {
             "name": name,

@@ -205,7 +205,7 @@ def _log_model(uri: str, run_id: str, run_dir: Path | None, name: str) -> str | 
         return f"the checkpoint cannot be loaded here ({str(err).splitlines()[0]})"
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        log_pytorch_model(model.cpu(), name=name)
+        log_pytorch_model(model.cpu(), name=name, image_size=params.data.image_size)
     return None
 
 

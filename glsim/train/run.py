@@ -197,7 +197,7 @@ def train_run(
             tracker.log_artifact(out / "params.resolved.yaml")
             if state.epoch >= rcp.epochs:
                 tracker.log_artifact(out / "last.pt", artifact_path="checkpoint")
-                tracker.log_model(model.cpu(), name="model")
+                tracker.log_model(model.cpu(), name="model", image_size=params.data.image_size)
     atomic_write_json(
         out / "train.json",
         {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
