@@ -5,7 +5,10 @@ Per dataset of ``data.datasets``: ``prepare``, ``shard``, ``validate`` (in this 
 ``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
 ``protocol.models``): one run per LR of ``protocol.lr_grid``, then the choice of LR. Per
 (dataset, model, seed) and (dataset, variant of ``ablations.variants``, seed): the run and
-its evaluation. Then the aggregate (``reports/results.*``). Every step is a call into
+its evaluation; once a (dataset, model)'s seeds are evaluated, its best seed's model is
+registered as ``glsim-<dataset>-<model>`` and gets ``champion`` or ``challenger`` by
+``registry.margin`` (:mod:`glsim.tracking.registry`; tracked sweeps only). Then the
+aggregate (``reports/results.*``). Every step is a call into
 :mod:`glsim.protocol`, the functions the stage scripts of ``pipelines/`` call (through
 :mod:`flows.steps` for one training run); no recipe, path or hyperparameter is written
 here.
@@ -113,6 +116,19 @@ def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
     return [str(p) for p in protocol.aggregate_reports(params, track=track)]
 
 
+@_task(task_run_name="register-{dataset}-{model}")
+def register(params_file: str, overrides: dict, dataset: str, model: str) -> dict[str, Any]:
+    """Register the best seed of ``(dataset, model)`` and move its alias (champion/challenger)."""
+    from glsim.tracking.registry import decision_dict, register_and_promote
+
+    params = steps.resolve(params_file, overrides, dataset)
+    mv, decision = register_and_promote(params, dataset, model)
+    get_run_logger().info(
+        "%s v%s: %s (%s)", mv.name, mv.version, decision.alias, decision.reason
+    )
+    return decision_dict(decision)
+
+
 @_task(task_run_name="{run}")
 def train(
     run: str, req: dict[str, Any], use_deployments: bool, deployment: str, poll_s: float
@@ -150,6 +166,7 @@ def sweep(
     deployment: str = DEPLOYMENT,
     track: bool = True,
     poll_s: float = 10.0,
+    register_models: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol over ``params_file`` (+ dotted ``overrides``, as ``--set``).
 
@@ -160,9 +177,12 @@ def sweep(
         track: log runs and the aggregate to MLflow (``MLFLOW_TRACKING_URI``), as the DVC
             stages do; validation is logged either way, as the ``validate`` stage does.
         poll_s: seconds between polls of a submitted run's state.
+        register_models: with ``track``, register and promote each (dataset, model)'s
+            best seed once its seeds are evaluated.
 
     Returns:
-        ``{"trained": [...], "skipped": [...], "results": [paths]}``.
+        ``{"trained": [...], "skipped": [...], "results": [paths], "registry": {model
+        name: alias decision}}``.
     """
     logger = get_run_logger()
     overrides = dict(overrides or {})
@@ -210,21 +230,28 @@ def sweep(
         if not pre or _ok(pre[0]):
             probe(*src, name)
 
-    # final runs per seed; ablation variants at their model's chosen LR
+    # final runs per seed, then registration; ablation variants at their model's chosen LR
+    registered: dict[tuple[str, str], PrefectFuture | dict] = {}
     for name in names:
         p = steps.resolve(*src, name)
         for model in p.protocol.models:
-            for seed in p.protocol.seeds:
+            seeds = [
                 run(request(*src, name, "final", model, seed, None, track), [chosen[name, model]])
+                for seed in p.protocol.seeds
+            ]
+            if track and register_models and seeds:
+                registered[name, model] = start(register, *src, name, model, wait_for=seeds)
         for variant, v in p.ablations.variants.items():
             after = [chosen[name, v.model]] if (name, v.model) in chosen else []
             for seed in p.protocol.seeds:
                 run(request(*src, name, "ablation", variant, seed, None, track), after)
 
     if not local:
-        wait([f for f in [*outcome.values(), *chosen.values()] if isinstance(f, PrefectFuture)])
+        futures = [*outcome.values(), *chosen.values(), *registered.values()]
+        wait([f for f in futures if isinstance(f, PrefectFuture)])
         failed = [n for n, f in outcome.items() if not _ok(f)]
         failed += [f"choose-lr {d}/{m}" for (d, m), f in chosen.items() if not _ok(f)]
+        failed += [f"register {d}/{m}" for (d, m), f in registered.items() if not _ok(f)]
         if failed:
             raise RuntimeError(
                 f"{len(failed)} step(s) did not complete, so no aggregate: {', '.join(failed)} "
@@ -236,6 +263,10 @@ def sweep(
         "trained": sorted(n for n, s in status.items() if s == "trained"),
         "skipped": sorted(n for n, s in status.items() if s == "skipped"),
         "results": results,
+        "registry": {
+            f"{d}/{m}": (f.result() if isinstance(f, PrefectFuture) else f)
+            for (d, m), f in registered.items()
+        },
     }
     logger.info("sweep: %d trained, %d skipped", len(summary["trained"]), len(summary["skipped"]))
     return summary

@@ -23,12 +23,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from glsim.config import load_params
-    from glsim.tracking.registry import promote, register_best, registry_client
+    from glsim.tracking.registry import register_and_promote
 
-    params = load_params(args.params)
-    client = registry_client()
-    mv = register_best(params, args.dataset, args.model, client=client)
-    decision = promote(mv.name, mv.version, margin=params.registry.margin, client=client)
+    mv, decision = register_and_promote(load_params(args.params), args.dataset, args.model)
     tags = mv.tags
     print(
         f"{mv.name} v{mv.version}: seed {tags.get('seed')} of {tags.get('seeds')}, "

@@ -264,6 +264,12 @@ def _registered(client: MlflowClient, name: str):
         ) from None
 
 
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """``name``'s aliases -> version strings (the embedded sqlite store gives ints, a
+    tracking server strings; versions elsewhere are strings)."""
+    return {alias: str(v) for alias, v in _registered(client, name).aliases.items()}
+
+
 def _top1(mv: ModelVersion) -> float:
     try:
         return float(mv.tags["top1_mean"])
@@ -278,8 +284,7 @@ def _move(
     client: MlflowClient, name: str, alias: str, version: str, reason: str, action: str
 ) -> Decision:
     """Point ``alias`` at ``version`` and record the move (time, previous holder, reason)."""
-    aliases = _registered(client, name).aliases
-    previous = aliases.get(alias)
+    previous = _aliases(client, name).get(alias)
     if previous == version:
         return Decision(name, version, alias, previous, reason, moved=False)
     client.set_registered_model_alias(name, alias, version)
@@ -329,7 +334,7 @@ def promote(
     """Give ``version`` the alias ``champion`` or ``challenger`` by :func:`decide`."""
     client = registry_client(client)
     version = str(version)
-    aliases = _registered(client, name).aliases
+    aliases = _aliases(client, name)
     new = client.get_model_version(name, version)
     if aliases.get(CHAMPION) == version:
         return Decision(name, version, CHAMPION, version, "already the champion", moved=False)
@@ -339,6 +344,16 @@ def promote(
     if alias == CHAMPION and aliases.get(CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)  # a champion is no challenger
     return decision
+
+
+def register_and_promote(
+    params: Params, dataset: str, model: str, *, client: MlflowClient | None = None
+) -> tuple[ModelVersion, Decision]:
+    """What follows the seeds of ``(dataset, model)``: :func:`register_best`, then
+    :func:`promote` by ``registry.margin`` (``glsim registry promote`` and the sweep)."""
+    client = registry_client(client)
+    mv = register_best(params, dataset, model, client=client)
+    return mv, promote(mv.name, mv.version, margin=params.registry.margin, client=client)
 
 
 def champion_stack(entries: list[dict[str, Any]]) -> list[str]:
@@ -363,7 +378,7 @@ def rollback(
 ) -> Decision:
     """Move ``champion`` back to the version that held it before the current one."""
     client = registry_client(client)
-    current = _registered(client, name).aliases.get(CHAMPION)
+    current = _aliases(client, name).get(CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back")
     stack = champion_stack(history(client, name))
@@ -389,16 +404,16 @@ def rollback(
 def describe_model(name: str, *, client: MlflowClient | None = None) -> dict[str, Any]:
     """``name``'s aliases, versions (newest first, with tags and aliases) and history."""
     client = registry_client(client)
-    registered = _registered(client, name)
+    aliases = _aliases(client, name)
     by_version: dict[str, list[str]] = {}
-    for alias, version in registered.aliases.items():
-        by_version.setdefault(str(version), []).append(alias)
+    for alias, version in aliases.items():
+        by_version.setdefault(version, []).append(alias)
     versions = sorted(
         client.search_model_versions(f"name = '{name}'"), key=lambda mv: -int(mv.version)
     )
     return {
         "name": name,
-        "aliases": dict(registered.aliases),
+        "aliases": aliases,
         "versions": [
             {
                 "version": mv.version,

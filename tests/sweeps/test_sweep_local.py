@@ -29,6 +29,14 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     results = json.loads(runs.results_paths(params)["json"].read_text())
     assert set(results["synthetic_fg"]) == {"vit", "glsim", "ablations"}
     assert "glsim_no_aggregator" in results["synthetic_fg"]["ablations"]
+    # each model's best seed registered once its seeds were evaluated, and made champion
+    # (nothing to beat); the registered version is that model's run
+    assert set(first["registry"]) == {"synthetic_fg/vit", "synthetic_fg/glsim"}
+    assert all(d["alias"] == "champion" and d["moved"] for d in first["registry"].values())
+    from glsim.tracking.registry import describe_model
+
+    info = describe_model("glsim-synthetic_fg-glsim")
+    assert info["aliases"]["champion"] == first["registry"]["synthetic_fg/glsim"]["version"]
 
     p = steps.resolve(path, None, "synthetic_fg")
     final = RunSpec("glsim", 1, lr=protocol.chosen_lr(p, "glsim"))
@@ -42,6 +50,8 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
 
     second = sweep(params_file=str(path), use_deployments=False)
     assert second["trained"] == [] and len(second["skipped"]) == 8
+    # the same results register as the same versions: the champions stay
+    assert all(not d["moved"] for d in second["registry"].values()), second["registry"]
     assert ckpt.stat().st_mtime_ns == stamp
 
     # the DVC stages on the same storage: same run folders and keys, nothing retrained

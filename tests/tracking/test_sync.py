@@ -93,7 +93,8 @@ def test_sync_replays_a_run_whose_server_died(shared_server, tmp_path, monkeypat
     capsys.readouterr()
 
     # 1. the server is back (same store, another port): the same run is completed
-    net = torch.nn.Linear(3, 2)
+    # images (B, 3, S, S) -> logits (B, 2), like a glsim model (the signature is made by running it)
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
     loaded_from = []
 
     def load_run(params, spec):  # the run's checkpoint, without training one here
@@ -114,9 +115,11 @@ def test_sync_replays_a_run_whose_server_died(shared_server, tmp_path, monkeypat
         assert [f.path for f in client.list_artifacts(run_id, "eval")] == ["eval/seed1.json"]
         assert loaded_from == [run_dir]
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-        x = torch.randn(4, 3)
+        x = torch.randn(4, 3, 32, 32)
         with torch.no_grad():
             assert torch.equal(model(x), net(x))
+        info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+        assert info.signature is not None and info.saved_input_example_info is not None
         assert not (run_dir / PENDING_FILE).exists()
         assert len(pending_calls(run_dir / SYNCED_FILE)) == len(calls)
         assert main(["tracking", "sync", str(run_dir)]) == 0  # again: nothing to do
