@@ -40,6 +40,7 @@ from glsim.inference import (
     report_failure,
     top_predictions,
 )
+from glsim.models.output import ModelOutput
 
 DFSMS = ("rollout", "psm", "maws", "attention")
 DFSM_TITLES = {
@@ -77,7 +78,8 @@ class EncoderOnly(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward_explain(self, images: Tensor, *, top_k: int | None = None):
+    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
+        """Logits (B, 0) and, with ``top_k``, the GLS scores and boxes of the encoder."""
         from glsim.models.gls import explain_with_encoder
 
         no_classes = images.new_zeros(images.shape[0], 0)  # (B, 0)
@@ -232,8 +234,12 @@ def explain_images(
     model = predictor.model
     encoder = vit_encoder(model)
     rows, cols = encoder.patch_embed.grid_size
-    num_patches = rows * cols
-    tokens = min(max(1, crop_tokens or predictor.crop_tokens), num_patches)
+    if crop_tokens is not None and not 1 <= crop_tokens <= rows * cols:
+        raise CommandError(
+            f"--tokens {crop_tokens}: the box encloses 1 to {rows * cols} tokens "
+            f"(a {rows}x{cols} patch grid)"
+        )
+    tokens = crop_tokens or min(predictor.crop_tokens, rows * cols)
     out = model.forward_explain(images, top_k=tokens)
     if out.scores is None or out.boxes is None:
         raise CommandError(f"a {type(model).__name__} returns no patch scores to explain")
@@ -368,8 +374,9 @@ def parse_dfsm(text: str) -> list[str]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    if args.top_k < 1 or args.batch_size < 1 or (args.tokens is not None and args.tokens < 1):
-        raise CommandError("--top-k, --tokens and --batch-size must be at least 1")
+    sizes = (args.top_k, args.batch_size, args.tokens, args.image_size)
+    if any(size is not None and size < 1 for size in sizes):
+        raise CommandError("--top-k, --batch-size, --tokens and --image-size must be at least 1")
     dfsm = parse_dfsm(args.dfsm)
     paths, folder = collect_images(args.inputs)
     if not paths:

@@ -170,6 +170,11 @@ def test_one_png_per_readable_image_and_bad_files_named(runs, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     with Image.open(out / "timm" / "rgb.png") as png:
         assert png.width == 3 * PANEL_PX
+    # O beyond its 2x2 grid is one error line
+    args = ["explain", str(good[0]), "--model", "vit_small_patch14_reg4_dinov2", "--image-size",
+            "28", "--tokens", "5", "--out", str(out / "timm")]  # fmt: skip
+    assert main(args) == 2
+    assert "--tokens 5: the box encloses 1 to 4 tokens" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -178,6 +183,7 @@ def test_one_png_per_readable_image_and_bad_files_named(runs, tmp_path, capsys):
         (["--model", "vit_wee_patch16_reg1_gap_256", "--image-size", "32"], "no CLS token"),
         (["--model", "no_such_model"], "not a run folder"),
         (["--model", "vit_tiny_patch16_224", "--dfsm", "rollout,sacm"], "--dfsm sacm"),
+        (["--model", "vit_wee_patch16_reg1_gap_256", "--image-size", "0"], "at least 1"),
     ],
 )
 def test_unusable_arguments_are_one_error_line(tmp_path, capsys, args, message):
