@@ -46,6 +46,7 @@ class Predictor:
     class_names: list[str]
     device: Any
     resize: int  # the eval transform's square resize side
+    crop_tokens: int = 8  # O, the tokens a crop box encloses (the run's model.glsim.top_k)
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +120,7 @@ def _predictor(model, params, count: int, device: str | None) -> Predictor:
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
     resize = int(params.data.image_size * params.data.resize_ratio)
-    return Predictor(model, transform, classes, dev, resize)
+    return Predictor(model, transform, classes, dev, resize, params.model.glsim.top_k)
 
 
 def _class_count(params, model) -> int:
@@ -278,9 +279,42 @@ def to_rgb(im) -> np.ndarray:
 # prediction
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def read_batch(predictor: Predictor, paths: list[Path]):
+    """``(images, ok, failed)``: the readable ``paths`` preprocessed as the run's evaluation
+    does, stacked (B, 3, S, S) on the predictor's device (``None`` if none is readable), the
+    paths they came from, and ``{path: why it failed}`` for the others."""
+    import torch
+
+    tensors, ok, failed = [], [], {}
+    for path in paths:
+        try:
+            image = load_image(path, predictor.resize)
+            tensors.append(predictor.transform(image=image)["image"])
+            ok.append(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
+            failed[path] = _reason(err)
+    images = torch.stack(tensors).to(predictor.device) if tensors else None
+    return images, ok, failed
+
+
+def top_predictions(logits, class_names: list[str], top_k: int) -> list[list[dict]]:
+    """Per row of ``logits`` (B, C): the ``top_k`` classes as ``{class, label, prob}``."""
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=-1).cpu()
+    top = probs.topk(max(1, min(top_k, probs.shape[-1])), dim=-1)
+    return [
+        [
+            {"class": int(i), "label": class_names[int(i)], "prob": float(v)}
+            for v, i in zip(values, indices, strict=True)
+        ]
+        for values, indices in zip(top.values, top.indices, strict=True)
+    ]
 
 
 def predict_paths(
@@ -289,34 +323,39 @@ def predict_paths(
     """Per path: ``(path, predictions, None)`` or ``(path, None, why it failed)``, in order."""
     import torch
 
-    k = max(1, min(top_k, predictor.num_classes))
-    for chunk in _batches(paths, max(1, batch_size)):
-        tensors, ok, failed = [], [], {}
-        for path in chunk:
-            try:
-                image = load_image(path, predictor.resize)
-                tensors.append(predictor.transform(image=image)["image"])
-                ok.append(path)
-            except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
-                failed[path] = _reason(err)
+    for chunk in batches(paths, max(1, batch_size)):
+        images, ok, failed = read_batch(predictor, chunk)
         results: dict[Path, list[dict]] = {}
-        if tensors:
+        if images is not None:
             with torch.inference_mode():
-                out = predictor.model(torch.stack(tensors).to(predictor.device))
+                out = predictor.model(images)
             logits = getattr(out, "logits", out)
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
-            top = probs.topk(k, dim=-1)
-            for path, values, indices in zip(ok, top.values, top.indices, strict=True):
-                results[path] = [
-                    {"class": int(i), "label": predictor.class_names[int(i)], "prob": float(v)}
-                    for v, i in zip(values, indices, strict=True)
-                ]
+            results = dict(
+                zip(ok, top_predictions(logits, predictor.class_names, top_k), strict=True)
+            )
         for path in chunk:
             yield path, results.get(path), failed.get(path)
         if progress is not None:
             progress.update(len(chunk))
+
+
+def report_failure(line: str, progress=None) -> None:
+    """One line on stderr naming a file that could not be read (above a progress bar)."""
+    if progress is not None:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, folder: bool):
+    """A tqdm bar on stderr when a folder was walked and stderr is a terminal, else None."""
+    if not (folder and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
 
 
 def _reason(err: Exception) -> str:
@@ -335,11 +374,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise CommandError(f"no image files under {', '.join(args.inputs)}")
     predictor = load_predictor(args.model, device=args.device)
-    progress = None
-    if folder and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False)
+    progress = progress_bar(len(paths), folder)
     rows, failures = [], 0
     try:
         for path, preds, why in predict_paths(
@@ -347,11 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ):
             if preds is None:
                 failures += 1
-                line = f"{path}: {why}"
-                if progress is not None:
-                    progress.write(line, file=sys.stderr)
-                else:
-                    print(line, file=sys.stderr, flush=True)
+                report_failure(f"{path}: {why}", progress)
                 continue
             if args.json:
                 rows.append({"path": str(path), "predictions": preds})
