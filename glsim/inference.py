@@ -46,6 +46,7 @@ class Predictor:
     class_names: list[str]
     device: Any
     resize: int  # the eval transform's square resize side
+    params: Any  # the run's resolved params (glsim.config.Params)
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +120,7 @@ def _predictor(model, params, count: int, device: str | None) -> Predictor:
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
     resize = int(params.data.image_size * params.data.resize_ratio)
-    return Predictor(model, transform, classes, dev, resize)
+    return Predictor(model, transform, classes, dev, resize, params)
 
 
 def _class_count(params, model) -> int:
