@@ -7,6 +7,7 @@ import argparse
 from glsim.cost import add_cost_commands
 from glsim.data.cli import add_data_commands
 from glsim.errors import debug_requested, guarded
+from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
 from glsim.tracking.cli import add_tracking_commands
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_commands(subparsers)
     add_predict_command(subparsers)
     add_cost_commands(subparsers)
+    add_export_commands(subparsers)
     return parser
 
 
