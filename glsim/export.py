@@ -163,11 +163,16 @@ class Parity:
     boxes_equal: int | None = None  # samples whose GLSim box matches exactly (None: no boxes)
 
 
-def check_parity(model: nn.Module, onnx_path: str | Path, images: Tensor, inputs: str) -> Parity:
-    """Run ``images`` (B, 3, S, S) through PyTorch and onnxruntime; compare the outputs."""
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session of the file at ``path``."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: nn.Module, session, images: Tensor, inputs: str) -> Parity:
+    """Run ``images`` (B, 3, S, S) through PyTorch and the onnxruntime ``session``; compare
+    the outputs."""
     outputs = session.run(None, {"images": images.numpy()})
     with torch.no_grad():
         if is_glsim(model):
@@ -256,8 +261,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
     def export_and_check(path: Path) -> None:
         export_onnx(model, path, image_size=predictor.params.data.image_size, opset=args.opset)
-        for name, images in sets:
-            results.append(check_parity(model, path, images, name))
+        session = onnx_session(path)
+        results.extend(check_parity(model, session, images, name) for name, images in sets)
         worst = max(results, key=lambda r: np.nan_to_num(r.max_abs_diff, nan=np.inf))
         if not worst.max_abs_diff <= args.atol:  # NaN fails too
             raise ExportMismatch(

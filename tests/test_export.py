@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import yaml
@@ -67,8 +66,7 @@ def exported(runs, tmp_path_factory) -> dict[str, Path]:
 
 
 def onnx_outputs(path: Path, images: torch.Tensor) -> list[np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images.numpy()})
+    return export.onnx_session(path).run(None, {"images": images.numpy()})
 
 
 @pytest.mark.parametrize("name", ["glsim", "vit"])
