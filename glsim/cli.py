@@ -8,6 +8,7 @@ from glsim.cost import add_cost_commands
 from glsim.data.cli import add_data_commands
 from glsim.errors import debug_requested, guarded
 from glsim.explain import add_explain_command
+from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
 from glsim.tracking.cli import add_tracking_commands
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(subparsers)
     add_explain_command(subparsers)
     add_cost_commands(subparsers)
+    add_export_commands(subparsers)
     return parser
 
 

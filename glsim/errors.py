@@ -46,6 +46,10 @@ class CommandError(ValueError):
     """A ``glsim`` command's argument is unusable (no images, an unknown model, a bad size)."""
 
 
+class ExportMismatch(RuntimeError):
+    """An exported model's outputs differ from PyTorch's beyond the tolerance."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Every error class whose message names the bad file/key/value and what to do."""
     from glsim.config import ParamsError
@@ -69,6 +73,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         UnknownModel,
         RunError,
         CommandError,
+        ExportMismatch,
         TrainingDiverged,
         TrackingUnavailable,
         RegistryError,

@@ -124,7 +124,7 @@ def load_backbone(
     )
     dev = resolve_device(device or "auto")
     model = EncoderOnly(encoder).eval().to(dev)
-    return Predictor(model, transform, [], dev, int(size * ratio), GLSimParams().top_k)
+    return Predictor(model, transform, [], dev, int(size * ratio), None, GLSimParams().top_k)
 
 
 def load_explainer(

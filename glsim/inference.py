@@ -46,6 +46,7 @@ class Predictor:
     class_names: list[str]
     device: Any
     resize: int  # the eval transform's square resize side
+    params: Any  # the run's resolved params (glsim.config.Params); None for a bare timm ViT
     crop_tokens: int = 8  # O, the tokens a crop box encloses (the run's model.glsim.top_k)
 
     @property
@@ -120,7 +121,7 @@ def _predictor(model, params, count: int, device: str | None) -> Predictor:
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
     resize = int(params.data.image_size * params.data.resize_ratio)
-    return Predictor(model, transform, classes, dev, resize, params.model.glsim.top_k)
+    return Predictor(model, transform, classes, dev, resize, params, params.model.glsim.top_k)
 
 
 def _class_count(params, model) -> int:

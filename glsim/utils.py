@@ -32,6 +32,12 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` then rename to ``path``, for writers that take a path (an exporter); an
+    error inside ``write`` leaves ``path`` as it was."""
+    return _atomic(path, write)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda p: p.write_text(text))
 
