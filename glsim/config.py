@@ -133,6 +133,14 @@ class DataParams(_Strict):
     )
     raw_dir: Path = Path("data/raw")
     shards_dir: Path = Path("data/shards")
+    shards_url: str | None = Field(
+        None,
+        description="read the shards for training and evaluation from this fsspec URL "
+        "(s3://bucket/shards, gs://..., http://host/shards, file:///nfs/shards) instead of "
+        "shards_dir; it holds shards_dir's layout (<dataset>/...), e.g. after `aws s3 sync "
+        "data/shards s3://bucket/shards`. The shard and validate stages still write and "
+        "read shards_dir",
+    )
     image_size: int = Field(64, ge=16)
     resize_ratio: float = Field(1.34, ge=1.0, description="resize to int(S*ratio), then crop S")
     workers: int = Field(0, ge=0)

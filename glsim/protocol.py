@@ -297,7 +297,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     model, _ = load_run(params, spec)
-    loader = eval_loader(params, model, runs.shards_dir(params, spec.kind))
+    loader = eval_loader(params, model, runs.shard_source(params, spec.kind))
     result = predict(
         model, loader, device, top_k=params.model.glsim.top_k, resize_ratio=params.data.resize_ratio
     )

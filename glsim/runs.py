@@ -57,6 +57,16 @@ def shards_dir(params: Params, kind: RunKind = "final") -> Path:
     return root / LR_SEARCH_DIR if kind == "lrsearch" else root
 
 
+def shard_source(params: Params, kind: RunKind = "final") -> str:
+    """Where training and evaluation read the shards of :func:`shards_dir`: the same place
+    under ``data.shards_url`` (any fsspec URL) when it is set, else that folder."""
+    local = shards_dir(params, kind)
+    if not params.data.shards_url:
+        return str(local)
+    relative = local.relative_to(params.data.shards_dir).as_posix()
+    return f"{params.data.shards_url.rstrip('/')}/{relative}"
+
+
 # ---------------------------------------------------------------------------------------
 # reports
 

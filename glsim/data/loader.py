@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from glsim.data.manifest import BOX_COLUMNS
-from glsim.data.shards import ShardError, read_index
+from glsim.data.shards import ShardError, join, location_size, open_location, read_index
 
 SHUFFLE_BUFFER = 1000  # samples held by the streaming shuffle (per worker)
 
@@ -37,7 +37,7 @@ def _split_entry(shards_dir: str | Path, split: str) -> dict[str, Any]:
     index = read_index(shards_dir)
     if split not in index["splits"]:
         raise ShardError(
-            f"{Path(shards_dir) / 'index.json'} has no split {split!r} (has {sorted(index['splits'])})"
+            f"{join(shards_dir, 'index.json')} has no split {split!r} (has {sorted(index['splits'])})"
         )
     return index["splits"][split]
 
@@ -113,7 +113,7 @@ def open_shards(
         url = source["url"]
         entry = expected[url]
         try:
-            size = Path(url).stat().st_size
+            size = location_size(url)
         except FileNotFoundError:
             raise ShardError(f"shard missing: {url}; {hint}") from None
         if size != entry["bytes"]:
@@ -123,7 +123,7 @@ def open_shards(
             )
         keys = 0
         last_key = None
-        with open(url, "rb") as stream:
+        with open_location(url, "rb") as stream:
             try:
                 for file in tar_file_iterator(stream):
                     key, _ = base_plus_ext(file["fname"])
@@ -233,7 +233,7 @@ def make_dataset(
 ) -> wds.DataPipeline:
     """The per-sample WebDataset pipeline behind :func:`make_loader` (an IterableDataset)."""
     shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
-    expected = {str(Path(shards_dir) / s["name"]): s for s in shards}
+    expected = {join(shards_dir, s["name"]): s for s in shards}
     urls = list(expected)
     if not urls:
         raise ShardError(

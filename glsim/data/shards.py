@@ -310,16 +310,54 @@ def write_shards(
     return index
 
 
+def is_url(location: str | Path) -> bool:
+    """Whether a shard location is an fsspec URL (``s3://``, ``http://``, ``memory://``...)."""
+    return "://" in str(location)
+
+
+def join(location: str | Path, name: str) -> str:
+    """``location/name`` for a folder or a URL (the string the loader opens)."""
+    return f"{str(location).rstrip('/')}/{name}" if is_url(location) else str(Path(location) / name)
+
+
+def open_location(location: str, mode: str = "rb"):
+    """Open a shard file or index: a local path with ``open``, a URL with fsspec."""
+    if not is_url(location):
+        return open(location, mode)
+    import fsspec
+
+    # http(s): a stream (block_size 0), as a tar is read front to back; plain http.server
+    # and many CDNs answer no range requests
+    streaming = {"block_size": 0} if location.startswith(("http://", "https://")) else {}
+    return fsspec.open(location, mode, **streaming).open()
+
+
+def location_size(location: str) -> int:
+    """Bytes of a shard file (``FileNotFoundError`` when it is not there)."""
+    if not is_url(location):
+        return Path(location).stat().st_size
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    return int(fs.size(path))
+
+
 def read_index(shards_dir: str | Path) -> dict[str, Any]:
-    """Read ``index.json``; a missing or unreadable index names the file and the fix."""
-    path = Path(shards_dir) / INDEX_NAME
+    """Read ``index.json`` (of a folder or an fsspec URL, ``data.shards_url``); a missing
+    or unreadable index names the file and the fix."""
+    path = join(shards_dir, INDEX_NAME)
     try:
-        index = json.loads(path.read_text())
+        with open_location(path, "rb") as f:
+            index = json.loads(f.read().decode())
     except FileNotFoundError:
-        raise ShardError(
-            f"shard index not found: {path}; run the shard stage for this dataset first "
-            "(dvc repro, or pipelines/shard.py --dataset NAME)"
-        ) from None
+        where = (
+            "copy the shards there (e.g. `aws s3 sync data/shards <data.shards_url>`) or unset "
+            "data.shards_url"
+            if is_url(shards_dir)
+            else "run the shard stage for this dataset first (dvc repro, or pipelines/shard.py "
+            "--dataset NAME)"
+        )
+        raise ShardError(f"shard index not found: {path}; {where}") from None
     except json.JSONDecodeError as err:
         raise ShardError(f"{path}: not valid JSON ({err}); re-run the shards stage") from None
     if index.get("format") != INDEX_FORMAT:

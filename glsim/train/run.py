@@ -22,7 +22,7 @@ from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.runs import RunSpec, run_key, shards_dir
+from glsim.runs import RunSpec, run_key, shard_source, shards_dir
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
@@ -34,7 +34,7 @@ CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; the paper applies stochast
 def num_classes(params: Params) -> int:
     """The class count C of the dataset: the head width, the loss and the per-class report
     all use this one number, the shard index's ``num_classes`` (labels are 0..C-1)."""
-    return int(read_index(shards_dir(params))["num_classes"])
+    return int(read_index(shard_source(params))["num_classes"])
 
 
 def model_kwargs(params: Params, model_name: str) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def train_run(
         mean=mean,
         std=std,
     )
-    src = shards_dir(params, spec.kind)
+    src = shard_source(params, spec.kind)  # data.shards_url when set
 
     def epoch_steps(epoch: int) -> int:
         """Batches per epoch; under torchrun every rank takes the fewest any rank has."""
