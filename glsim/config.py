@@ -191,6 +191,23 @@ class GLSimParams(_Strict):
     selector: Selector = "gls"
     aggregator: bool = True
     min_box: int = Field(0, ge=0, description="minimum crop side in pixels (0: no minimum)")
+    align_corners: bool = Field(
+        True,
+        description="crop resize convention: True is the reference code's "
+        "F.upsample_bilinear (corner pixels to corner pixels), False half-pixel centres",
+    )
+    aggregator_drop_path: bool = Field(
+        True,
+        description="stochastic depth on the aggregator block at the recipe's drop-path "
+        "rate (reference code)",
+    )
+    token_drop: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="probability that the crop's CLS token is zeroed before the aggregator "
+        "in training (reference code: Dropout1d, 0.2)",
+    )
 
 
 class VitParams(_Strict):

@@ -8,12 +8,10 @@ ONNX nodes (``TopK``, ``GridSample``), so the crop follows each input; the graph
 second output, ``boxes`` (B, 4) int64, beside ``logits`` (B, C). The batch axis is dynamic.
 
 Every op exports (``grid_sample``, ``topk`` included). ``torch.export`` refuses a Python
-branch on a tensor value, and GLSim has exactly one: the check
-``if bool(((x1 <= x0) | (y1 <= y0)).any())`` at the top of
-:func:`glsim.models.gls.crop_and_resize` (``GuardOnDataDependentSymNode``). The boxes of
-:func:`~glsim.models.gls.crop_boxes` can never be empty (``x1 = max col * s + P > min col
-* s``), so the export-only wrapper :class:`GLSimGraph` runs the model's own steps with the
-crop minus that check.
+branch on a tensor value; GLSim's one such branch, the non-empty-box check of
+:func:`glsim.models.gls.crop_and_resize`, is skipped while torch compiles or exports (the
+boxes of :func:`~glsim.models.gls.crop_boxes` are never empty), so the graph is the
+model's own ``forward_explain`` (:class:`GLSimGraph` only picks its two outputs).
 
 The older TorchScript exporter (``dynamo=False``) exports this model too, but it is
 deprecated, and as a tracer it would freeze any such branch without a word.
@@ -32,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glsim.errors import CommandError, ExportMismatch
@@ -58,30 +55,9 @@ def is_glsim(model: nn.Module) -> bool:
     return isinstance(model, GLSim)
 
 
-def crop_and_resize_unchecked(images: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """:func:`glsim.models.gls.crop_and_resize` without its Python check that the boxes are
-    non-empty (a branch on tensor values, which ``torch.export`` cannot trace). Same
-    half-pixel mapping clamped to each box, one ``grid_sample`` call."""
-    out_h, out_w = size
-    _, _, h, w = images.shape
-    x0, y0, x1, y1 = boxes.to(torch.float32).unbind(-1)  # (B,) each
-
-    def source_coords(lo: Tensor, hi: Tensor, n_out: int, n_in: int) -> Tensor:
-        centres = torch.arange(n_out, device=images.device, dtype=torch.float32) + 0.5  # (n_out,)
-        src = lo[:, None] + centres[None] * ((hi - lo) / n_out)[:, None] - 0.5  # (B, n_out)
-        src = torch.maximum(torch.minimum(src, (hi - 1)[:, None]), lo[:, None])
-        return src / max(n_in - 1, 1) * 2 - 1  # (B, n_out) in grid_sample's [-1, 1]
-
-    gx = source_coords(x0, x1, out_w, w)[:, None, :].expand(-1, out_h, -1)  # (B, out_h, out_w)
-    gy = source_coords(y0, y1, out_h, h)[:, :, None].expand(-1, -1, out_w)  # (B, out_h, out_w)
-    grid = torch.stack([gx, gy], dim=-1).to(images.dtype)  # (B, out_h, out_w, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 class GLSimGraph(nn.Module):
-    """GLSim's forward pass (:meth:`GLSim.forward_explain`) as ``images -> (logits, boxes)``,
-    from the model's own modules and steps; only the crop is
-    :func:`crop_and_resize_unchecked`. Export-only."""
+    """GLSim's forward pass (:meth:`GLSim.forward_explain`) as ``images -> (logits, boxes)``.
+    Export-only."""
 
     def __init__(self, model: GLSim) -> None:
         super().__init__()
@@ -93,23 +69,8 @@ class GLSimGraph(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        from glsim.models.gls import crop_boxes, enlarge_boxes
-
-        m = self.model
-        if m.selector in ("attention", "rollout"):
-            tokens, attention = m.encode(images, m.encoder.cls_token, return_attention=True)
-        else:
-            tokens, attention = m.encode(images, m.encoder.cls_token), None  # (B, 1+N, D)
-        scores = m.select(tokens, attention)  # (B, N)
-        size = tuple(images.shape[-2:])
-        boxes = crop_boxes(
-            scores, grid_size=m.grid_size, patch_size=m.patch_size, top_k=m.top_k
-        )  # (B, 4)
-        boxes = enlarge_boxes(boxes, min_size=m.min_box, image_size=size)
-        crops = crop_and_resize_unchecked(images, boxes, size)  # (B, 3, S, S)
-        crop_tokens = m.encode(crops, m.crop_cls_token)  # (B, 1+N, D)
-        logits, _, _ = m.forward_head(tokens[:, 0], crop_tokens[:, 0])  # (B, C)
-        return logits, boxes
+        out = self.model.forward_explain(images)
+        return out.logits, out.boxes  # (B, C), (B, 4)
 
 
 def export_onnx(model: nn.Module, out: str | Path, *, image_size: int, opset: int) -> list[str]:

@@ -113,17 +113,26 @@ def enlarge_boxes(boxes: Tensor, *, min_size: int, image_size: tuple[int, int]) 
     return out
 
 
-def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | int) -> Tensor:
+def crop_and_resize(
+    images: Tensor,
+    boxes: Tensor,
+    size: tuple[int, int] | int,
+    *,
+    align_corners: bool = False,
+) -> Tensor:
     """Cut ``boxes`` out of ``images`` and resize each crop to ``size`` (bilinear), batched.
 
     Equivalent, per sample, to ``F.interpolate(img[..., y0:y1, x0:x1], size, mode="bilinear",
-    align_corners=False)``: one ``grid_sample`` call whose sampling grid is clamped to each
-    box, so no pixel outside a box leaks into its crop.
+    align_corners=align_corners)``: one ``grid_sample`` call whose sampling grid is clamped
+    to each box, so no pixel outside a box leaks into its crop. ``align_corners=True`` is
+    the reference code's ``F.upsample_bilinear`` (corner pixels map to corner pixels);
+    ``False`` samples at half-pixel centres. Both keep exactly the box.
 
     Args:
         images: (B, C, H, W).
         boxes: (B, 4) integer pixel boxes ``(x0, y0, x1, y1)``, half-open, non-empty.
         size: output (height, width) or a single side.
+        align_corners: the resize convention (see above).
 
     Returns:
         (B, C, out_h, out_w) crops, same dtype as ``images``.
@@ -132,13 +141,18 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: tuple[int, int] | int) 
     _, _, h, w = images.shape
     b = boxes.to(device=images.device, dtype=torch.float32)
     x0, y0, x1, y1 = b.unbind(-1)  # (B,) each
-    if bool(((x1 <= x0) | (y1 <= y0)).any()):
+    # a check on tensor values, which torch.export (ONNX export) cannot trace; crop_boxes
+    # never makes an empty box
+    if not torch.compiler.is_compiling() and bool(((x1 <= x0) | (y1 <= y0)).any()):
         raise ValueError("crop_and_resize: every box needs x1 > x0 and y1 > y0")
 
     def source_coords(lo: Tensor, hi: Tensor, n_out: int, n_in: int) -> Tensor:
-        # half-pixel-centre mapping of F.interpolate(align_corners=False), clamped to the box
-        centres = torch.arange(n_out, device=images.device, dtype=torch.float32) + 0.5  # (n_out,)
-        src = lo[:, None] + centres[None] * ((hi - lo) / n_out)[:, None] - 0.5  # (B, n_out)
+        steps = torch.arange(n_out, device=images.device, dtype=torch.float32)  # (n_out,)
+        if align_corners:  # F.interpolate(align_corners=True): ends on the box's end pixels
+            scale = (hi - 1 - lo) / max(n_out - 1, 1)  # (B,)
+            src = lo[:, None] + steps[None] * scale[:, None]  # (B, n_out)
+        else:  # half-pixel centres of F.interpolate(align_corners=False)
+            src = lo[:, None] + (steps[None] + 0.5) * ((hi - lo) / n_out)[:, None] - 0.5
         src = torch.maximum(torch.minimum(src, (hi - 1)[:, None]), lo[:, None])
         return src / max(n_in - 1, 1) * 2 - 1  # (B, n_out) in grid_sample's [-1, 1]
 

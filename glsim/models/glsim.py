@@ -5,7 +5,7 @@ aggregate the two CLS tokens, classify.
     s   = GLS(x)                                                (B, N)        Eq. 1-2
     I'  = Resize(Crop(I, box(top_O(s))))                        (B, 3, S, S)  Sec. 3.2
     x'  = Norm(Encoder([cls'; PatchEmbed(I')] + pos))           (B, 1+N, D)   shared weights
-    z   = Block([x_0; x'_0])                                    (B, 2, D)     Eq. 3-4
+    z   = Block([x_0; TokenDrop(x'_0)])                         (B, 2, D)     Eq. 3-4
     y   = Linear(Norm(z)_0)                                     (B, C)        Eq. 5-6
 """
 
@@ -54,6 +54,13 @@ class GLSim(nn.Module):
         aggregator: with ``False`` (Table 5 ablation) each view has the shared norm/head and
             the more confident view predicts.
         min_box: minimum crop side in pixels (0: none).
+        align_corners: the crop's resize convention (:func:`~glsim.models.gls.crop_and_resize`;
+            the reference code's ``F.upsample_bilinear`` is ``True``).
+        aggregator_drop_path: stochastic depth of the aggregator block (the reference code
+            uses the backbone's drop-path rate).
+        token_drop: in training, the crop's CLS token is zeroed before the aggregator with
+            this probability (the reference's ``Dropout1d`` on the non-first tokens, 0.2;
+            kept tokens are scaled by ``1 / (1 - p)``).
     """
 
     def __init__(
@@ -66,6 +73,9 @@ class GLSim(nn.Module):
         selector: Selector = "gls",
         aggregator: bool = True,
         min_box: int = 0,
+        align_corners: bool = False,
+        aggregator_drop_path: float = 0.0,
+        token_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if metric not in METRICS:
@@ -87,6 +97,7 @@ class GLSim(nn.Module):
         self.patch_size: tuple[int, int] = tuple(encoder.patch_embed.patch_size)  # type: ignore[assignment]
         self.grid_size: tuple[int, int] = tuple(encoder.patch_embed.grid_size)  # type: ignore[assignment]
         self.top_k, self.metric, self.selector, self.min_box = top_k, metric, selector, min_box
+        self.align_corners = align_corners
         if not 1 <= top_k <= self.grid_size[0] * self.grid_size[1]:
             raise ValueError(
                 f"top_k={top_k} must be in [1, {self.grid_size[0] * self.grid_size[1]}] tokens"
@@ -101,6 +112,7 @@ class GLSim(nn.Module):
                 num_heads=block0.attn.num_heads,
                 mlp_ratio=block0.mlp.fc1.out_features / dim,
                 qkv_bias=block0.attn.qkv.bias is not None,
+                drop_path=aggregator_drop_path,
                 norm_layer=type(encoder.norm)
                 if isinstance(encoder.norm, nn.LayerNorm)
                 else nn.LayerNorm,
@@ -108,6 +120,8 @@ class GLSim(nn.Module):
             if aggregator
             else None
         )
+        # zeroes whole tokens: (B, T, D) is read as T channels of length D
+        self.token_drop = nn.Dropout1d(token_drop) if aggregator and token_drop > 0 else None
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
         nn.init.zeros_(self.head.weight)  # as the reference code
@@ -157,7 +171,9 @@ class GLSim(nn.Module):
             scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=top_k
         )  # (B, 4)
         boxes = enlarge_boxes(boxes, min_size=self.min_box, image_size=tuple(images.shape[-2:]))
-        crops = crop_and_resize(images, boxes, tuple(images.shape[-2:]))  # (B, 3, S, S)
+        crops = crop_and_resize(
+            images, boxes, tuple(images.shape[-2:]), align_corners=self.align_corners
+        )  # (B, 3, S, S)
         return boxes, crops
 
     # --- Eq. 3-6: aggregate and classify -------------------------------------------------
@@ -171,6 +187,8 @@ class GLSim(nn.Module):
         and the more confident view predicts.
         """
         if self.aggregator is not None:
+            if self.token_drop is not None:  # training only (Dropout1d is the identity in eval)
+                cls_local = self.token_drop(cls_local[:, None])[:, 0]  # (B, D)
             z = self.aggregator(torch.stack([cls_global, cls_local], dim=1))  # (B, 2, D)
             return self.head(self.norm(z)[:, 0]), None, None  # (B, C)
         logits_global = self.head(self.norm(cls_global))  # (B, C)
@@ -238,9 +256,13 @@ def build_glsim(
     selector: Selector = "gls",
     aggregator: bool = True,
     min_box: int = 0,
+    align_corners: bool = False,
+    aggregator_drop_path: bool = False,
+    token_drop: float = 0.0,
 ) -> GLSim:
     """GLSim on the timm ViT ``backbone`` (``backbone_overrides``: its constructor arguments)
-    with an optional local ``weights`` file."""
+    with an optional local ``weights`` file. ``aggregator_drop_path``: the aggregator gets
+    stochastic depth at ``drop_path_rate``, as the reference code does."""
     encoder = create_vit(
         backbone,
         image_size=image_size,
@@ -256,4 +278,7 @@ def build_glsim(
         selector=selector,
         aggregator=aggregator,
         min_box=min_box,
+        align_corners=align_corners,
+        aggregator_drop_path=drop_path_rate if aggregator_drop_path else 0.0,
+        token_drop=token_drop,
     )

@@ -81,16 +81,22 @@ def test_crop_boxes_errors():
         crop_boxes(torch.randn(1, 5), grid_size=2, patch_size=8, top_k=1)
 
 
-def test_crop_and_resize_equals_per_sample_interpolate():
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_crop_and_resize_equals_per_sample_interpolate(align_corners):
+    """Both conventions: half-pixel centres, and the reference code's F.upsample_bilinear
+    (align_corners=True), which differ from each other inside the crop."""
     torch.manual_seed(0)
     images = torch.rand(3, 3, 32, 32)
     boxes = torch.tensor([[0, 0, 32, 32], [8, 4, 24, 20], [5, 0, 12, 32]])
-    crops = crop_and_resize(images, boxes, (32, 32))
+    crops = crop_and_resize(images, boxes, (32, 32), align_corners=align_corners)
     for b, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        ref = F.interpolate(
-            images[b : b + 1, :, y0:y1, x0:x1], size=(32, 32), mode="bilinear", align_corners=False
-        )
+        patch = images[b : b + 1, :, y0:y1, x0:x1]
+        ref = F.interpolate(patch, size=(32, 32), mode="bilinear", align_corners=align_corners)
         assert torch.allclose(crops[b], ref[0], atol=1e-5), b
+        if align_corners:  # the reference's name for it
+            assert torch.allclose(crops[b], F.upsample_bilinear(patch, size=(32, 32))[0], atol=1e-5)
+    other = crop_and_resize(images, boxes, (32, 32), align_corners=not align_corners)
+    assert not torch.allclose(crops[1], other[1], atol=1e-3)  # the conventions differ
 
 
 def test_crop_is_the_enclosed_region_only():

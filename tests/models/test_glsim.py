@@ -132,3 +132,44 @@ def test_glsim_needs_a_cls_token():
     )
     with pytest.raises(ValueError, match="CLS token"):
         GLSim(enc, 3)
+
+
+def test_token_drop_zeroes_the_crop_cls_in_training_only(tiny_backbone):
+    """The reference's Dropout1d on the aggregator's non-first tokens: the crop CLS token is
+    zeroed whole (not per feature) with probability p in training, kept and scaled 1/(1-p)
+    otherwise; identity in eval. Seen through the aggregator's input."""
+    model = make(tiny_backbone, token_drop=0.5)
+    seen = []
+    model.aggregator.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    torch.manual_seed(0)
+    images = torch.randn(64, 3, 32, 32)
+    out = model.train().forward_explain(images)
+    pair = seen[-1]  # (B, 2, D)
+    dropped = (pair[:, 1] == 0).all(-1)  # (B,)
+    assert 10 < int(dropped.sum()) < 54  # ~ half of 64
+    kept = ~dropped
+    assert torch.allclose(pair[kept, 1], out.cls_local[kept] * 2, atol=1e-5)  # 1 / (1 - 0.5)
+    assert torch.equal(pair[:, 0], out.cls_global)  # the global CLS is never dropped
+    model.eval().forward_explain(images)
+    assert torch.equal(seen[-1][:, 1], model.forward_explain(images).cls_local)
+
+
+def test_reference_regularisation_params_reach_the_model():
+    from glsim.config import Params
+    from glsim.models.glsim import build_glsim
+
+    p = Params().model.glsim  # defaults: the reference code's behaviour
+    assert (p.align_corners, p.aggregator_drop_path, p.token_drop) == (True, True, 0.2)
+    model = build_glsim(
+        num_classes=3, image_size=32, backbone="vit_tiny_patch16_224",
+        backbone_overrides={"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
+        drop_path_rate=0.1, align_corners=True, aggregator_drop_path=True, token_drop=0.2,
+    )  # fmt: skip
+    assert model.align_corners and model.token_drop.p == 0.2
+    assert model.aggregator.drop_path1.drop_prob == pytest.approx(0.1)
+    plain = build_glsim(
+        num_classes=3, image_size=32, backbone="vit_tiny_patch16_224",
+        backbone_overrides={"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
+        drop_path_rate=0.1,
+    )  # fmt: skip
+    assert plain.token_drop is None and isinstance(plain.aggregator.drop_path1, nn.Identity)
