@@ -105,7 +105,7 @@ def accuracy_report(labels: np.ndarray, preds: np.ndarray, class_count: int) -> 
     present = table[table["count"] > 0]
     return {
         "top1": round(100.0 * float((labels == preds).mean()), 4),
-        "mean_per_class": round(float(present["accuracy"].mean()), 4),
+        "mean_per_class": round(float(np.mean(present["accuracy"].tolist())), 4),
         "count": int(labels.size),
     }
 
@@ -116,15 +116,19 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, class_names: list[str
     class_count = len(class_names)
     count = np.bincount(labels, minlength=class_count)[:class_count]
     correct = np.bincount(labels[labels == preds], minlength=class_count)[:class_count]
-    # 100 * (correct / count): the same floats the report computed per class before
-    accuracy = np.where(count > 0, 100.0 * (correct / np.maximum(count, 1)), np.nan)
+    # 100 * (correct / count) and Python's round: the values (and so the mean_per_class)
+    # the report computed before the table existed, to the last bit
+    accuracy = [
+        round(100.0 * float(k / n), 4) if n else float("nan")
+        for k, n in zip(correct.tolist(), count.tolist(), strict=True)
+    ]
     return pd.DataFrame(
         {
             "class_index": np.arange(class_count),
             "class_name": class_names,
             "count": count,
             "correct": correct,
-            "accuracy": np.round(accuracy, 4),
+            "accuracy": accuracy,
         }
     )
 
