@@ -5,7 +5,7 @@ Each trial is the README's loopback set-up from scratch: a fresh ``prefect serve
 fresh ``mlflow server`` (sqlite, proxied artifacts), the ``glsim-gpu`` process pool,
 ``prefect deploy --all``, the workers (``GLSIM_GPU_SLOTS=1``, ``--limit 1``), then the
 timed part: ``python -m flows.sweep --params configs/tiny-sweep.yaml`` until it returns,
-and ``glsim registry show`` of the champion. Its ``tiny/`` output folder is removed first.
+and ``glsim registry show`` of the champion. Its ``tiny-sweep/`` output folder is removed first.
 
     .venv/bin/python benchmarks/sweep_workers.py --workers 1 2
 """
@@ -51,7 +51,7 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120)
 
 
 def trial(workers: int, scratch: Path) -> dict:
-    shutil.rmtree(REPO / "tiny", ignore_errors=True)
+    shutil.rmtree(REPO / "tiny-sweep", ignore_errors=True)
     pport, mport = free_port(), free_port()
     env = {
         **os.environ,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from glsim.errors import CommandError
+from glsim.progress import progress as make_bar
+from glsim.progress import write as write_line
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -112,11 +113,12 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
 
 
 def _predictor(model, params, count: int, device: str | None) -> Predictor:
+    from glsim.data.shards import read_class_names
     from glsim.eval.evaluate import eval_transform
     from glsim.runs import shards_dir
     from glsim.utils import resolve_device
 
-    classes = _class_names(shards_dir(params) / "classes.json", count)
+    classes = read_class_names(shards_dir(params), count)
     transform = eval_transform(params, model)
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
@@ -194,21 +196,6 @@ def _load_without_shards(params, spec, count: int):
     )
     load_trained(model, spec.run_dir(params))
     return model
-
-
-def _class_names(path: Path, count: int) -> list[str]:
-    """Names from the shard folder's ``classes.json``; ``class <i>`` where it is missing."""
-    names: list[str] = []
-    try:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            data = [data[k] for k in sorted(data, key=lambda k: int(k))]
-        names = [str(n) for n in data]
-    except (OSError, ValueError, TypeError, KeyError):
-        names = []
-    if len(names) != count:
-        names = [f"class {i}" for i in range(count)]
-    return names
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,19 +331,13 @@ def predict_paths(
 
 def report_failure(line: str, progress=None) -> None:
     """One line on stderr naming a file that could not be read (above a progress bar)."""
-    if progress is not None:
-        progress.write(line, file=sys.stderr)
-    else:
-        print(line, file=sys.stderr, flush=True)
+    write_line(line, progress)
 
 
 def progress_bar(total: int, folder: bool):
-    """A tqdm bar on stderr when a folder was walked and stderr is a terminal, else None."""
-    if not (folder and sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+    """A bar (:func:`glsim.progress.progress`) over ``total`` images when a folder was
+    walked and bars are on (a terminal, or ``GLSIM_PROGRESS=1``), else None."""
+    return make_bar(total=total, unit="img", disable=not folder)
 
 
 def _reason(err: Exception) -> str:

@@ -34,9 +34,16 @@ from typing import TYPE_CHECKING, Any
 
 from glsim import runs
 from glsim.config import Params, ParamsError, for_dataset
-from glsim.data.shards import INDEX_NAME, ShardError, read_index
+from glsim.data.shards import INDEX_NAME, ShardError, read_class_names, read_index
 from glsim.errors import RunError
-from glsim.eval.evaluate import accuracy_report, eval_loader, predict
+from glsim.eval.evaluate import (
+    accuracy_report,
+    eval_batches,
+    eval_loader,
+    per_class_table,
+    predict,
+    write_per_class,
+)
 from glsim.eval.localisation import hit_rates
 from glsim.eval.report import ablation_table, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
@@ -224,6 +231,8 @@ def record_lr_choice(params: Params, model: str, val_top1: dict[str, float]) -> 
         )
     # the stage's run folder exists even when nothing was trained (empty grid)
     atomic_write_json(runs.lr_search_dir(params, model) / "search.json", report)
+    rows = [{"lr": float(lr), "val_top1": v} for lr, v in report["val_top1"].items()]
+    atomic_write_json(runs.lr_plot(params, model), rows)
     atomic_write_json(runs.lr_report(params, model), report)
     return report
 
@@ -292,14 +301,24 @@ def train_final(params: Params, model: str, seed: int, *, track: bool = True) ->
 
 def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[str, Any]:
     """Evaluate a finished run on its test split (val for LR-search runs); write the report,
-    with the run's key (:func:`glsim.runs.run_key`), to ``spec.report_path(params)`` and log
-    it to the run's MLflow run."""
+    with the run's key (:func:`glsim.runs.run_key`), to ``spec.report_path(params)``, the
+    per-class table (class index and name, count, correct, accuracy) beside it
+    (``spec.per_class_path(params)``), and log both to the run's MLflow run.
+
+    The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
+    the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
+    a handful of numbers per run, not one per class."""
     set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
     model, _ = load_run(params, spec)
-    loader = eval_loader(params, model, runs.shard_source(params, spec.kind))
+    shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(
-        model, loader, device, top_k=params.model.glsim.top_k, resize_ratio=params.data.resize_ratio
+        model, eval_loader(params, model, shards), device, top_k=params.model.glsim.top_k,
+        resize_ratio=params.data.resize_ratio, total=eval_batches(params, shards),
+    )  # fmt: skip
+    classes = num_classes(params)
+    table = per_class_table(
+        result["labels"], result["preds"], read_class_names(runs.shard_source(params), classes)
     )
     report: dict[str, Any] = {
         "dataset": params.data.dataset,
@@ -309,7 +328,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "seed": spec.seed,
         "lr": spec.lr if spec.lr is not None else params.train.lr,
         "run_key": runs.run_key(params, spec),
-        **accuracy_report(result["labels"], result["preds"], num_classes(params)),
+        **accuracy_report(result["labels"], result["preds"], classes),
     }
     if result["boxes"] is not None:
         report["localisation"] = {
@@ -318,7 +337,8 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
                 result["boxes"], result["targets"], params.data.image_size
             ).items()
         }
-    out_path = atomic_write_json(spec.report_path(params), report)
+    table_path = write_per_class(table, spec.per_class_path(params))
+    out_path = atomic_write_json(spec.report_path(params), report)  # last: it marks the run done
     if track:
         from glsim.tracking.mlflow import Tracker
 
@@ -335,6 +355,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
             flat.update({f"{split}/{k}": v for k, v in report.get("localisation", {}).items()})
             tracker.log_metrics(flat)
             tracker.log_artifact(out_path, artifact_path="eval")
+            tracker.log_artifact(table_path, artifact_path="eval")
     return report
 
 
@@ -385,10 +406,12 @@ def run_variant(params: Params, name: str, seed: int, *, track: bool = True) -> 
 
 
 def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
-    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``.
+    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``, and the
+    table's rows for ``dvc plots`` (``reports/plots/results.json``).
 
     ``results.json``: ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}`` for the main
     models (Table 4); ablation variants are under ``{dataset: {"ablations": {variant: ...}}}``.
+    The plot's rows: ``{run: "<dataset>/<model>", dataset, model, top1_mean, top1_std}``.
     """
     models, seeds = list(params.protocol.models), list(params.protocol.seeds)
     main, variant_reports, ablation, lr_reports = [], [], {}, []
@@ -429,10 +452,17 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     if lrs:
         md += ["## LR search (val split)", "", lrs]
     out = runs.results_paths(params)
+    bars = [
+        {"run": f"{dataset}/{model}", "dataset": dataset, "model": model,
+         "top1_mean": entry["top1_mean"], "top1_std": entry["top1_std"]}
+        for dataset, per_model in table4.items()
+        for model, entry in per_model.items()
+    ]  # fmt: skip
     paths = [
         atomic_write_json(out["json"], results),
         atomic_write_text(out["md"], "\n".join(md)),
         atomic_write_text(out["tex"], render_table(table4, models, fmt="latex")),
+        atomic_write_json(out["plot"], bars),
     ]
     if track:
         from glsim.tracking.mlflow import Tracker

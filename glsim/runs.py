@@ -18,9 +18,16 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     reports/pretrain.json
     reports/datasets/<dataset>/{validation,probe}.json
     reports/datasets/<dataset>/lr_search/<model>.json
-    reports/datasets/<dataset>/eval/<model>/seed<S>.json
-    reports/datasets/<dataset>/ablation/<variant>/seed<S>.json
+    reports/datasets/<dataset>/eval/<model>/seed<S>.json   (+ seed<S>_per_class.csv)
+    reports/datasets/<dataset>/ablation/<variant>/seed<S>.json   (+ seed<S>_per_class.csv)
     reports/results.{json,md,tex}
+    reports/plots/curves/<dataset>/<model>/seed<S>.json   a final run's loss/acc per epoch
+    reports/plots/lr_search/<dataset>/<model>.json        val top-1 per LR
+    reports/plots/results.json                            the results table as rows
+
+``reports/plots/`` holds only what ``dvc plots show`` draws (``plots:`` in ``dvc.yaml``):
+flat lists of rows. A final run's curve lives there, not in its run folder, because DVC
+refuses an output inside another stage output (the run folder is one).
 """
 
 from __future__ import annotations
@@ -104,9 +111,26 @@ def pretrain_report(params: Params) -> Path:
 
 
 def results_paths(params: Params) -> dict[str, Path]:
-    """The aggregate's outputs: ``results.json``, ``.md`` and ``.tex``."""
+    """The aggregate's outputs: ``results.json``, ``.md`` and ``.tex``, and the table's rows
+    for ``dvc plots`` (``plot``)."""
     root = params.base.reports_dir
-    return {fmt: root / f"results.{fmt}" for fmt in ("json", "md", "tex")}
+    paths = {fmt: root / f"results.{fmt}" for fmt in ("json", "md", "tex")}
+    return {**paths, "plot": plots_dir(params) / "results.json"}
+
+
+def plots_dir(params: Params) -> Path:
+    """What ``dvc plots`` draws (see the module docstring)."""
+    return params.base.reports_dir / "plots"
+
+
+def curve_path(params: Params, model: str, seed: int) -> Path:
+    """A final run's per-epoch loss and accuracy (rows ``epoch, loss, acc``)."""
+    return plots_dir(params) / "curves" / params.data.dataset / model / f"seed{seed}.json"
+
+
+def lr_plot(params: Params, model: str) -> Path:
+    """The LR search's val top-1 per LR (rows ``lr, val_top1``)."""
+    return plots_dir(params) / "lr_search" / params.data.dataset / f"{model}.json"
 
 
 def lr_search_dir(params: Params, model: str) -> Path:
@@ -162,6 +186,18 @@ class RunSpec:
         if self.kind == "ablation":
             return ablation_report(params, self.name, self.seed)
         return eval_report(params, self.model, self.seed)
+
+    def per_class_path(self, params: Params) -> Path:
+        """The per-class accuracy table (CSV) beside the run's evaluation report."""
+        report = self.report_path(params)
+        return report.with_name(f"{report.stem}_per_class.csv")
+
+    def curve_path(self, params: Params) -> Path:
+        """The run's per-epoch loss and accuracy: under ``reports/plots/`` for a final run
+        (drawn by ``dvc plots``), else ``curve.json`` in the run folder."""
+        if self.kind == "final":
+            return curve_path(params, self.model, self.seed)
+        return self.run_dir(params) / "curve.json"
 
 
 def spec_of_run_dir(run_dir: Path, params: Params) -> tuple[RunSpec, Path]:
@@ -263,14 +299,20 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
         out[f"validate@{dataset}"] = {validation_report(d)}
         out[f"probe@{dataset}"] = {probe_report(d)}
         for model in p.protocol.models:
-            out[f"lr_search@{dataset}-{model}"] = {lr_search_dir(d, model), lr_report(d, model)}
+            out[f"lr_search@{dataset}-{model}"] = {
+                lr_search_dir(d, model), lr_report(d, model), lr_plot(d, model)
+            }  # fmt: skip
             for seed in p.protocol.seeds:
                 spec = RunSpec(model=model, seed=seed)
-                out[f"train@{dataset}-{model}-{seed}"] = {spec.run_dir(d)}
-                out[f"evaluate@{dataset}-{model}-{seed}"] = {spec.report_path(d)}
+                out[f"train@{dataset}-{model}-{seed}"] = {spec.run_dir(d), spec.curve_path(d)}
+                out[f"evaluate@{dataset}-{model}-{seed}"] = {
+                    spec.report_path(d), spec.per_class_path(d)
+                }  # fmt: skip
         for variant, v in p.ablations.variants.items():
             for seed in p.protocol.seeds:
                 spec = RunSpec(model=v.model, seed=seed, kind="ablation", variant=variant)
-                out[f"ablation@{dataset}-{variant}-{seed}"] = {spec.run_dir(d), spec.report_path(d)}
+                out[f"ablation@{dataset}-{variant}-{seed}"] = {
+                    spec.run_dir(d), spec.report_path(d), spec.per_class_path(d)
+                }  # fmt: skip
     out["aggregate"] = set(results_paths(p).values())
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from tiny import tiny_params
@@ -54,9 +55,19 @@ def test_protocol_end_to_end(chain, tmp_path):
         assert (run_dir / "last.pt").is_file() and (run_dir / "params.resolved.yaml").is_file()
         history = json.loads((run_dir / "train.json").read_text())["history"]
         assert len(history) == params.train.epochs
-        report = evaluate_run(params, RunSpec(model=model, seed=1, lr=lr))
-        assert report["count"] == 9 and 0 <= report["top1"] <= 100 and report["lr"] == lr
         spec = RunSpec(model=model, seed=1, lr=lr)
+        curve = json.loads(spec.curve_path(params).read_text())
+        assert curve == [
+            {"epoch": i + 1, "loss": h["train/loss"], "acc": h["train/acc"]}
+            for i, h in enumerate(history)
+        ]
+        report = evaluate_run(params, spec)
+        assert report["count"] == 9 and 0 <= report["top1"] <= 100 and report["lr"] == lr
+        assert "per_class" not in report  # a table, beside the report
+        table = pd.read_csv(spec.per_class_path(params))
+        assert table["count"].tolist() == [3, 3, 3] and table["correct"].sum() == round(
+            report["top1"] * 9 / 100
+        )
         assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
         loc = report["localisation"]  # the built-in set has object boxes
         assert 0 <= loc["hit_rate"] <= 100 and 0 <= loc["hit_rate_shuffled"] <= 100
@@ -65,6 +76,11 @@ def test_protocol_end_to_end(chain, tmp_path):
 
     paths = aggregate_reports(params)
     results = json.loads(paths[0].read_text())
+    bars = json.loads(runs.results_paths(params)["plot"].read_text())
+    assert {b["run"]: b["top1_mean"] for b in bars} == {
+        f"synthetic_fg/{m}": results["synthetic_fg"][m]["top1_mean"] for m in ("vit", "glsim")
+    }
+    assert len(json.loads(runs.lr_plot(params, "glsim").read_text())) == 2
     entry = results["synthetic_fg"]["glsim"]
     assert set(entry) == {"top1_mean", "top1_std", "seeds", "lr"} and entry["seeds"].keys() == {"1"}
     assert "glsim_no_aggregator" in results["synthetic_fg"]["ablations"]
@@ -82,6 +98,13 @@ def test_protocol_end_to_end(chain, tmp_path):
     glsim_run = tracked[tracked["tags.mlflow.runName"] == "synthetic_fg/glsim/seed1"].iloc[0]
     assert glsim_run["metrics.test_top1"] == pytest.approx(report["top1"])
     assert glsim_run["params.train.epochs"] == str(params.train.epochs)
+    # MLflow has the same curves: train/loss and train/acc (logged as train_*) per epoch
+    client = mlflow.MlflowClient()
+    logged = client.get_metric_history(glsim_run["run_id"], "train_loss")
+    assert [m.value for m in logged] == [row["loss"] for row in curve]
+    assert len(client.get_metric_history(glsim_run["run_id"], "train_acc")) == len(curve)
+    artifacts = {a.path for a in client.list_artifacts(glsim_run["run_id"], "eval")}
+    assert "eval/seed1_per_class.csv" in artifacts
 
     # the logged model carries a signature (images in, logits out) and an input example
     # that MLflow's pyfunc runs to the run's own logits
@@ -112,8 +135,12 @@ def test_finished_run_is_not_repeated_and_killed_run_resumes_identically(chain, 
 
     whole = train_run(at("a"), RunSpec("glsim", 1, lr=0.01), track=False)
     stamp = (whole / "last.pt").stat().st_mtime_ns
+    curve = RunSpec("glsim", 1, lr=0.01).curve_path(at("a"))
+    written = curve.read_text()
+    curve.unlink()  # e.g. a dvc.yaml that newly declares it
     assert train_run(at("a"), RunSpec("glsim", 1, lr=0.01), track=False) == whole
     assert (whole / "last.pt").stat().st_mtime_ns == stamp  # finished: not trained again
+    assert curve.read_text() == written  # but its curve is written again
 
     killed = train_run(at("b"), RunSpec("glsim", 1, lr=0.01), track=False, stop_after_epochs=1)
     assert json.loads((killed / "train.json").read_text())["epochs_done"] == 1

@@ -144,6 +144,11 @@ def test_record_lr_choice_writes_what_search_lr_writes(tmp_path, fake_runs):
     assert parts == whole and list(parts["val_top1"]) == ["0.03", "0.01", "0.003"]
     assert [f.read_bytes() for f in files] == written
     assert parts["chosen_lr"] == 0.01 and parts["epochs"] == 1 and parts["seed"] == 1
+    # what dvc plots draws: one row per LR of the grid
+    assert json.loads(runs.lr_plot(params, "glsim").read_text()) == [
+        {"lr": 0.03, "val_top1": 50.0}, {"lr": 0.01, "val_top1": 71.5},
+        {"lr": 0.003, "val_top1": 71.5},
+    ]  # fmt: skip
 
 
 def test_record_lr_choice_needs_every_lr_of_the_grid(tmp_path):

@@ -145,3 +145,54 @@ def test_a_run_folder_names_its_spec_back(tmp_path):
 
     with pytest.raises(RunError, match="cannot tell the run"):
         runs.spec_of_run_dir(tmp_path / "somewhere", params)
+
+
+def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monkeypatch):
+    """The files the train, lr_search and aggregate stages write are what the top-level
+    ``plots:`` of ``dvc.yaml`` reads: ``dvc plots show`` renders each without an error."""
+    import json
+    import subprocess
+    import sys
+
+    from glsim import protocol
+    from glsim.config import for_dataset
+    from glsim.train.run import write_curve
+    from glsim.utils import atomic_write_json
+
+    tree = default_params()
+    tree["ablations"] = {"variants": {}, "tables": {}}
+    repo = tmp_path / "repo"
+    dvc_outputs(tmp_path, tree)  # a DVC repo with this dvc.yaml and params.yaml
+    monkeypatch.chdir(repo)
+    params = for_dataset(load_params(repo / "params.yaml"), "synthetic_fg")
+    curves = []
+    for model in params.protocol.models:
+        protocol.record_lr_choice(params, model, {"0.03": 40.0, "0.01": 55.5})
+        for seed in params.protocol.seeds:
+            history = [
+                {"epoch": float(e), "train/loss": 2.0 / e, "train/acc": 30.0 * e} for e in (1, 2)
+            ]
+            spec = RunSpec(model=model, seed=seed)
+            curves.append(write_curve(history, spec.curve_path(params)))
+            report = {"dataset": "synthetic_fg", "model": model, "seed": seed, "lr": 0.01}
+            atomic_write_json(spec.report_path(params), {**report, "top1": 50.0 + seed})
+    protocol.aggregate_reports(params, track=False)
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "--json"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    plots = json.loads(shown.stdout)
+    assert "errors" not in plots, plots["errors"]
+    drawn = {path: entries[0]["content"]["data"]["values"] for path, entries in plots["data"].items()}
+    assert set(drawn) == {
+        *(str(c) for c in curves),
+        *(f"reports/plots/lr_search/synthetic_fg/{m}.json" for m in params.protocol.models),
+        "reports/plots/results.json",
+    }
+    loss = [row for row in drawn[str(curves[0])] if row["field"] == "loss"]
+    assert [(row["epoch"], row["loss"]) for row in loss] == [(1, 2.0), (2, 1.0)]
+    bars = drawn["reports/plots/results.json"]
+    assert {row["run"]: row["top1_mean"] for row in bars} == {
+        "synthetic_fg/vit": 87.0, "synthetic_fg/glsim": 87.0
+    }  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from glsim.progress import progress_enabled
 from glsim.utils import atomic_write_json
 
 CHUNK = 1 << 15  # small enough that a dropped connection loses little
@@ -219,7 +220,7 @@ def download_file(
         retries: attempts after the first failure; each resumes where the last stopped.
         backoff: seconds before the first retry, doubled each time.
         timeout: seconds to wait for the server to answer or send the next bytes.
-        progress: show a tqdm bar (default: only on a terminal).
+        progress: show a tqdm bar (default: :func:`glsim.progress.progress_enabled`).
 
     Returns:
         ``dest``, verified.
@@ -235,7 +236,7 @@ def download_file(
         verify_file(dest, expected, source=url)
         return dest
     part = dest.with_name(dest.name + ".part")
-    show_progress = os.isatty(2) if progress is None else progress
+    show_progress = progress_enabled() if progress is None else progress
     last_error: Exception | None = None
     for attempt in range(retries + 1):
         try:

@@ -15,6 +15,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from glsim.progress import progress
 from glsim.utils import atomic_write_text
 
 
@@ -70,18 +71,20 @@ def _extract_tar(archive: Path, staging: Path) -> None:
         members = tar.getmembers()
         check_tar_members(archive, members, staging)
         # The 'data' filter is a second line of defence (also drops setuid bits etc.).
-        tar.extractall(staging, members=members, filter="data")
+        bar = progress(members, total=len(members), desc=f"extract {archive.name}", unit="file")
+        tar.extractall(staging, members=bar, filter="data")
 
 
 def _extract_zip(archive: Path, staging: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        infos = zf.infolist()
+        for info in infos:
             _check_name(archive, info.filename)
             if not _inside(staging, staging / info.filename):
                 raise UnsafeArchiveError(
                     f"{archive.name}: member {info.filename!r} escapes the target folder"
                 )
-        zf.extractall(staging)
+        zf.extractall(staging, members=progress(infos, desc=f"extract {archive.name}", unit="file"))
 
 
 def _marker(dest: Path, archive: Path) -> Path:

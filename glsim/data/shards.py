@@ -49,6 +49,7 @@ import pandas as pd
 import webdataset as wds
 
 from glsim.data.manifest import REQUIRED_COLUMNS, SPLITS, class_names, read_manifest
+from glsim.progress import progress
 from glsim.utils import _atomic, atomic_write_json, atomic_write_text
 
 INDEX_NAME = "index.json"
@@ -265,9 +266,10 @@ def write_shards(
     if workers > 1 and len(flat) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(flat))) as pool:
             chunk = max(1, len(flat) // (4 * workers))  # groups of consecutive shards per task
-            entries = list(pool.map(write_shard, flat, [out_dir] * len(flat), chunksize=chunk))
+            written = pool.map(write_shard, flat, [out_dir] * len(flat), chunksize=chunk)
+            entries = list(progress(written, total=len(flat), desc="shard", unit="shard"))
     else:
-        entries = [write_shard(p, out_dir) for p in flat]
+        entries = [write_shard(p, out_dir) for p in progress(flat, desc="shard", unit="shard")]
     by_name = {e["name"]: e for e in entries}
 
     sample_rows = []
@@ -365,6 +367,23 @@ def read_index(shards_dir: str | Path) -> dict[str, Any]:
             f"{path}: index format {index.get('format')!r}, this code reads {INDEX_FORMAT}; re-run the shards stage"
         )
     return index
+
+
+def read_class_names(shards_dir: str | Path, count: int) -> list[str]:
+    """The ``count`` class names of ``classes.json``; ``class <i>`` for every class when it
+    is missing, unreadable or of another length (a run whose shards have moved)."""
+    names: list[str] = []
+    try:
+        with open_location(join(shards_dir, CLASSES_NAME), "rb") as f:
+            data = json.loads(f.read().decode())
+        if isinstance(data, dict):
+            data = [data[k] for k in sorted(data, key=lambda k: int(k))]
+        names = [str(n) for n in data]
+    except (OSError, ValueError, TypeError, KeyError):
+        names = []
+    if len(names) != count:
+        names = [f"class {i}" for i in range(count)]
+    return names
 
 
 def read_samples(shards_dir: str | Path) -> pd.DataFrame:

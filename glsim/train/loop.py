@@ -29,6 +29,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from glsim.progress import progress, set_postfix
 from glsim.train.checkpoint import (
     CHECKPOINT_NAME,
     TrainState,
@@ -227,6 +228,7 @@ def train_one_epoch(
     device: torch.device,
     log_metrics: MetricsSink | None = None,
     dist: Dist = SINGLE,
+    total_steps: int | None = None,
 ) -> dict[str, float]:
     """Run one pass over ``loader``, advancing ``state.step``; the epoch's mean loss and accuracy.
 
@@ -239,6 +241,9 @@ def train_one_epoch(
     at the end of the epoch. The loss is checked at those reads: a NaN/inf loss raises
     :class:`TrainingDiverged` naming the epoch, the (0-based) step of the read where it was
     detected -- it became non-finite at most ``log_every - 1`` steps earlier -- and the LR.
+
+    On a terminal (:mod:`glsim.progress`) rank 0 shows a bar over the epoch's
+    ``total_steps`` steps, its loss updated at those reads only: the bar adds no host sync.
 
     Returns ``{"train/loss", "train/acc", "train/epoch_seconds"}``.
     """
@@ -269,7 +274,11 @@ def train_one_epoch(
         checked_through = state.step
         return values[0], values[1], values[2]
 
-    for images, targets in loader:
+    bar = progress(
+        loader, total=total_steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
+        disable=not dist.is_main,
+    )  # fmt: skip
+    for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         scheduler.step_update(state.step)
@@ -284,6 +293,7 @@ def train_one_epoch(
         correct_sum += correct
         if state.step % log_every == 0:
             loss_value, _, _ = read(loss)
+            set_postfix(bar, loss=f"{loss_value:.4f}")
             if log_metrics:
                 log_metrics(
                     {"train/loss_step": loss_value, "train/lr": optimizer.param_groups[0]["lr"]},
@@ -379,7 +389,7 @@ def fit(
             **train_one_epoch(
                 net, loader_for_epoch(epoch), epoch=epoch, state=state, optimizer=optimizer,
                 scheduler=scheduler, criterion=criterion, scaler=scaler, recipe=recipe,
-                device=device, log_metrics=log_metrics, dist=dist,
+                device=device, log_metrics=log_metrics, dist=dist, total_steps=steps_per_epoch,
             ),
         }  # fmt: skip
         state.epoch += 1

@@ -10,6 +10,7 @@ the model a run trains; :func:`train_run` trains it. Paths and run keys come fro
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,10 @@ def train_run(
     """Fine-tune ``spec.model`` with ``spec.seed``; resumes a killed run. Returns the run dir.
 
     Writes ``last.pt`` (checkpoint, every epoch), ``train.json`` (per-epoch history) and
-    ``params.resolved.yaml`` into the run dir, and logs all of it to MLflow.
+    ``params.resolved.yaml`` into the run dir, and logs all of it to MLflow (the per-epoch
+    ``train/loss`` and ``train/acc`` as metrics). Writes the run's curve, rows of ``epoch,
+    loss, acc`` (:func:`curve_rows`), to ``spec.curve_path(params)``, also when the run had
+    finished already (a curve deleted, or asked for by a newer ``dvc.yaml``, comes back).
 
     Started by ``torchrun --nproc_per_node N`` (e.g. ``torchrun --nproc_per_node 2
     pipelines/train.py --model glsim --seed 1``), the N processes train the run together
@@ -130,6 +134,7 @@ def train_run(
                 f"{out}: already finished with this configuration (run key {key}); not repeated",
                 flush=True,
             )
+            write_curve(load_history(out), spec.curve_path(params))
         return out
     bs = distributed.per_rank_batch(params.train.batch_size, dist)
     if dist.is_main:
@@ -202,4 +207,25 @@ def train_run(
         out / "train.json",
         {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
     )
+    write_curve(state.history, spec.curve_path(params))
     return out
+
+
+def curve_rows(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """A run's per-epoch history as the flat rows ``dvc plots`` draws: ``epoch`` (1-based),
+    ``loss`` (mean train loss) and ``acc`` (train top-1, %)."""
+    return [
+        {"epoch": int(h["epoch"]), "loss": h["train/loss"], "acc": h["train/acc"]} for h in history
+    ]
+
+
+def write_curve(history: list[dict[str, float]], path: Path) -> Path:
+    return atomic_write_json(path, curve_rows(history))
+
+
+def load_history(run_dir: Path) -> list[dict[str, float]]:
+    """The per-epoch history of a run folder: ``train.json``'s, else the checkpoint's."""
+    summary = run_dir / "train.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())["history"]
+    return read_checkpoint(run_dir / CHECKPOINT_NAME)["state"]["history"]

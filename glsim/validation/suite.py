@@ -34,6 +34,7 @@ from glsim.config import ExpectedCounts
 from glsim.data.loader import image_member, open_shards
 from glsim.data.manifest import read_manifest
 from glsim.data.shards import ShardError, read_index, read_samples
+from glsim.progress import progress
 from glsim.utils import atomic_write_text
 
 MAX_ROWS_IN_MESSAGE = 10
@@ -138,9 +139,12 @@ def _decode_all(shards_dir: Path, index: dict[str, Any], workers: int) -> pd.Dat
     urls, shard_entries = [u for u, _ in entries], [e for _, e in entries]
     if workers > 1 and len(entries) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(entries))) as pool:
-            per_shard = list(pool.map(_decode_shard, urls, shard_entries, chunksize=4))
+            decoded = pool.map(_decode_shard, urls, shard_entries, chunksize=4)
+            per_shard = list(progress(decoded, total=len(entries), desc="validate", unit="shard"))
     else:
-        per_shard = [_decode_shard(u, e) for u, e in entries]
+        per_shard = [
+            _decode_shard(u, e) for u, e in progress(entries, desc="validate", unit="shard")
+        ]
     rows, broken = [], {}
     for url, results in zip(urls, per_shard, strict=True):
         for key, width, height, error in results:

@@ -155,7 +155,9 @@ def test_torchrun_run_checkpoints_resumes_after_a_kill_and_evaluates_like_one_pr
         check=True, env=env, timeout=240,
     )  # fmt: skip
     params = load_params(params_file, {"base.runs_dir": str(whole)})
-    stage_report = json.loads(final_spec(params, "vit", 1).report_path(params).read_text())
+    spec = final_spec(params, "vit", 1)
+    stage_report = json.loads(spec.report_path(params).read_text())
+    stage_table = spec.per_class_path(params).read_text()
     in_process = evaluate_final(params, "vit", 1, track=False)
     assert stage_report["top1"] == in_process["top1"]
-    assert stage_report["per_class"] == in_process["per_class"]
+    assert spec.per_class_path(params).read_text() == stage_table

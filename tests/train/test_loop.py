@@ -322,6 +322,54 @@ def test_log_every_does_not_change_the_optimisation(reference, tmp_path, log_eve
     assert_same_weights(model, ref_model)
 
 
+def _count_host_reads(monkeypatch) -> dict[str, int]:
+    """Count the tensor -> host reads (``tolist``/``item``) the loop makes."""
+    counts = {"reads": 0}
+    for name in ("tolist", "item"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["reads"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+def test_progress_bars_change_nothing_but_stderr(reference, tmp_path, monkeypatch, capsys):
+    """Bars on (as on a terminal; forced here) or off: bitwise the same run with the same
+    host reads, and one stdout line per epoch; the bar goes to stderr only when on, its
+    loss set at the loop's own reads (every ``log_every`` steps)."""
+    from glsim.train import loop
+
+    ref_model, ref_state = reference
+    postfixes: list[dict] = []
+    monkeypatch.setattr(
+        loop, "set_postfix", lambda bar, **values: postfixes.append(values) if bar else None
+    )
+    reads = _count_host_reads(monkeypatch)
+    seen: dict[str, tuple[int, str, str]] = {}
+    for bars in ("0", "1"):
+        monkeypatch.setenv("GLSIM_PROGRESS", bars)
+        reads["reads"] = 0
+        model = tiny_vit()
+        state = run(model, tmp_path / bars, rec=recipe(log_every=2), run_key="ref")
+        assert losses(state) == losses(ref_state)
+        assert_same_weights(model, ref_model)
+        out, err = capsys.readouterr()
+        seen[bars] = (reads["reads"], out, err)
+    assert seen["0"][0] == seen["1"][0]  # a bar adds no host sync
+    for _, out, _ in seen.values():
+        assert out.splitlines() == [
+            line for line in out.splitlines() if line.startswith("epoch ")
+        ] and len(out.splitlines()) == ref_state.epoch
+    assert seen["0"][2] == ""
+    assert "epoch 1/3" in seen["1"][2] and "step" in seen["1"][2]
+    # both runs call it once per read: every 2nd of the run's steps (the count is global)
+    assert len(postfixes) == 2 * (ref_state.step // 2)
+    assert all(set(p) == {"loss"} for p in postfixes)
+
+
 # ---------------------------------------------------------------------------------------
 # (f) model-defined training loss
 
