@@ -20,7 +20,7 @@ def attempts(monkeypatch):
     errors: list[BaseException | None] = []
     calls: list[str] = []
 
-    def train_and_evaluate(params, kind, name, seed, lr, *, track=True):
+    def train_and_evaluate(params, kind, name, seed, lr, *, track=True, request=None, nproc=1):
         calls.append(name)
         err = errors.pop(0) if errors else None
         if err is not None:
