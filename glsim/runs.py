@@ -21,6 +21,7 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     reports/datasets/<dataset>/eval/<model>/seed<S>.json
     reports/datasets/<dataset>/ablation/<variant>/seed<S>.json
     reports/results.{json,md,tex}
+    reports/cost/{bench.csv,bench.json,time.csv,accuracy_vs_*.png}
 """
 
 from __future__ import annotations
@@ -97,6 +98,23 @@ def results_paths(params: Params) -> dict[str, Path]:
     """The aggregate's outputs: ``results.json``, ``.md`` and ``.tex``."""
     root = params.base.reports_dir
     return {fmt: root / f"results.{fmt}" for fmt in ("json", "md", "tex")}
+
+
+def cost_files(out_dir: Path) -> dict[str, Path]:
+    """What ``glsim cost bench`` (and the ``cost`` stage) writes into ``out_dir``: every bench
+    row, the best batches and ratios (metrics), the two trade-off plots, the DFSM timing."""
+    return {
+        "csv": out_dir / "bench.csv",
+        "json": out_dir / "bench.json",
+        "throughput_plot": out_dir / "accuracy_vs_throughput.png",
+        "memory_plot": out_dir / "accuracy_vs_memory.png",
+        "time": out_dir / "time.csv",
+    }
+
+
+def cost_paths(params: Params) -> dict[str, Path]:
+    """The ``cost`` stage's outputs, in ``reports/cost/``."""
+    return cost_files(params.base.reports_dir / "cost")
 
 
 def lr_search_dir(params: Params, model: str) -> Path:
@@ -263,4 +281,5 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
                 spec = RunSpec(model=v.model, seed=seed, kind="ablation", variant=variant)
                 out[f"ablation@{dataset}-{variant}-{seed}"] = {spec.run_dir(d), spec.report_path(d)}
     out["aggregate"] = set(results_paths(p).values())
+    out["cost"] = set(cost_paths(p).values())
     return out
