@@ -3,7 +3,9 @@
 Both models are built by :func:`glsim.models.create_model` on the same backbone (by default
 ``model.backbone`` of ``params.yaml`` at ``data.image_size``, random weights) and measured
 interleaved (for every repeat and batch size: ViT, then GLSim) after a warm-up, so drift
-in machine load hits both alike. Reports, per model, inference images/s at each batch size
+in machine load hits both alike. Inference is ``glsim cost bench``'s throughput pass
+(:func:`glsim.cost.bench.throughput_pass`; that command adds peak memory, more models and
+plots). Reports, per model, inference images/s at each batch size
 and the best batch size (as the paper reports throughput), the time of one training step
 (:func:`glsim.train.loop.train_step`, the step ``fit`` takes: forward + loss + backward +
 SGD step, here without AMP and clipping) at the training batch size, and the GLSim/ViT
@@ -20,7 +22,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,28 +30,11 @@ import torch
 from torch import nn
 
 from glsim.config import BackboneParams, Params, load_params
+from glsim.cost.bench import best_per_repeat, model_kwargs_for, throughput_pass
+from glsim.cost.measure import median_ratio, timed_rate
 from glsim.models import create_model
 from glsim.train.loop import train_step
-from glsim.train.run import CNN_MODELS, model_kwargs
-
-
-def timed_rate(fn: Callable[[], None], *, items: int, min_time: float) -> float:
-    """Run ``fn`` until ``min_time`` seconds have passed (at least once); items per second."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return calls * items / elapsed
-
-
-def inference_fn(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.inference_mode():
-            model(images)
-
-    return run
+from glsim.train.run import CNN_MODELS
 
 
 def train_step_fn(
@@ -73,53 +57,27 @@ def build(
 ) -> nn.Module:
     """A registered model with params.yaml's per-model section (e.g. ``model.glsim``), random
     weights, and ``backbone`` for the ViT-based ones."""
-    random_init = params.with_overrides(
-        {
-            "model.backbone": {
-                "name": backbone.name, "overrides": dict(backbone.overrides), "weights": None
-            },
-            "model.resnet101.weights": None,
-            "model.cal.weights": None,
-        }
-    )
-    kwargs = model_kwargs(random_init, name)  # the same adapter training uses
-    if name not in CNN_MODELS:
-        kwargs["drop_path_rate"] = args.drop_path
+    with_backbone = params.model_copy(deep=True)
+    with_backbone.model.backbone = backbone  # replaced, not merged: --backbone drops overrides
+    drop_path = 0.0 if name in CNN_MODELS else args.drop_path
+    kwargs = model_kwargs_for(with_backbone, name, drop_path_rate=drop_path)
     torch.manual_seed(0)
     return create_model(name, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
-
-
-def median_ratio(a: list[float], b: list[float]) -> float:
-    """Median over repeats of the paired ratios b[i] / a[i]."""
-    return statistics.median(y / x for x, y in zip(a, b, strict=True))
 
 
 def measure(args: argparse.Namespace, params: Params, backbone: BackboneParams) -> dict[str, Any]:
     models = {name: build(name, args, params, backbone) for name in args.models}
     gen = torch.Generator().manual_seed(0)
     size = (3, args.image_size, args.image_size)
-    batches = {b: torch.randn(b, *size, generator=gen) for b in args.batch_sizes}
     train_images = torch.randn(args.train_batch_size, *size, generator=gen)
     train_labels = torch.randint(0, args.num_classes, (args.train_batch_size,), generator=gen)
 
-    infer: dict[str, dict[int, list[float]]] = {
-        m: {b: [] for b in args.batch_sizes} for m in models
-    }
+    infer = throughput_pass(
+        models, {m: list(args.batch_sizes) for m in models}, image_size=args.image_size,
+        repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+        progress=lambda line: print(line, flush=True),
+    )  # fmt: skip
     step_s: dict[str, list[float]] = {m: [] for m in models}
-
-    for model in models.values():
-        model.eval()
-    runners = {
-        (m, b): inference_fn(models[m], batches[b]) for m in models for b in args.batch_sizes
-    }
-    for fn in runners.values():  # warm-up: allocator, oneDNN kernels, lazy init
-        for _ in range(args.warmup):
-            fn()
-    for repeat in range(args.repeats):
-        for b in args.batch_sizes:
-            for m in models:  # interleaved: A, B, A, B ...
-                infer[m][b].append(timed_rate(runners[m, b], items=b, min_time=args.min_time))
-        print(f"inference repeat {repeat + 1}/{args.repeats} done", flush=True)
 
     for model in models.values():
         model.train()
@@ -145,8 +103,7 @@ def measure(args: argparse.Namespace, params: Params, backbone: BackboneParams) 
         result["train_step_s"][m] = {"median": statistics.median(step_s[m]), "repeats": step_s[m]}
     if "vit" in models and "glsim" in models:
         iv, ig = infer["vit"], infer["glsim"]
-        best_v = [max(iv[b][r] for b in args.batch_sizes) for r in range(args.repeats)]
-        best_g = [max(ig[b][r] for b in args.batch_sizes) for r in range(args.repeats)]
+        best_v, best_g = best_per_repeat(iv), best_per_repeat(ig)
         result["ratios"] = {
             "inference_per_batch_glsim_over_vit": {
                 b: median_ratio(iv[b], ig[b]) for b in args.batch_sizes

@@ -375,6 +375,44 @@ class EvalParams(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class CostParams(_Strict):
+    """The ``cost`` stage, and the defaults of ``glsim cost bench``: inference throughput and
+    peak memory per model at each image size and batch size, best batch per model (paper
+    Sec. 5.3, Figs. 4 and 7), and each DFSM's wall time beside the backbone forward on
+    ``model.backbone`` (Table 1, measured). Models run at random weights."""
+
+    models: list[str] = Field(
+        default_factory=lambda: ["vit", "glsim", "transfg", "ffvt"],
+        min_length=1,
+        description="registered model names",
+    )
+    image_sizes: list[int] = Field(default_factory=lambda: [64], min_length=1)
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 8, 32],
+        min_length=1,
+        description="tried in increasing order (paper: 1..256); one that would not fit is not run",
+    )
+    repeats: int = Field(3, ge=1)
+    warmup: int = Field(1, ge=0, description="untimed calls per model and batch size")
+    min_time: float = Field(0.1, ge=0, description="seconds per timed measurement (>= 1 call)")
+    amp: bool = Field(False, description="forwards under bfloat16 autocast")
+    num_classes: int = Field(200, ge=1, description="head width (200: CUB, as the paper)")
+    max_memory_fraction: float = Field(
+        0.5, gt=0, le=1, description="CPU: skip a batch expected to need more of the free RAM"
+    )
+    dfsm_image_sizes: list[int] = Field(
+        default_factory=lambda: [64], min_length=1, description="DFSM timing image sizes"
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> CostParams:
+        for key in ("image_sizes", "batch_sizes", "dfsm_image_sizes"):
+            bad = [v for v in getattr(self, key) if v < 1]
+            if bad:
+                raise ValueError(f"cost.{key} must hold positive sizes, got {getattr(self, key)}")
+        return self
+
+
 class RegistryParams(_Strict):
     """MLflow model registry promotion (``glsim registry promote``; no DVC stage reads it)."""
 
@@ -414,6 +452,7 @@ class Params(_Strict):
     ablations: AblationParams = AblationParams()
     eval: EvalParams = EvalParams()
     registry: RegistryParams = RegistryParams()
+    cost: CostParams = CostParams()
 
     @model_validator(mode="after")
     def _check_references(self) -> Params:

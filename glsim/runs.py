@@ -24,6 +24,7 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     reports/plots/curves/<dataset>/<model>/seed<S>.json   a final run's loss/acc per epoch
     reports/plots/lr_search/<dataset>/<model>.json        val top-1 per LR
     reports/plots/results.json                            the results table as rows
+    reports/cost/{bench.csv,bench.json,time.csv,accuracy_vs_*.png}
 
 ``reports/plots/`` holds only what ``dvc plots show`` draws (``plots:`` in ``dvc.yaml``):
 flat lists of rows. A final run's curve lives there, not in its run folder, because DVC
@@ -131,6 +132,23 @@ def curve_path(params: Params, model: str, seed: int) -> Path:
 def lr_plot(params: Params, model: str) -> Path:
     """The LR search's val top-1 per LR (rows ``lr, val_top1``)."""
     return plots_dir(params) / "lr_search" / params.data.dataset / f"{model}.json"
+
+
+def cost_files(out_dir: Path) -> dict[str, Path]:
+    """What ``glsim cost bench`` (and the ``cost`` stage) writes into ``out_dir``: every bench
+    row, the best batches and ratios (metrics), the two trade-off plots, the DFSM timing."""
+    return {
+        "csv": out_dir / "bench.csv",
+        "json": out_dir / "bench.json",
+        "throughput_plot": out_dir / "accuracy_vs_throughput.png",
+        "memory_plot": out_dir / "accuracy_vs_memory.png",
+        "time": out_dir / "time.csv",
+    }
+
+
+def cost_paths(params: Params) -> dict[str, Path]:
+    """The ``cost`` stage's outputs, in ``reports/cost/``."""
+    return cost_files(params.base.reports_dir / "cost")
 
 
 def lr_search_dir(params: Params, model: str) -> Path:
@@ -315,4 +333,5 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
                     spec.run_dir(d), spec.report_path(d), spec.per_class_path(d)
                 }  # fmt: skip
     out["aggregate"] = set(results_paths(p).values())
+    out["cost"] = set(cost_paths(p).values())
     return out

@@ -29,6 +29,10 @@ def tiny_params_yaml() -> dict:
     )
     params["train"].update(epochs=1, batch_size=6, warmup_steps=1)
     params["protocol"].update(seeds=[1], lr_grid=[0.01])
+    params["cost"].update(
+        models=["vit", "glsim"], image_sizes=[32], batch_sizes=[1, 4], repeats=1, min_time=0.01,
+        dfsm_image_sizes=[32],
+    )  # fmt: skip
     params["ablations"]["variants"] = {
         "glsim_no_aggregator": {"model": "glsim", "set": {"model.glsim.aggregator": False}}
     }
@@ -98,6 +102,7 @@ def test_dvc_repro_end_to_end_then_nothing_then_only_what_reads_a_param(tmp_path
         "lr_search@synthetic_fg-glsim",
         "train@synthetic_fg-glsim-1",
         "ablation@synthetic_fg-glsim_no_aggregator-1",
+        "cost",  # benches the GLSim model that param builds
     }
 
 

@@ -177,6 +177,9 @@ def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monke
             report = {"dataset": "synthetic_fg", "model": model, "seed": seed, "lr": 0.01}
             atomic_write_json(spec.report_path(params), {**report, "top1": 50.0 + seed})
     protocol.aggregate_reports(params, track=False)
+    for png in ("accuracy_vs_throughput", "accuracy_vs_memory"):  # the cost stage's images
+        (repo / f"reports/cost/{png}.png").parent.mkdir(parents=True, exist_ok=True)
+        (repo / f"reports/cost/{png}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
 
     shown = subprocess.run(
         [sys.executable, "-m", "dvc", "plots", "show", "--json"],
@@ -184,7 +187,14 @@ def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monke
     )  # fmt: skip
     plots = json.loads(shown.stdout)
     assert "errors" not in plots, plots["errors"]
-    drawn = {path: entries[0]["content"]["data"]["values"] for path, entries in plots["data"].items()}
+    drawn = {
+        path: entries[0]["content"]["data"]["values"]
+        for path, entries in plots["data"].items()
+        if not path.endswith(".png")
+    }
+    assert {p for p in plots["data"] if p.endswith(".png")} == {
+        "reports/cost/accuracy_vs_throughput.png", "reports/cost/accuracy_vs_memory.png"
+    }
     assert set(drawn) == {
         *(str(c) for c in curves),
         *(f"reports/plots/lr_search/synthetic_fg/{m}.json" for m in params.protocol.models),
