@@ -302,7 +302,12 @@ class TrainParams(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="used from augreg 'weak' up")
     drop_path: float = Field(0.1, ge=0, lt=1, description="used from augreg 'medium' up")
     erasing_prob: float = Field(0.3, ge=0, le=1, description="used at augreg 'strong'")
-    amp: bool = True
+    amp: bool = Field(True, description="CUDA: float16 autocast with a gradient scaler")
+    cpu_amp: Literal["off", "bf16", "auto"] = Field(
+        "auto",
+        description="CPU: bfloat16 autocast of the training forward pass; auto: when the CPU "
+        "has native bf16 (avx512_bf16 or amx_bf16), else float32. Evaluation stays float32",
+    )
 
     def regularisation(self) -> Regularisation:
         """Resolve the AugReg level into the values it switches on (Table 11)."""

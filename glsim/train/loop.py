@@ -57,8 +57,17 @@ class Recipe:
     warmup_steps: int = 500
     clip_grad: float | None = 1.0
     label_smoothing: float = 0.0
-    amp: bool = True
+    amp: bool = True  # CUDA: float16 autocast + GradScaler
+    cpu_amp: bool = False  # CPU: bfloat16 autocast (no scaler: bf16 has float32's range)
     log_every: int = 10
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype of a training forward pass on ``device`` (None: float32)."""
+        if device.type == "cuda" and self.amp:
+            return torch.float16
+        if device.type == "cpu" and self.cpu_amp:
+            return torch.bfloat16
+        return None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -185,8 +194,10 @@ def train_step(
     clip_grad: float | None,
     use_amp: bool,
     device_type: str,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> tuple[Tensor, Tensor]:
-    """One optimiser step: forward (fp16 autocast when ``use_amp``), backward, clip, step.
+    """One optimiser step: forward (``amp_dtype`` autocast when ``use_amp``: float16 on
+    CUDA, bfloat16 on CPU), backward, clip, step.
 
     ``model`` is a model, or what :func:`distribute` made of it under torchrun (then the
     backward pass also averages the gradients over the ranks). Returns ``(loss, correct)`` as tensors on the model's device -- the detached loss and
@@ -195,7 +206,7 @@ def train_step(
     ``scaler`` (a CUDA ``GradScaler``) is used when given.
     """
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device_type, dtype=torch.float16, enabled=use_amp):
+    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=use_amp):
         loss, logits = _forward(model, images, targets, criterion)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -249,7 +260,7 @@ def train_one_epoch(
     """
     model.train()
     log_every = max(1, recipe.log_every)
-    use_amp = recipe.amp and device.type == "cuda"
+    amp_dtype = recipe.autocast_dtype(device)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
     loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
     correct_sum = torch.zeros((), dtype=acc_dtype, device=device)
@@ -284,7 +295,8 @@ def train_one_epoch(
         scheduler.step_update(state.step)
         loss, correct = train_step(
             model, images, targets, optimizer=optimizer, criterion=criterion, scaler=scaler,
-            clip_grad=recipe.clip_grad, use_amp=use_amp, device_type=device.type,
+            clip_grad=recipe.clip_grad, use_amp=amp_dtype is not None, device_type=device.type,
+            amp_dtype=amp_dtype or torch.float16,
         )  # fmt: skip
         state.step += 1
         n = targets.shape[0]

@@ -27,7 +27,13 @@ from glsim.runs import RunSpec, run_key, shard_source, shards_dir
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
-from glsim.utils import atomic_write_json, resolve_device, seed_everything, set_threads
+from glsim.utils import (
+    atomic_write_json,
+    cpu_has_native_bf16,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 
 CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; the paper applies stochastic depth to ViTs only
 
@@ -77,6 +83,7 @@ def recipe(params: Params, lr: float | None = None) -> Recipe:
         clip_grad=t.clip_grad,
         label_smoothing=reg.label_smoothing,
         amp=t.amp,
+        cpu_amp=t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_has_native_bf16()),
     )
 
 

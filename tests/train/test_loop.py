@@ -477,3 +477,36 @@ def test_save_and_load_checkpoint_round_trip(tmp_path):
     assert_same_weights(other, model)
     bufs = [s["momentum_buffer"] for s in other_opt.state.values()]
     assert len(bufs) == len(list(model.parameters())) and all(b is not None for b in bufs)
+
+
+def test_cpu_bf16_autocast_trains_in_bfloat16_and_changes_the_run(tmp_path):
+    """train.cpu_amp: the CPU forward pass runs under bfloat16 autocast (float32 weights and
+    optimiser), the run finishes with finite losses, and it is another run than float32."""
+    assert recipe(cpu_amp=True).autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    assert recipe(cpu_amp=False).autocast_dtype(torch.device("cpu")) is None
+    assert recipe(amp=True).autocast_dtype(torch.device("cuda")) == torch.float16
+    seen = []
+    model = tiny_vit()
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    last_linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    state = run(model, tmp_path / "bf16", rec=recipe(cpu_amp=True), run_key="bf16")
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(math.isfinite(h["train/loss"]) for h in state.history)
+    fp32 = tiny_vit()
+    run(fp32, tmp_path / "fp32", rec=recipe(), run_key="fp32")
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(("setting", "native", "expected"), [
+    ("off", True, False), ("bf16", False, True), ("auto", True, True), ("auto", False, False),
+])  # fmt: skip
+def test_cpu_amp_param_resolves_by_the_cpu(monkeypatch, setting, native, expected):
+    from glsim.config import Params
+    from glsim.train import run as run_module
+
+    monkeypatch.setattr(run_module, "cpu_has_native_bf16", lambda: native)
+    params = Params.model_validate({"train": {"cpu_amp": setting}})
+    assert run_module.recipe(params).cpu_amp is expected
