@@ -61,7 +61,17 @@ class BaseParams(_Strict):
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    num_threads: int = Field(
+        2,
+        ge=0,
+        description="torch intra-op threads; results depend on it (README Reproducibility); "
+        "0 = torch's default, the cores this process may use (differs between machines)",
+    )
+    deterministic: bool = Field(
+        False,
+        description="torch.use_deterministic_algorithms (warn only), and on CUDA cuDNN without "
+        "autotuning and a fixed cuBLAS workspace; CPU runs are repeatable without it",
+    )
     experiment: str = "glsim"
     reports_dir: Path = Path("reports")
     runs_dir: Path = Path("runs")

@@ -50,7 +50,13 @@ from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.models.registry import check_model_name, list_models
 from glsim.runs import RunSpec
 from glsim.train.run import is_finished, load_run, num_classes, train_run
-from glsim.utils import atomic_write_json, atomic_write_text, resolve_device, set_threads
+from glsim.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    configure_determinism,
+    resolve_device,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     from glsim.validation.suite import ValidationReport
@@ -124,6 +130,7 @@ def probe(params: Params) -> dict[str, Any]:
     before fine-tuning, against the shuffled-box baseline; written to the probe report."""
     from glsim.eval.localisation import probe_backbone
 
+    set_threads(params.base.num_threads)  # the probe runs on the CPU; its rates depend on it
     report = probe_backbone(params)
     atomic_write_json(runs.probe_report(params), report)
     return report
@@ -308,8 +315,8 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
-    set_threads(params.base.num_threads)
     device = resolve_device(params.base.device)
+    configure_determinism(params.base.num_threads, params.base.deterministic, device)
     model, _ = load_run(params, spec)
     shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(

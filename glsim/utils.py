@@ -80,6 +80,38 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-def set_threads(num_threads: int) -> None:
-    if num_threads > 0:
+def set_threads(num_threads: int) -> int:
+    """Pin torch's intra-op threads to ``num_threads`` (``base.num_threads``); 0 leaves
+    torch's default, which is the number of cores this process may use and so differs
+    between machines, containers and ``taskset``/``OMP_NUM_THREADS`` settings. Returns the
+    count in effect.
+
+    The count changes results: a matrix product or reduction split over N threads adds its
+    terms in another order than over M, so the last bits differ and training drifts apart
+    (README "Reproducibility"). What else runs on the machine does not change them."""
+    if num_threads > 0 and torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
+    return torch.get_num_threads()
+
+
+# cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2); read when its
+# first handle is made, so set before the first CUDA matmul.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def configure_determinism(num_threads: int, deterministic: bool, device: torch.device) -> int:
+    """What makes a stage bitwise repeatable on one machine, applied before it computes:
+    ``num_threads`` intra-op threads (:func:`set_threads`; returned) and, with
+    ``deterministic`` (``base.deterministic``), torch's deterministic algorithms (a warning,
+    not an error, for an op that has none) and, on CUDA only, cuDNN without autotuning and
+    cuBLAS with a fixed workspace. On a CPU the ops glsim uses are already deterministic at
+    a fixed thread count; the flag matters on CUDA (atomics in scatter/index_add backward,
+    cuDNN's and cuBLAS's algorithm choice)."""
+    threads = set_threads(num_threads)
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return threads

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def tiny_params_yaml() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"]["num_threads"] = 1  # as tests/tiny.py: tiny models run faster on one
     params["data"].update(image_size=32)
     params["data"]["synthetic"].update(
         num_classes=3, train_per_class=6, test_per_class=3, canvas_size=43, object_size=[8, 12]

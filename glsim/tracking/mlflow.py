@@ -307,6 +307,84 @@ def log_pytorch_model(
     )
 
 
+# /proc/cpuinfo flags that select torch's, MKL's and oneDNN's kernels (and so the last bits)
+ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+# the environment that sets thread counts and MKL's/OpenMP's numerical choices
+RUNTIME_ENV = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC", "OMP_DYNAMIC",
+    "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "CUBLAS_WORKSPACE_CONFIG",
+)  # fmt: skip
+
+
+def _cpuinfo(path: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and flags (empty where there is no /proc/cpuinfo)."""
+    model, flags = "", set()
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _build_versions(config: str) -> dict[str, str]:
+    """MKL's and oneDNN's versions from ``torch.__config__.show()``."""
+    out = {}
+    mkl = re.search(r"Math Kernel Library Version ([^\s]+)", config)
+    if mkl:
+        out["mkl"] = mkl.group(1)
+    dnn = re.search(r"(?:MKL-DNN|oneDNN) (v[^\s]+)", config)
+    if dnn:
+        out["onednn"] = dnn.group(1)
+    return out
+
+
+def runtime_tags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, str]:
+    """Tags (``runtime.*``) naming what a run's last bits depend on besides code, params and
+    data: the CPU and the instruction sets torch dispatches on, the library versions, the
+    thread counts and the knobs that pin them (README "Reproducibility"). Two runs with the
+    same params and different values here need not agree bit for bit."""
+    import numpy
+    import timm
+    import torch
+
+    model, flags = _cpuinfo(cpuinfo)
+    tags = {
+        "runtime.cpu_model": model or "unknown",
+        "runtime.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "runtime.cpu_isa_flags": " ".join(f for f in ISA_FLAGS if f in flags) or "none",
+        "runtime.cpu_count": str(os.cpu_count()),
+        "runtime.torch_threads": str(torch.get_num_threads()),
+        "runtime.torch_interop_threads": str(torch.get_num_interop_threads()),
+        "runtime.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
+        "runtime.python": sys.version.split()[0],
+        "runtime.torch": torch.__version__,
+        "runtime.timm": timm.__version__,
+        "runtime.numpy": numpy.__version__,
+        "runtime.blas": "mkl" if torch.backends.mkl.is_available() else "other",
+    }
+    if hasattr(os, "sched_getaffinity"):
+        tags["runtime.cpu_affinity"] = str(len(os.sched_getaffinity(0)))
+    for name, version in _build_versions(torch.__config__.show()).items():
+        tags[f"runtime.{name}"] = version
+    for var in RUNTIME_ENV:
+        tags[f"runtime.env.{var}"] = os.environ.get(var, "unset")
+    if torch.cuda.is_available():
+        tags["runtime.cuda_device"] = torch.cuda.get_device_name()
+        tags["runtime.cuda"] = str(torch.version.cuda)
+        tags["runtime.cudnn"] = str(torch.backends.cudnn.version())
+    return tags
+
+
 class Tracker:
     """One MLflow run, resumable: ``with Tracker(...) as t: t.log_metrics(...)``.
 
@@ -354,7 +432,7 @@ class Tracker:
         run_id = None
         if self.run_dir and (self.run_dir / RUN_ID_FILE).is_file():
             run_id = (self.run_dir / RUN_ID_FILE).read_text().strip() or None
-        tags = {"git_commit": git_commit(self.root), **self.tags}
+        tags = {"git_commit": git_commit(self.root), **runtime_tags(), **self.tags}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         self._run_id = run_id

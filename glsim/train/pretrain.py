@@ -20,7 +20,13 @@ from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
 from glsim.runs import pretrain_key
 from glsim.train.loop import Recipe, fit
-from glsim.utils import _atomic, atomic_write_json, resolve_device, seed_everything
+from glsim.utils import (
+    _atomic,
+    atomic_write_json,
+    configure_determinism,
+    resolve_device,
+    seed_everything,
+)
 
 
 def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
@@ -97,6 +103,8 @@ def pretrain_backbone(
     """
     cfg, bb, size = params.pretrain, params.model.backbone, params.data.image_size
     device = resolve_device(params.base.device)
+    # the thread count changes the weights: fixed by params, never by the machine's cores
+    configure_determinism(params.base.num_threads, params.base.deterministic, device)
     seed_everything(params.base.seed)  # the initial weights depend on the seed only
     model = create_vit(bb.name, image_size=size, num_classes=cfg.num_classes, **bb.overrides)
     mean, std = pretrained_norm(model)

@@ -29,10 +29,10 @@ from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_che
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import (
     atomic_write_json,
+    configure_determinism,
     cpu_has_native_bf16,
     resolve_device,
     seed_everything,
-    set_threads,
 )
 
 CNN_MODELS = ("resnet101", "cal")  # no ViT backbone; the paper applies stochastic depth to ViTs only
@@ -131,8 +131,8 @@ def train_run(
     not repeated by a single process, and a killed one may be resumed with any N.
     """
     check_model_name(spec.model)  # before anything is written into the run folder
-    set_threads(params.base.num_threads)
     dist, device = distributed.setup(resolve_device(params.base.device))
+    configure_determinism(params.base.num_threads, params.base.deterministic, device)
     out = spec.run_dir(params)
     key = run_key(params, spec)
     if is_finished(out, key, recipe(params, spec.lr).epochs):

@@ -7,11 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from glsim.tracking.mlflow import RUN_ID_FILE, Tracker, dvc_hash, flatten, tracking_uri  # noqa: E402
+from glsim.tracking.mlflow import (  # noqa: E402
+    RUN_ID_FILE,
+    Tracker,
+    _build_versions,
+    dvc_hash,
+    flatten,
+    runtime_tags,
+    tracking_uri,
+)
 
 EXPERIMENT = "glsim-test"
 
@@ -75,6 +84,8 @@ def test_run_logs_params_metrics_artifact_and_resumes(store, tmp_path):
     assert run.info.run_name == "vit-s1"
     assert run.data.params == {"train.lr": "0.01", "train.seeds": "[1]", "model.glsim.top_k": "8"}
     assert run.data.tags["model"] == "vit" and run.data.tags["git_commit"]
+    assert run.data.tags["runtime.torch_threads"] == str(torch.get_num_threads())
+    assert run.data.tags["runtime.cpu_capability"] and run.data.tags["runtime.torch"]
     history = client.get_metric_history(run_id, "train_loss")  # "/" becomes "_"
     assert sorted((m.step, m.value) for m in history) == [(1, 1.5), (2, 1.25)]
     assert run.data.metrics["train_acc"] == 40.0
@@ -184,3 +195,35 @@ def test_param_keys_with_characters_mlflow_refuses_are_sanitised(store):
         run_id = tracker.run_id
     params = client.get_run(run_id).data.params
     assert params["ablations.tables.t5.rows.ViT _ extra block _CLS_"] == "['vit']"
+
+
+def test_runtime_tags_name_the_cpu_isa_libraries_and_threads(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\n"
+        "flags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n"
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    tags = runtime_tags(cpuinfo)
+    assert tags["runtime.cpu_model"] == "Test CPU 9000"
+    assert tags["runtime.cpu_isa_flags"] == "avx2 fma avx512f avx512_bf16 amx_tile amx_bf16"
+    assert tags["runtime.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["runtime.torch_threads"] == str(torch.get_num_threads())
+    assert tags["runtime.torch"] == torch.__version__
+    assert tags["runtime.env.OMP_NUM_THREADS"] == "3"
+    assert tags["runtime.env.ONEDNN_MAX_CPU_ISA"] == "unset"
+    assert {"runtime.timm", "runtime.numpy", "runtime.python"} <= set(tags)
+    assert all(isinstance(v, str) and v for v in tags.values())  # MLflow takes strings
+    missing = runtime_tags(tmp_path / "absent")  # no /proc (macOS): still tags, no error
+    assert missing["runtime.cpu_model"] == "unknown" and missing["runtime.cpu_isa_flags"] == "none"
+
+
+def test_build_versions_reads_mkl_and_onednn_from_torch_config():
+    config = (
+        "  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for ...\n"
+        "  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71)\n"
+    )
+    assert _build_versions(config) == {"mkl": "2024.2-Product", "onednn": "v3.12.0"}
+    assert _build_versions("no BLAS here") == {}
