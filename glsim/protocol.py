@@ -132,8 +132,29 @@ def probe(params: Params) -> dict[str, Any]:
 
     set_threads(params.base.num_threads)  # the probe runs on the CPU; its rates depend on it
     report = probe_backbone(params)
+    write_probe_explanations(params)
     atomic_write_json(runs.probe_report(params), report)
     return report
+
+
+def write_probe_explanations(params: Params) -> Path | None:
+    """The pretrained backbone's explanation grid (:func:`glsim.explain.write_grid` of the
+    encoder alone: GLS needs no trained parameter) on the first test images."""
+    from glsim.data.shards import read_class_names
+    from glsim.explain import EncoderOnly, write_grid
+    from glsim.models.backbone import create_vit
+
+    bb, d = params.model.backbone, params.data
+    vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()
+    shards = runs.shard_source(params)
+    images, labels, _ = next(iter(eval_loader(params, vit, shards)))
+    n = min(EXPLAINED_IMAGES, images.shape[0])
+    return write_grid(
+        EncoderOnly(vit), images[:n], runs.probe_explain(params),
+        class_names=read_class_names(shards, num_classes(params)),
+        crop_tokens=params.model.glsim.top_k, labels=labels[:n].tolist(),
+        title=f"{params.data.dataset}: pretrained backbone, before fine-tuning",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>/
     runs/<dataset>/ablation/<variant>/seed<S>/
     reports/pretrain.json
-    reports/datasets/<dataset>/{validation,probe}.json
+    reports/datasets/<dataset>/{validation,probe}.json, probe_explain.png
     reports/datasets/<dataset>/lr_search/<model>.json
     reports/datasets/<dataset>/eval/<model>/seed<S>.json   (+ seed<S>_per_class.csv, _explain.png)
     reports/datasets/<dataset>/ablation/<variant>/seed<S>.json   (+ _per_class.csv, _explain.png)
@@ -89,6 +89,11 @@ def validation_report(params: Params) -> Path:
 
 def probe_report(params: Params) -> Path:
     return dataset_reports(params) / "probe.json"
+
+
+def probe_explain(params: Params) -> Path:
+    """The pretrained backbone's explanation grid (GLS heatmaps, boxes, crops)."""
+    return dataset_reports(params) / "probe_explain.png"
 
 
 def lr_report(params: Params, model: str) -> Path:
@@ -320,7 +325,7 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
         out[f"prepare@{dataset}"] = {raw_dir(d)}
         out[f"shard@{dataset}"] = {shards_dir(d)}
         out[f"validate@{dataset}"] = {validation_report(d)}
-        out[f"probe@{dataset}"] = {probe_report(d)}
+        out[f"probe@{dataset}"] = {probe_report(d), probe_explain(d)}
         for model in p.protocol.models:
             out[f"lr_search@{dataset}-{model}"] = {
                 lr_search_dir(d, model), lr_report(d, model), lr_plot(d, model)

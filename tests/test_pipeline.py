@@ -44,6 +44,7 @@ def test_lr_search_shards_split_train_per_class(chain):
 def test_protocol_end_to_end(chain, tmp_path):
     params = chain
     probe = protocol.probe(params)
+    assert runs.probe_explain(params).stat().st_size > 0  # the backbone's GLS grid
     assert json.loads(runs.probe_report(params).read_text()) == json.loads(json.dumps(probe))
     for model in ("vit", "glsim"):
         search = search_lr(params, model)
