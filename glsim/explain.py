@@ -64,6 +64,7 @@ class Explanation:
     crop: np.ndarray  # (S, S, 3) float in [0, 1]: the box resized to the input size
     predictions: list[dict] = field(default_factory=list)  # [{class, label, prob}]; [] if no head
     dfsm: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (rows, cols)
+    truth: str = ""  # the true class, when known (the evaluation's grids)
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,14 +301,33 @@ def panel_titles(explanation: Explanation) -> list[str]:
 def explanation_figure(explanation: Explanation, *, title: str = ""):
     """One row of panels (:func:`panel_titles`) as a matplotlib ``Figure`` on the Agg canvas
     (no pyplot state)."""
+    return explanations_figure([explanation], title=title)
+
+
+def explanations_figure(explanations: Sequence[Explanation], *, title: str = ""):
+    """One row of panels per explanation (all with the same panels), as one ``Figure``: the
+    grid the evaluation writes for a run's first test images."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    titles = panel_titles(explanations[0])
+    fig = Figure(
+        figsize=(PANEL_INCHES * len(titles), (PANEL_INCHES + 0.2) * len(explanations) + 0.3),
+        dpi=DPI,
+    )
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(len(explanations), len(titles), squeeze=False)
+    for row, (axes, explanation) in enumerate(zip(grid, explanations, strict=True)):
+        _draw_row(axes, explanation, titles if row == 0 else None)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_row(axes, explanation: Explanation, titles: list[str] | None) -> None:
     from matplotlib.patches import Rectangle
 
-    titles = panel_titles(explanation)
-    fig = Figure(figsize=(PANEL_INCHES * len(titles), PANEL_INCHES + 0.5), dpi=DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(titles), squeeze=False)[0]
     image = explanation.image
     height, width = image.shape[:2]
     x0, y0, x1, y1 = explanation.box
@@ -337,15 +357,44 @@ def explanation_figure(explanation: Explanation, *, title: str = ""):
     if explanation.predictions:
         ax = next(panels)
         lines = [f"{p['label']}: {p['prob']:.3f}" for p in explanation.predictions]
+        if explanation.truth:
+            lines.insert(0, f"true: {explanation.truth}")
         ax.text(0.02, 0.98, "\n".join(lines), va="top", ha="left", fontsize=9,
                 transform=ax.transAxes)  # fmt: skip
-    for ax, text in zip(axes, titles, strict=True):
-        ax.set_title(text, fontsize=9)
+    for i, ax in enumerate(axes):
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+
+
+def write_grid(
+    model: nn.Module,
+    images: Tensor,
+    path: Path,
+    *,
+    class_names: Sequence[str],
+    crop_tokens: int,
+    labels: Sequence[int] | None = None,
+    title: str = "",
+) -> Path | None:
+    """The explanation grid of a trained model on a few preprocessed images (B, 3, S, S),
+    written atomically to ``path`` (PNG); None, writing nothing, for a model without a ViT
+    patch grid (ResNet, CAL). ``labels``: the true classes, named in the row's title line."""
+    from glsim.utils import atomic_write_with
+
+    try:
+        vit_encoder(model)
+    except CommandError:
+        return None
+    predictor = Predictor(model, None, list(class_names), images.device, 0, None, crop_tokens)
+    with torch.no_grad():
+        rows = explain_images(predictor, images, top_k=3)
+    if labels is not None:
+        for row, label in zip(rows, labels, strict=True):
+            row.truth = class_names[int(label)]
+    fig = explanations_figure(rows, title=title)
+    atomic_write_with(path, lambda p: fig.savefig(p, format="png"))
+    return path
 
 
 def output_names(paths: list[Path]) -> dict[Path, str]:

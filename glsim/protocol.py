@@ -132,8 +132,29 @@ def probe(params: Params) -> dict[str, Any]:
 
     set_threads(params.base.num_threads)  # the probe runs on the CPU; its rates depend on it
     report = probe_backbone(params)
+    write_probe_explanations(params)
     atomic_write_json(runs.probe_report(params), report)
     return report
+
+
+def write_probe_explanations(params: Params) -> Path | None:
+    """The pretrained backbone's explanation grid (:func:`glsim.explain.write_grid` of the
+    encoder alone: GLS needs no trained parameter) on the first test images."""
+    from glsim.data.shards import read_class_names
+    from glsim.explain import EncoderOnly, write_grid
+    from glsim.models.backbone import create_vit
+
+    bb, d = params.model.backbone, params.data
+    vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()
+    shards = runs.shard_source(params)
+    images, labels, _ = next(iter(eval_loader(params, vit, shards)))
+    n = min(EXPLAINED_IMAGES, images.shape[0])
+    return write_grid(
+        EncoderOnly(vit), images[:n], runs.probe_explain(params),
+        class_names=read_class_names(shards, num_classes(params)),
+        crop_tokens=params.model.glsim.top_k, labels=labels[:n].tolist(),
+        title=f"{params.data.dataset}: pretrained backbone, before fine-tuning",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,6 +366,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
             ).items()
         }
     table_path = write_per_class(table, spec.per_class_path(params))
+    grid = None if spec.kind == "lrsearch" else write_explanations(params, spec, model, shards)
     out_path = atomic_write_json(spec.report_path(params), report)  # last: it marks the run done
     if track:
         from glsim.tracking.mlflow import Tracker
@@ -363,7 +385,30 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
             tracker.log_metrics(flat)
             tracker.log_artifact(out_path, artifact_path="eval")
             tracker.log_artifact(table_path, artifact_path="eval")
+            if grid is not None:
+                tracker.log_artifact(grid, artifact_path="eval")
     return report
+
+
+EXPLAINED_IMAGES = 6  # test images in a run's explanation grid
+
+
+def write_explanations(params: Params, spec: RunSpec, model, shards: str) -> Path | None:
+    """The explanation grid of a trained run (``glsim explain`` on its first
+    :data:`EXPLAINED_IMAGES` test images: GLS heatmap, crop box, crop, true and top-3
+    classes) at ``spec.explain_path(params)``; None for a model without a ViT patch grid."""
+    from glsim.data.shards import read_class_names
+    from glsim.explain import write_grid
+
+    images, labels, _ = next(iter(eval_loader(params, model, shards)))
+    n = min(EXPLAINED_IMAGES, images.shape[0])
+    device = next(model.parameters()).device
+    return write_grid(
+        model, images[:n].to(device), spec.explain_path(params),
+        class_names=read_class_names(shards, num_classes(params)),
+        crop_tokens=params.model.glsim.top_k, labels=labels[:n].tolist(),
+        title=spec.label(params),
+    )  # fmt: skip
 
 
 def evaluate_final(params: Params, model: str, seed: int, *, track: bool = True) -> dict[str, Any]:

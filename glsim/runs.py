@@ -16,10 +16,10 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>/
     runs/<dataset>/ablation/<variant>/seed<S>/
     reports/pretrain.json
-    reports/datasets/<dataset>/{validation,probe}.json
+    reports/datasets/<dataset>/{validation,probe}.json, probe_explain.png
     reports/datasets/<dataset>/lr_search/<model>.json
-    reports/datasets/<dataset>/eval/<model>/seed<S>.json   (+ seed<S>_per_class.csv)
-    reports/datasets/<dataset>/ablation/<variant>/seed<S>.json   (+ seed<S>_per_class.csv)
+    reports/datasets/<dataset>/eval/<model>/seed<S>.json   (+ seed<S>_per_class.csv, _explain.png)
+    reports/datasets/<dataset>/ablation/<variant>/seed<S>.json   (+ _per_class.csv, _explain.png)
     reports/results.{json,md,tex}
     reports/plots/curves/<dataset>/<model>/seed<S>.json   a final run's loss/acc per epoch
     reports/plots/lr_search/<dataset>/<model>.json        val top-1 per LR
@@ -89,6 +89,11 @@ def validation_report(params: Params) -> Path:
 
 def probe_report(params: Params) -> Path:
     return dataset_reports(params) / "probe.json"
+
+
+def probe_explain(params: Params) -> Path:
+    """The pretrained backbone's explanation grid (GLS heatmaps, boxes, crops)."""
+    return dataset_reports(params) / "probe_explain.png"
 
 
 def lr_report(params: Params, model: str) -> Path:
@@ -210,6 +215,11 @@ class RunSpec:
         report = self.report_path(params)
         return report.with_name(f"{report.stem}_per_class.csv")
 
+    def explain_path(self, params: Params) -> Path:
+        """The explanation grid (PNG) of the run's first test images, beside its report."""
+        report = self.report_path(params)
+        return report.with_name(f"{report.stem}_explain.png")
+
     def curve_path(self, params: Params) -> Path:
         """The run's per-epoch loss and accuracy: under ``reports/plots/`` for a final run
         (drawn by ``dvc plots``), else ``curve.json`` in the run folder."""
@@ -315,7 +325,7 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
         out[f"prepare@{dataset}"] = {raw_dir(d)}
         out[f"shard@{dataset}"] = {shards_dir(d)}
         out[f"validate@{dataset}"] = {validation_report(d)}
-        out[f"probe@{dataset}"] = {probe_report(d)}
+        out[f"probe@{dataset}"] = {probe_report(d), probe_explain(d)}
         for model in p.protocol.models:
             out[f"lr_search@{dataset}-{model}"] = {
                 lr_search_dir(d, model), lr_report(d, model), lr_plot(d, model)
@@ -324,13 +334,14 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
                 spec = RunSpec(model=model, seed=seed)
                 out[f"train@{dataset}-{model}-{seed}"] = {spec.run_dir(d), spec.curve_path(d)}
                 out[f"evaluate@{dataset}-{model}-{seed}"] = {
-                    spec.report_path(d), spec.per_class_path(d)
+                    spec.report_path(d), spec.per_class_path(d), spec.explain_path(d)
                 }  # fmt: skip
         for variant, v in p.ablations.variants.items():
             for seed in p.protocol.seeds:
                 spec = RunSpec(model=v.model, seed=seed, kind="ablation", variant=variant)
                 out[f"ablation@{dataset}-{variant}-{seed}"] = {
-                    spec.run_dir(d), spec.report_path(d), spec.per_class_path(d)
+                    spec.run_dir(d), spec.report_path(d), spec.per_class_path(d),
+                    spec.explain_path(d),
                 }  # fmt: skip
     out["aggregate"] = set(results_paths(p).values())
     out["cost"] = set(cost_paths(p).values())

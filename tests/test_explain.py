@@ -192,3 +192,23 @@ def test_unusable_arguments_are_one_error_line(tmp_path, capsys, args, message):
     assert main(["explain", str(image), "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_a_grid_has_one_row_of_the_same_panels_per_explanation():
+    import numpy as np
+
+    from glsim.explain import Explanation, explanations_figure
+
+    def one(truth: str) -> Explanation:
+        return Explanation(
+            image=np.zeros((32, 32, 3)), heatmap=np.zeros((4, 4)), heatmap_name="GLS",
+            box=(0, 0, 16, 16), crop=np.zeros((32, 32, 3)),
+            predictions=[{"class": 0, "label": "a", "prob": 0.9}], truth=truth,
+        )  # fmt: skip
+
+    fig = explanations_figure([one("a"), one("b"), one("c")], title="run")
+    assert len(fig.axes) == 3 * 4  # input, GLS, crop, prediction
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["input + crop box", "GLS", "crop", "prediction"]
+    assert all(ax.get_title() == "" for ax in fig.axes[4:])  # titles on the first row only
+    texts = [t.get_text() for ax in fig.axes[3::4] for t in ax.texts]
+    assert texts == ["true: a\na: 0.900", "true: b\na: 0.900", "true: c\na: 0.900"]

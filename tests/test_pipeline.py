@@ -44,6 +44,7 @@ def test_lr_search_shards_split_train_per_class(chain):
 def test_protocol_end_to_end(chain, tmp_path):
     params = chain
     probe = protocol.probe(params)
+    assert runs.probe_explain(params).stat().st_size > 0  # the backbone's GLS grid
     assert json.loads(runs.probe_report(params).read_text()) == json.loads(json.dumps(probe))
     for model in ("vit", "glsim"):
         search = search_lr(params, model)
@@ -69,6 +70,11 @@ def test_protocol_end_to_end(chain, tmp_path):
             report["top1"] * 9 / 100
         )
         assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
+        grid = spec.explain_path(params)  # glsim explain on the first test images
+        from PIL import Image
+
+        with Image.open(grid) as picture:
+            assert picture.format == "PNG" and picture.height > 2 * picture.width / 4
         loc = report["localisation"]  # the built-in set has object boxes
         assert 0 <= loc["hit_rate"] <= 100 and 0 <= loc["hit_rate_shuffled"] <= 100
     ablation = run_variant(params, "glsim_no_aggregator", 1)
