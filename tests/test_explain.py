@@ -212,3 +212,21 @@ def test_a_grid_has_one_row_of_the_same_panels_per_explanation():
     assert all(ax.get_title() == "" for ax in fig.axes[4:])  # titles on the first row only
     texts = [t.get_text() for ax in fig.axes[3::4] for t in ax.texts]
     assert texts == ["true: a\na: 0.900", "true: b\na: 0.900", "true: c\na: 0.900"]
+
+
+def test_every_image_kind_predict_reads_is_explained(runs, tmp_path, capsys):
+    """The kinds `glsim predict` is tested on (grayscale, palette, RGBA, CMYK, 16-bit,
+    EXIF-rotated, smaller than a patch, 3000x2000) each get a picture; a non-image and a
+    truncated file are named and the exit status is 1."""
+    from test_predict import BAD
+    from test_predict import write_images as write_every_kind
+
+    files = write_every_kind(tmp_path / "kinds")
+    out = tmp_path / "out"
+    code = main(["explain", str(tmp_path / "kinds"), "--model", str(runs["glsim"]),
+                 "--out", str(out), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert all(str(files[bad]) in err for bad in BAD)
+    good = sorted(Path(name).stem for name in files if name not in BAD)
+    assert sorted(p.stem for p in out.iterdir()) == good
