@@ -16,8 +16,25 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {std:.2f}"
 
 
+LOCALISATION_COLUMNS = {  # report key -> column (glsim.eval.localisation)
+    "hit_rate": "crop hit rate (%)",
+    "hit_rate_shuffled": "shuffled",
+    "hit_rate_centred": "centred",
+    "hit_rate_random": "random",
+    "iou": "IoU with object",
+    "iou_shuffled": "shuffled",
+    "iou_centred": "centred",
+    "iou_random": "random",
+    "object_share": "object share in crop",
+    "object_share_centred": "centred",
+    "zoom": "zoom (x)",
+}
+
+
 def localisation_table(reports: list[dict[str, Any]]) -> str:
-    """Per dataset and run: crop hit rate vs the shuffled-box rate, zoom and IoU (mean ± std)."""
+    """Per dataset and run: each crop measure beside its controls with the same box sizes
+    (shuffled, centred, random), and the zoom (mean ± std over seeds; ``-`` where a report
+    predates a measure)."""
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in reports:
         if "localisation" in r:
@@ -25,13 +42,13 @@ def localisation_table(reports: list[dict[str, Any]]) -> str:
     if not groups:
         return ""
     lines = [
-        "| Dataset | Run | crop hit rate (%) | shuffled-box hit rate (%) | zoom (x) | IoU with object |",
-        "|---|---|---|---|---|---|",
+        "| Dataset | Run | " + " | ".join(LOCALISATION_COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(LOCALISATION_COLUMNS),
     ]
     for (dataset, run), locs in sorted(groups.items()):
         cells = [
-            _mean_std([loc[k] for loc in locs])
-            for k in ("hit_rate", "hit_rate_shuffled", "zoom", "iou")
+            _mean_std([loc[k] for loc in locs]) if all(k in loc for loc in locs) else "-"
+            for k in LOCALISATION_COLUMNS
         ]
         lines.append(f"| {dataset} | {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -132,3 +132,51 @@ def test_vit_gls_boxes_with_register_tokens_use_cls():
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(vit_gls_boxes(vit, images, top_k=4), _expected_boxes(vit, images, 4))
+
+
+def test_controls_keep_box_sizes_and_stay_in_the_image():
+    from glsim.eval.localisation import control_boxes
+
+    boxes = torch.tensor([[0, 0, 8, 8], [8, 8, 32, 32], [4, 10, 14, 30], [20, 0, 32, 12]])
+    for name, control in control_boxes(boxes, 32).items():
+        assert torch.equal(control[:, 2] - control[:, 0], (boxes[:, 2] - boxes[:, 0]).roll(
+            1 if name == "shuffled" else 0))
+        assert torch.equal(control[:, 3] - control[:, 1], (boxes[:, 3] - boxes[:, 1]).roll(
+            1 if name == "shuffled" else 0))
+        assert (control >= 0).all() and (control <= 32).all(), name
+    centred = control_boxes(boxes, 32)["centred"]
+    assert centred[0].tolist() == [12, 12, 20, 20] and centred[1].tolist() == [4, 4, 28, 28]
+    again = control_boxes(boxes, 32)["random"]
+    assert torch.equal(again, control_boxes(boxes, 32)["random"])  # seeded
+
+
+def test_object_share_and_the_controls_hand_worked():
+    # an object in the top-left corner, the box on it: the centred box of the same size
+    # misses it; the share is the object's fraction inside the crop
+    boxes = torch.tensor([[0, 0, 8, 8]])
+    targets = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    rates = hit_rates(boxes, targets, image_size=32)
+    assert rates["object_share"] == 1.0 and rates["iou"] == pytest.approx(16 / 64)
+    assert rates["hit_rate_centred"] == 0.0 and rates["iou_centred"] == 0.0
+    assert rates["object_share_centred"] == 0.0
+    assert {"hit_rate_random", "iou_random", "object_share_random", "iou_shuffled"} <= set(rates)
+
+
+def test_pointing_game_and_its_controls():
+    from glsim.eval.localisation import pointing, top_token_centres
+
+    targets = torch.tensor([[0.0, 0.0, 8.0, 8.0], [24.0, 24.0, 32.0, 32.0]])
+    points = torch.tensor([[4.0, 4.0], [28.0, 28.0]])
+    rates = pointing(points, targets, image_size=32)
+    assert rates["pointing"] == 100.0 and rates["pointing_shuffled"] == 0.0
+    assert rates["pointing_centred"] == 0.0  # (16, 16) is in neither object
+    assert 0.0 <= rates["pointing_random"] <= 100.0
+
+    class Embed:  # a 4x4 grid of 8-px patches
+        grid_size, patch_size = (4, 4), (8, 8)
+        proj = type("P", (), {"stride": (8, 8)})()
+
+    vit = type("V", (), {"patch_embed": Embed()})()
+    scores = torch.zeros(2, 16)
+    scores[0, 0], scores[1, 15] = 1.0, 1.0  # top-left and bottom-right tokens
+    assert top_token_centres(vit, scores).tolist() == [[4.0, 4.0], [28.0, 28.0]]
