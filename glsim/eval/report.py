@@ -11,9 +11,9 @@ from typing import Any
 from glsim.config import TableSpec
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 2) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 LOCALISATION_COLUMNS = {  # report key -> column (glsim.eval.localisation)
@@ -47,7 +47,10 @@ def localisation_table(reports: list[dict[str, Any]]) -> str:
     ]
     for (dataset, run), locs in sorted(groups.items()):
         cells = [
-            _mean_std([loc[k] for loc in locs]) if all(k in loc for loc in locs) else "-"
+            # IoU and object share are fractions: a third decimal tells them from the controls
+            _mean_std([loc[k] for loc in locs], 3 if k.startswith(("iou", "object")) else 2)
+            if all(k in loc for loc in locs)
+            else "-"
             for k in LOCALISATION_COLUMNS
         ]
         lines.append(f"| {dataset} | {run} | " + " | ".join(cells) + " |")
