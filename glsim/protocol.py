@@ -55,6 +55,7 @@ from glsim.utils import (
     atomic_write_text,
     configure_determinism,
     resolve_device,
+    seed_everything,
     set_threads,
 )
 
@@ -339,6 +340,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     device = resolve_device(params.base.device)
     configure_determinism(params.base.num_threads, params.base.deterministic, device)
     model, _ = load_run(params, spec)
+    seed_everything(spec.seed)  # a random selector's boxes: the same report every time
     shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(
         model, eval_loader(params, model, shards), device, top_k=params.model.glsim.top_k,
