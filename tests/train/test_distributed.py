@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,12 +34,26 @@ def torchrun(*args: str, nproc: int = 2, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([*cmd, *args], env=env, start_new_session=True, **kwargs)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every rank: the ranks run in sessions of their own, so killing
+    torchrun's process group would leave them training."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    procs = [*parent.children(recursive=True), parent]
+    assert len(procs) >= 3, "expected torchrun and two ranks"
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
+    proc.wait()
+
+
 def finish(proc: subprocess.Popen, timeout: float = 240) -> None:
     try:
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}"
 
 
@@ -91,11 +104,14 @@ def test_rank_shares_are_disjoint_and_complete_every_epoch(tmp_path):
     assert keys(0, 2, 0, 0) != keys(0, 2, 1, 0)
 
 
+EPOCHS = 6  # the killed run is stopped after its first; the rest is the resumed part
+
+
 def _torchrun_params(tmp_path: Path) -> Path:
     params = tiny_params(
         tmp_path,
         data={"shard_max_count": 5, "shard_max_bytes": 1 << 20},
-        train={"epochs": 3, "batch_size": 6, "warmup_steps": 1},
+        train={"epochs": EPOCHS, "batch_size": 6, "warmup_steps": 1},
         protocol={"models": ["vit", "glsim"], "seeds": [1], "lr_grid": []},
     )
     protocol.prepare(params)
@@ -122,26 +138,31 @@ def test_torchrun_run_checkpoints_resumes_after_a_kill_and_evaluates_like_one_pr
     whole, killed = tmp_path / "runs-whole", tmp_path / "runs-killed"
     finish(torchrun(*_train_cmd(params_file, whole)))
 
-    # the same run, killed (SIGKILL to every rank) once its first checkpoint is written
+    # the same run, killed (SIGKILL to every rank) as soon as its first checkpoint exists,
+    # while it is still training (so what follows is a resumption, not a skip)
     proc = torchrun(*_train_cmd(params_file, killed))
     ckpt = killed / "synthetic_fg/vit/seed1/last.pt"
     deadline = time.monotonic() + 240
-    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    while not ckpt.exists():
+        assert proc.poll() is None, f"torchrun exited {proc.returncode} before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.01)
+    kill_tree(proc)
     first = torch.load(ckpt, weights_only=False)
-    assert 1 <= first["state"]["epoch"] < 3, "killed too late to test resumption"
+    assert first["state"]["epoch"] < EPOCHS, f"the run finished before the kill: {first['state']}"
     assert first["extra"]["world_size"] == 2
-    finish(torchrun(*_train_cmd(params_file, killed)))
+    resumed = torchrun(*_train_cmd(params_file, killed), stdout=subprocess.PIPE, text=True)
+    out, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, out
+    assert f"resuming from {ckpt}: epoch {first['state']['epoch']}/{EPOCHS}" in out
 
     a = torch.load(whole / "synthetic_fg/vit/seed1/last.pt", weights_only=False)
     b = torch.load(ckpt, weights_only=False)
-    assert a["state"]["epoch"] == b["state"]["epoch"] == 3
+    assert a["state"]["epoch"] == b["state"]["epoch"] == EPOCHS
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"resumed run differs at {k}"
     history = json.loads((whole / "synthetic_fg/vit/seed1/train.json").read_text())
-    assert history["epochs_done"] == 3 and len(history["history"]) == 3
+    assert history["epochs_done"] == EPOCHS and len(history["history"]) == EPOCHS
 
     # evaluation: the evaluate stage (one process) on the torchrun run's checkpoint gives
     # the report an in-process evaluation of the same checkpoint gives
