@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
-from tiny import TINY_VIT, tiny_params, write_imagefolder
+from tiny import TINY_VIT, imagefolder_params
 
 from glsim.cli import main
-from glsim.config import for_dataset, params_from_dict
-from glsim.data.registry import prepare_dataset
-from glsim.data.shards import write_shards
 from glsim.explain import (
     DFSMS,
     EncoderOnly,
@@ -40,19 +36,7 @@ PANEL_PX = 220  # explain.PANEL_INCHES * explain.DPI
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Finished one-epoch GLSim and ViT runs on a 3-class image folder (no tracking)."""
     tmp = tmp_path_factory.mktemp("explain")
-    source = write_imagefolder(tmp / "src", classes=CLASSES)
-    tree = tiny_params(tmp).model_dump(mode="json")
-    tree["data"]["datasets"] = {"mine": {"source": f"imagefolder:{source}"}}
-    tree["data"]["dataset"] = "mine"
-    tree["protocol"].update({"lr_grid": [], "seeds": [1]})
-    tree["train"].update({"epochs": 1, "batch_size": 3})
-    tree["model"]["glsim"] = {"top_k": 5}
-    tree["ablations"] = {"variants": {}, "tables": {}}
-    params = for_dataset(params_from_dict(yaml.safe_load(yaml.safe_dump(tree))), "mine")
-    manifest = prepare_dataset(
-        params.data.dataset_source, params.data.raw_dir, name="mine", params=params
-    )
-    write_shards(manifest, params.data.shards_dir / "mine", max_count=64, max_bytes=1 << 22)
+    params = imagefolder_params(tmp, classes=CLASSES, model={"glsim": {"top_k": 5}})
     return {m: train_run(params, RunSpec(m, 1, lr=0.01), track=False) for m in ("glsim", "vit")}
 
 

@@ -12,15 +12,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from PIL import Image
-from tiny import tiny_params, write_imagefolder
+from tiny import imagefolder_params
 
 from glsim import export
 from glsim.cli import main
-from glsim.config import for_dataset, params_from_dict
-from glsim.data.registry import prepare_dataset
-from glsim.data.shards import write_shards
 from glsim.inference import load_predictor
 from glsim.runs import RunSpec
 from glsim.train.run import train_run
@@ -32,18 +28,7 @@ ATOL = 1e-4
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Finished one-epoch GLSim and ViT runs on a 3-class image folder (no tracking)."""
     tmp = tmp_path_factory.mktemp("export")
-    source = write_imagefolder(tmp / "src", classes=3)
-    tree = tiny_params(tmp).model_dump(mode="json")
-    tree["data"]["datasets"] = {"mine": {"source": f"imagefolder:{source}"}}
-    tree["data"]["dataset"] = "mine"
-    tree["protocol"].update({"lr_grid": [], "seeds": [1]})
-    tree["train"].update({"epochs": 1, "batch_size": 3})
-    tree["ablations"] = {"variants": {}, "tables": {}}
-    params = for_dataset(params_from_dict(yaml.safe_load(yaml.safe_dump(tree))), "mine")
-    manifest = prepare_dataset(
-        params.data.dataset_source, params.data.raw_dir, name="mine", params=params
-    )
-    write_shards(manifest, params.data.shards_dir / "mine", max_count=64, max_bytes=1 << 22)
+    params = imagefolder_params(tmp, classes=3)
     # a large LR, so that one epoch moves the zero-initialised heads: non-trivial logits
     return {m: train_run(params, RunSpec(m, 1, lr=0.3), track=False) for m in ("glsim", "vit")}
 

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from tiny import tiny_params, write_imagefolder
+from tiny import imagefolder_params
 
 from glsim.cli import main
-from glsim.config import for_dataset, params_from_dict
-from glsim.data.registry import prepare_dataset
-from glsim.data.shards import write_shards
 from glsim.inference import MAX_SIDE_FACTOR, load_image
 from glsim.runs import RunSpec
 from glsim.train.run import train_run
@@ -27,18 +24,7 @@ CLASSES = 3
 def trained(tmp_path_factory):
     """A finished one-epoch GLSim run on a 3-class image folder (no tracking)."""
     tmp = tmp_path_factory.mktemp("predict")
-    source = write_imagefolder(tmp / "src", classes=CLASSES)
-    tree = tiny_params(tmp).model_dump(mode="json")
-    tree["data"]["datasets"] = {"mine": {"source": f"imagefolder:{source}"}}
-    tree["data"]["dataset"] = "mine"
-    tree["protocol"].update({"lr_grid": [], "seeds": [1]})
-    tree["train"].update({"epochs": 1, "batch_size": 3})
-    tree["ablations"] = {"variants": {}, "tables": {}}
-    params = for_dataset(params_from_dict(yaml.safe_load(yaml.safe_dump(tree))), "mine")
-    manifest = prepare_dataset(
-        params.data.dataset_source, params.data.raw_dir, name="mine", params=params
-    )
-    write_shards(manifest, params.data.shards_dir / "mine", max_count=64, max_bytes=1 << 22)
+    params = imagefolder_params(tmp, classes=CLASSES)
     return params, train_run(params, RunSpec("glsim", 1, lr=0.01), track=False)
 
 

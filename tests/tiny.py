@@ -127,3 +127,31 @@ def write_csv_dataset(
     csv = root / csv_name
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
+
+
+def imagefolder_params(tmp: Path, *, classes: int = 3, **sections) -> Params:
+    """Params for a user's own image folder (``mine``, ``classes`` classes) written, prepared
+    and sharded under ``tmp``: one epoch, batch 3, no LR search, one seed; ``sections``
+    update params sections (e.g. ``model={"glsim": {"top_k": 5}}``). For the tests that
+    need a trained run of a user dataset (predict, explain, export)."""
+    import yaml
+
+    from glsim.config import for_dataset, params_from_dict
+    from glsim.data.registry import prepare_dataset
+    from glsim.data.shards import write_shards
+
+    source = write_imagefolder(tmp / "src", classes=classes)
+    tree = tiny_params(tmp).model_dump(mode="json")
+    tree["data"]["datasets"] = {"mine": {"source": f"imagefolder:{source}"}}
+    tree["data"]["dataset"] = "mine"
+    tree["protocol"].update({"lr_grid": [], "seeds": [1]})
+    tree["train"].update({"epochs": 1, "batch_size": 3})
+    tree["ablations"] = {"variants": {}, "tables": {}}
+    for key, value in sections.items():
+        tree[key].update(value)
+    params = for_dataset(params_from_dict(yaml.safe_load(yaml.safe_dump(tree))), "mine")
+    manifest = prepare_dataset(
+        params.data.dataset_source, params.data.raw_dir, name="mine", params=params
+    )
+    write_shards(manifest, params.data.shards_dir / "mine", max_count=64, max_bytes=1 << 22)
+    return params
