@@ -103,15 +103,22 @@ def configure_determinism(num_threads: int, deterministic: bool, device: torch.d
     """What makes a stage bitwise repeatable on one machine, applied before it computes:
     ``num_threads`` intra-op threads (:func:`set_threads`; returned) and, with
     ``deterministic`` (``base.deterministic``), torch's deterministic algorithms (a warning,
-    not an error, for an op that has none) and, on CUDA only, cuDNN without autotuning and
-    cuBLAS with a fixed workspace. On a CPU the ops glsim uses are already deterministic at
-    a fixed thread count; the flag matters on CUDA (atomics in scatter/index_add backward,
-    cuDNN's and cuBLAS's algorithm choice)."""
+    not an error, for an op that has none) and, on CUDA only, cuDNN without autotuning,
+    cuBLAS with a fixed workspace and attention on its math kernel (slower: a bf16
+    training step at ViT-B/16 224 took 1.8x as long for ViT, 2.1x for GLSim on an H100;
+    BENCHMARKS section 14). On a CPU the
+    ops glsim uses are already deterministic at a fixed thread count; the flag matters on
+    CUDA (atomics in scatter/index_add backward, cuDNN's and cuBLAS's algorithm choice)."""
     threads = set_threads(num_threads)
     if deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+            # the fused attention kernels' backward is not deterministic (torch warns, seen
+            # on an H100): scaled_dot_product_attention falls back to its math kernel
+            torch.backends.cuda.enable_flash_sdp(False)
+            torch.backends.cuda.enable_mem_efficient_sdp(False)
+            torch.backends.cuda.enable_cudnn_sdp(False)
         torch.use_deterministic_algorithms(True, warn_only=True)
     return threads

@@ -78,7 +78,10 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(dist.local_rank)
         device = torch.device("cuda", dist.local_rank)
     if not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # the rank's GPU named: NCCL need not guess it from the rank
+            tdist.init_process_group(backend="nccl", device_id=device)
+        else:
+            tdist.init_process_group(backend="gloo")
     return dist, device
 
 
