@@ -106,9 +106,9 @@ def configure_determinism(num_threads: int, deterministic: bool, device: torch.d
     not an error, for an op that has none) and, on CUDA only, cuDNN without autotuning,
     cuBLAS with a fixed workspace and attention on its math kernel (slower: a bf16
     training step at ViT-B/16 224 took 1.8x as long for ViT, 2.1x for GLSim on an H100;
-    BENCHMARKS section 14). On a CPU the
-    ops glsim uses are already deterministic at a fixed thread count; the flag matters on
-    CUDA (atomics in scatter/index_add backward, cuDNN's and cuBLAS's algorithm choice)."""
+    BENCHMARKS section 14). On a CPU the ops glsim uses are already deterministic at a fixed
+    thread count; the flag matters on CUDA (atomics in scatter/index_add backward, cuDNN's
+    and cuBLAS's algorithm choice)."""
     threads = set_threads(num_threads)
     if deterministic:
         if device.type == "cuda":

@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from glsim.models.gls import cls_and_patches, global_local_similarity, vit_crop_boxes
+from glsim.models.gls import (
+    cls_and_patches,
+    global_local_similarity,
+    place_boxes,
+    vit_crop_boxes,
+)
 
 
 def centre_inside(boxes: Tensor, targets: Tensor) -> Tensor:
@@ -45,16 +50,12 @@ def _overlap(boxes: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def control_boxes(boxes: Tensor, image_size: int) -> dict[str, Tensor]:
     """The three controls of ``boxes`` (B, 4), each with the same widths and heights:
     ``shuffled`` (another image's box), ``centred`` and ``random`` positions."""
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    x0, y0 = (image_size - w) // 2, (image_size - h) // 2
     g = torch.Generator().manual_seed(CONTROL_SEED)
-    u = torch.rand(boxes.shape[0], 2, generator=g)
-    rx = (u[:, 0] * (image_size - w + 1).float()).long().clamp(max=image_size - w)
-    ry = (u[:, 1] * (image_size - h + 1).float()).long().clamp(max=image_size - h)
+    size = (image_size, image_size)
     return {
         "shuffled": boxes.roll(1, dims=0),
-        "centred": torch.stack([x0, y0, x0 + w, y0 + h], dim=1),
-        "random": torch.stack([rx, ry, rx + w, ry + h], dim=1),
+        "centred": place_boxes(boxes, image_size=size, where="centre"),
+        "random": place_boxes(boxes, image_size=size, where="random", generator=g),
     }
 
 

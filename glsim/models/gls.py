@@ -113,6 +113,33 @@ def enlarge_boxes(boxes: Tensor, *, min_size: int, image_size: tuple[int, int]) 
     return out
 
 
+def place_boxes(
+    boxes: Tensor,
+    *,
+    image_size: tuple[int, int],
+    where: str,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boxes (B, 4) of the same widths and heights moved to the image centre (``centre``) or
+    to uniformly random positions inside the image (``random``; ``generator``: the draw's).
+
+    Moves a selector's boxes without changing their zoom: the position controls of
+    :mod:`glsim.eval.localisation` and the ``gls_centred``/``gls_random_place`` selectors.
+    """
+    h, w = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]  # (B,) each
+    rows, cols = image_size
+    if where == "centre":
+        x0, y0 = (cols - w) // 2, (rows - h) // 2
+    elif where == "random":
+        draw_on = boxes.device if generator is None else generator.device
+        u = torch.rand(boxes.shape[0], 2, generator=generator, device=draw_on).to(boxes.device)
+        x0 = (u[:, 0] * (cols - w + 1).float()).long().clamp(max=cols - w)
+        y0 = (u[:, 1] * (rows - h + 1).float()).long().clamp(max=rows - h)
+    else:
+        raise ValueError(f"unknown box placement {where!r}; use centre or random")
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)  # (B, 4)
+
+
 def crop_and_resize(
     images: Tensor,
     boxes: Tensor,

@@ -22,9 +22,18 @@ from torch import Tensor, nn
 from glsim.models.attention import attention_rollout, cls_attention, forward_blocks_with_attention
 from glsim.models.backbone import create_vit
 from glsim.models.choices import METRICS, SELECTORS, Metric, Selector
-from glsim.models.gls import crop_and_resize, crop_boxes, enlarge_boxes, global_local_similarity
+from glsim.models.gls import (
+    crop_and_resize,
+    crop_boxes,
+    enlarge_boxes,
+    global_local_similarity,
+    place_boxes,
+)
 from glsim.models.output import ModelOutput
 from glsim.models.registry import register_model
+
+# the position controls: the GLS box's size at another place (see ``selector``)
+PLACED = {"gls_centred": "centre", "gls_random_place": "random"}
 
 
 @dataclass(kw_only=True)
@@ -50,7 +59,9 @@ class GLSim(nn.Module):
         top_k: O, the number of most-similar tokens the crop encloses.
         metric: GLS similarity (``cosine``, ``l1``, ``l2``; Table 14).
         selector: ``gls`` (the paper), ``attention`` (last-layer CLS attention),
-            ``rollout`` (attention rollout) or ``random`` (Table 12).
+            ``rollout`` (attention rollout) or ``random`` (Table 12); or a position control
+            of GLS: ``gls_centred`` / ``gls_random_place`` crop a box of the GLS box's size
+            (the same zoom per image) at the image centre / at a random place.
         aggregator: with ``False`` (Table 5 ablation) each view has the shared norm/head and
             the more confident view predicts.
         min_box: minimum crop side in pixels (0: none).
@@ -150,7 +161,7 @@ class GLSim(nn.Module):
     @torch.no_grad()
     def select(self, tokens: Tensor, attention: list[Tensor] | None = None) -> Tensor:
         """(B, 1+N, D) -> (B, N) selector scores; larger = keep."""
-        if self.selector == "gls":
+        if self.selector in ("gls", *PLACED):
             return global_local_similarity(tokens, self.metric)
         if self.selector == "random":
             return torch.rand(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device)
@@ -160,9 +171,7 @@ class GLSim(nn.Module):
             return cls_attention(attention[-1])
         if self.selector == "rollout":
             return attention_rollout(attention)
-        raise ValueError(
-            f"unknown selector {self.selector!r}; use gls, attention, rollout or random"
-        )
+        raise ValueError(f"unknown selector {self.selector!r}; use one of {SELECTORS}")
 
     @torch.no_grad()
     def crop(self, images: Tensor, scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
@@ -171,6 +180,10 @@ class GLSim(nn.Module):
             scores, grid_size=self.grid_size, patch_size=self.patch_size, top_k=top_k
         )  # (B, 4)
         boxes = enlarge_boxes(boxes, min_size=self.min_box, image_size=tuple(images.shape[-2:]))
+        if self.selector in PLACED:  # the same box size (zoom), another place
+            boxes = place_boxes(
+                boxes, image_size=tuple(images.shape[-2:]), where=PLACED[self.selector]
+            )
         crops = crop_and_resize(
             images, boxes, tuple(images.shape[-2:]), align_corners=self.align_corners
         )  # (B, 3, S, S)

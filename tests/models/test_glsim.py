@@ -94,11 +94,42 @@ def test_aggregator_off_predicts_with_more_confident_view(tiny_backbone):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("selector", ["gls", "attention", "rollout", "random"])
+@pytest.mark.parametrize(
+    "selector", ["gls", "attention", "rollout", "random", "gls_centred", "gls_random_place"]
+)
 def test_selectors(tiny_backbone, selector):
     model = make(tiny_backbone, selector=selector, top_k=3).eval()
     out = model.forward_explain(torch.randn(2, 3, 32, 32))
     assert out.scores.shape == (2, 16) and out.logits.shape == (2, 5)
+
+
+def test_position_controls_crop_the_gls_box_size_elsewhere(tiny_backbone):
+    # gls_centred / gls_random_place: each image's GLS box, same width and height (so the
+    # same zoom), moved to the centre / a random place; the scores stay the GLS scores
+    torch.manual_seed(0)
+    gls = make(tiny_backbone, top_k=3).eval()
+    images = torch.randn(6, 3, 32, 32)
+    ref = gls.forward_explain(images)
+    size = ref.boxes[:, 2:] - ref.boxes[:, :2]  # (B, 2) widths, heights
+    assert (size < 32).any()  # some box can move at all
+    for selector in ("gls_centred", "gls_random_place"):
+        model = make(tiny_backbone, top_k=3, selector=selector).eval()
+        model.load_state_dict(gls.state_dict())
+        torch.manual_seed(1)
+        out = model.forward_explain(images)
+        assert torch.equal(out.scores, ref.scores)
+        assert torch.equal(out.boxes[:, 2:] - out.boxes[:, :2], size), selector
+        assert (out.boxes >= 0).all() and (out.boxes <= 32).all(), selector
+        if selector == "gls_centred":
+            centre2 = out.boxes[:, :2] + out.boxes[:, 2:]  # twice the centre
+            assert ((centre2 - 32).abs() <= 1).all()  # centred to the pixel
+        else:
+            torch.manual_seed(1)
+            assert torch.equal(model.forward_explain(images).boxes, out.boxes)  # seeded
+            torch.manual_seed(2)
+            moved = torch.cat([model.forward_explain(images).boxes for _ in range(5)])
+            assert len({tuple(b) for b in moved.tolist()}) > 6  # places vary
+        assert not torch.equal(out.boxes, ref.boxes)
 
 
 def test_min_box_bounds_zoom(tiny_backbone):
