@@ -428,6 +428,17 @@ class CostParams(_Strict):
         return self
 
 
+class CurveParams(_Strict):
+    """The localisation curve (``curve/dvc.yaml``): the upstream pretraining repeated with
+    each of ``seeds`` (as ``base.seed``) for ``epochs`` epochs, the weights kept after every
+    epoch and each snapshot probed (:mod:`glsim.eval.curve`). The rest of the recipe is
+    ``pretrain``'s."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    epochs: int = Field(12, ge=1, description="pretraining epochs along the curve")
+    every: int = Field(1, ge=1, description="probe every this many epochs (and at 0 and the end)")
+
+
 class RegistryParams(_Strict):
     """MLflow model registry promotion (``glsim registry promote``; no DVC stage reads it)."""
 
@@ -468,6 +479,7 @@ class Params(_Strict):
     eval: EvalParams = EvalParams()
     registry: RegistryParams = RegistryParams()
     cost: CostParams = CostParams()
+    curve: CurveParams = CurveParams()
 
     @model_validator(mode="after")
     def _check_references(self) -> Params:

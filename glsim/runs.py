@@ -116,6 +116,20 @@ def pretrain_report(params: Params) -> Path:
     return params.base.reports_dir / "pretrain.json"
 
 
+def localisation_curve_dir(params: Params, seed: int) -> Path:
+    """The localisation curve's pretraining of seed ``seed``: checkpoint, weights of every
+    epoch (``snapshots/``) and their upstream accuracies."""
+    return params.base.runs_dir / "localisation_curve" / f"seed{seed}"
+
+
+def localisation_curve_paths(params: Params) -> dict[str, Path]:
+    """The localisation curve's outputs, in ``reports/localisation_curve/``: every probe row
+    (``csv``), the per-snapshot mean and std over seeds with the verdicts (``json``), the
+    table (``md``) and the plot (``png``)."""
+    root = params.base.reports_dir / "localisation_curve"
+    return {fmt: root / f"curve.{fmt}" for fmt in ("csv", "json", "md", "png")}
+
+
 def results_paths(params: Params) -> dict[str, Path]:
     """The aggregate's outputs: ``results.json``, ``.md`` and ``.tex``, and the table's rows
     for ``dvc plots`` (``plot``)."""

@@ -336,6 +336,7 @@ def fit(
     stop_after_epochs: int | None = None,
     run_key: str = "",
     dist: Dist = SINGLE,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
 ) -> TrainState:
     """Train ``model`` for ``recipe.epochs``, resuming from ``out_dir/last.pt`` if present.
 
@@ -362,6 +363,8 @@ def fit(
             rank its share with the same batch count, and only rank 0 logs and writes the
             checkpoint (every rank waits for it at a barrier). Each rank resumes from the
             same ``last.pt``.
+        on_epoch_end: called on rank 0 with the state after each epoch, just before its
+            checkpoint is written (e.g. to keep a copy of the weights of every epoch).
 
     Returns:
         The final :class:`TrainState` (its ``history`` holds per-epoch metrics).
@@ -406,6 +409,8 @@ def fit(
         }  # fmt: skip
         state.epoch += 1
         state.history.append(metrics)
+        if main and on_epoch_end is not None:  # before the checkpoint: a run killed in
+            on_epoch_end(state)  # between redoes the epoch, so the call is never skipped
         if main:
             extra: dict[str, Any] = {"run_key": run_key}
             if dist.enabled:

@@ -89,10 +89,25 @@ def upstream_accuracy(
     return 100.0 * correct / count
 
 
+def snapshot_path(snapshot_dir: str | Path, epoch: int) -> Path:
+    """The weights file of pretraining epoch ``epoch`` (0: the initial weights)."""
+    return Path(snapshot_dir) / f"epoch{epoch:03d}.safetensors"
+
+
 def pretrain_backbone(
-    params: Params, *, work_dir: str | Path, report_path: str | Path | None = None
+    params: Params,
+    *,
+    work_dir: str | Path,
+    report_path: str | Path | None = None,
+    snapshot_dir: str | Path | None = None,
+    snapshot_info: bool = False,
 ) -> dict:
     """Pretrain ``params.model.backbone`` on the upstream task; write its weights file.
+
+    With ``snapshot_dir``, the weights before the first step and after every epoch are
+    kept there too (:func:`snapshot_path`), for the localisation curve; with
+    ``snapshot_info`` also ``epoch<E>.json`` beside each: the step and the upstream test
+    accuracy of those weights (the training itself is the same either way).
 
     The checkpoint in ``work_dir`` is keyed by :func:`glsim.runs.pretrain_key`: a killed
     run of the same configuration resumes, a finished one is not trained again, and one of
@@ -127,21 +142,31 @@ def pretrain_backbone(
             num_classes=cfg.num_classes, size=size, mean=mean, std=std, task=cfg.task,
         )  # fmt: skip
 
+    def accuracy() -> float:
+        return upstream_accuracy(
+            model, seed=seed, count=cfg.test_images, num_classes=cfg.num_classes, size=size,
+            mean=mean, std=std, device=device, task=cfg.task,
+        )  # fmt: skip
+
+    def snapshot(epoch: int, step: int) -> None:
+        path = save_vit_weights(model, snapshot_path(snapshot_dir, epoch))
+        if snapshot_info:
+            info = {"epoch": epoch, "step": step, "upstream_test_acc": round(accuracy(), 2)}
+            atomic_write_json(path.with_suffix(".json"), info)
+
+    on_epoch_end = None
+    if snapshot_dir is not None:
+        if not snapshot_path(snapshot_dir, 0).is_file():  # the initial weights (seeded above)
+            snapshot(0, 0)
+
+        def on_epoch_end(state) -> None:  # upstream_accuracy leaves the model in eval mode:
+            snapshot(state.epoch, state.step)  # the next epoch sets train mode again
+
     state = fit(
         model, loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=recipe,
-        out_dir=work_dir, seed=seed, device=device, run_key=key,
+        out_dir=work_dir, seed=seed, device=device, run_key=key, on_epoch_end=on_epoch_end,
     )  # fmt: skip
-    acc = upstream_accuracy(
-        model,
-        seed=seed,
-        count=cfg.test_images,
-        num_classes=cfg.num_classes,
-        size=size,
-        mean=mean,
-        std=std,
-        device=device,
-        task=cfg.task,
-    )
+    acc = accuracy()
     save_vit_weights(model, cfg.output)
     report = {
         "task": cfg.task,

@@ -1,0 +1,305 @@
+"""How localisation grows with pretraining (issue 11): at what pretraining strength does
+GLS find the object?
+
+The upstream pretraining of the backbone (``pretrain``, :mod:`glsim.train.pretrain`) is run
+once per seed of ``curve.seeds`` (as ``base.seed``) for ``curve.epochs`` epochs, keeping the
+weights before the first step and after every epoch, with their upstream test accuracy.
+Every ``curve.every``-th snapshot is probed as the ``probe`` stage probes the default
+backbone (:func:`glsim.eval.localisation.probe_backbone`): GLS, last-layer CLS attention,
+attention rollout and random scores on the test split of the dataset, each selector's box
+against its shuffled, centred and random controls (IoU, hit rate, object share) and its top
+token against the shuffled, centre and random points (pointing game).
+
+A selector *localises* at a snapshot when, for a measure, the mean minus the standard
+deviation over seeds of the selector is above the mean plus the standard deviation of each
+of its three controls (the bands do not overlap); "localises" without a measure means on
+both the IoU and the pointing game.
+
+    rows    = [(seed, epoch, step, upstream acc, selector, measure, value, controls)]
+    summary = mean, std over seeds per (epoch, selector, measure) + the verdicts
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from glsim import runs
+from glsim.config import Params
+from glsim.utils import atomic_write_json, atomic_write_text
+
+SELECTORS = ("gls", "attention", "rollout", "random")
+CONTROLS = ("shuffled", "centred", "random")
+MEASURES = ("iou", "pointing", "hit_rate", "object_share")
+VERDICT_MEASURES = ("iou", "pointing")  # what "localises" asks of a selector
+
+
+def seed_params(params: Params, seed: int) -> Params:
+    """``params`` for the curve's pretraining of ``seed``: ``base.seed`` is ``seed``,
+    ``pretrain.epochs`` is ``curve.epochs`` and the weights go to its own folder."""
+    work = runs.localisation_curve_dir(params, seed)
+    base = params.base.model_copy(update={"seed": seed})
+    pretrain = params.pretrain.model_copy(
+        update={"epochs": params.curve.epochs, "output": work / "backbone.safetensors"}
+    )
+    return params.model_copy(update={"base": base, "pretrain": pretrain})
+
+
+def probed_epochs(params: Params) -> list[int]:
+    """0, every ``curve.every``-th epoch, and the last."""
+    last = params.curve.epochs
+    return sorted({*range(0, last + 1, params.curve.every), last})
+
+
+def pretrain_seed(params: Params, seed: int) -> Path:
+    """Pretrain (or resume, or find finished) the curve's backbone of ``seed``; returns the
+    snapshot folder, which also holds ``epoch<E>.json`` (step and upstream accuracy)."""
+    from glsim.train.pretrain import pretrain_backbone
+
+    p = seed_params(params, seed)
+    work = runs.localisation_curve_dir(params, seed)
+    snapshots = work / "snapshots"
+    pretrain_backbone(
+        p, work_dir=work, report_path=work / "pretrain.json", snapshot_dir=snapshots,
+        snapshot_info=True,
+    )  # fmt: skip
+    return snapshots
+
+
+def probe_snapshot(params: Params, weights: Path) -> dict[str, Any]:
+    """The probe report of the backbone with ``weights`` (see the module docstring)."""
+    from glsim.eval.localisation import probe_backbone
+
+    bb = params.model.backbone.model_copy(update={"weights": weights})
+    return probe_backbone(params.model_copy(update={"model": params.model.model_copy(update={"backbone": bb})}))
+
+
+def probe_rows(params: Params, seed: int, snapshots: Path) -> list[dict[str, Any]]:
+    """One row per probed snapshot, selector and measure."""
+    from glsim.train.pretrain import snapshot_path
+
+    rows = []
+    for epoch in probed_epochs(params):
+        weights = snapshot_path(snapshots, epoch)
+        info = json.loads(weights.with_suffix(".json").read_text())
+        report = probe_snapshot(params, weights)
+        if not report.get("boxes"):
+            from glsim.errors import RunError
+
+            raise RunError(
+                f"data.datasets: {params.data.dataset} carries no object boxes, so localisation "
+                "cannot be measured on it; run the curve on the built-in synthetic_fg"
+            )
+        for selector in SELECTORS:
+            r = report[selector]
+            for measure in MEASURES:
+                rows.append(
+                    {
+                        "seed": seed, "epoch": epoch, "step": info["step"],
+                        "upstream_acc": info["upstream_test_acc"], "selector": selector,
+                        "measure": measure, "value": r[measure],
+                        **{c: r[f"{measure}_{c}"] for c in CONTROLS},
+                        "zoom": r["zoom"],
+                    }
+                )  # fmt: skip
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (epoch, selector, measure): mean and std over seeds of the selector and of each
+    control, and whether the selector's band is above every control's."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["epoch"], r["selector"], r["measure"]), []).append(r)
+    out = []
+    for (epoch, selector, measure), rs in sorted(groups.items()):
+        mean, std = _mean_std([r["value"] for r in rs])
+        item: dict[str, Any] = {
+            "epoch": epoch, "step": rs[0]["step"], "selector": selector, "measure": measure,
+            "seeds": len(rs), "mean": mean, "std": std,
+            "upstream_acc_mean": statistics.fmean(r["upstream_acc"] for r in rs),
+            "zoom_mean": statistics.fmean(r["zoom"] for r in rs),
+        }  # fmt: skip
+        beats = []
+        for c in CONTROLS:
+            cm, cs = _mean_std([r[c] for r in rs])
+            item[f"{c}_mean"], item[f"{c}_std"] = cm, cs
+            beats.append(mean - std > cm + cs)
+        item["beats_all_controls"] = all(beats)
+        out.append(item)
+    return out
+
+
+def verdicts(summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per selector: the first epoch from which it localises (IoU and pointing game) at
+    every later probed epoch, or None; and the epochs at which it localises at all."""
+    by: dict[tuple[str, int], bool] = {}
+    for item in summary:
+        if item["measure"] in VERDICT_MEASURES:
+            key = (item["selector"], item["epoch"])
+            by[key] = by.get(key, True) and item["beats_all_controls"]
+    epochs = sorted({e for _, e in by})
+    out: dict[str, Any] = {}
+    for selector in SELECTORS:
+        ok = [e for e in epochs if by.get((selector, e))]
+        from_epoch = None
+        for e in reversed(epochs):
+            if not by.get((selector, e)):
+                break
+            from_epoch = e
+        out[selector] = {"localises_at_epochs": ok, "localises_from_epoch": from_epoch}
+    return out
+
+
+def _table(summary: list[dict[str, Any]], verdict: dict[str, Any], params: Params) -> str:
+    """The markdown table: per probed epoch, upstream accuracy and, for GLS and rollout,
+    IoU and pointing game beside the best control (mean +- std over seeds)."""
+    cell: dict[tuple, dict[str, Any]] = {
+        (i["epoch"], i["selector"], i["measure"]): i for i in summary
+    }
+    epochs = sorted({i["epoch"] for i in summary})
+    seeds = summary[0]["seeds"] if summary else 0
+
+    def fmt(i: dict[str, Any], scale: float, digits: int) -> str:
+        best = max(CONTROLS, key=lambda c: i[f"{c}_mean"])
+        mark = " **" if i["beats_all_controls"] else ""
+        return (
+            f"{i['mean'] * scale:.{digits}f} ± {i['std'] * scale:.{digits}f}{mark} "
+            f"(best control {best} {i[f'{best}_mean'] * scale:.{digits}f} ± "
+            f"{i[f'{best}_std'] * scale:.{digits}f})"
+        )
+
+    lines = [
+        f"# Localisation vs pretraining ({params.data.dataset}, {seeds} pretraining seeds "
+        f"{params.curve.seeds}, {params.curve.epochs} epochs)",
+        "",
+        "Mean ± std over pretraining seeds; ** = beyond every control's band (mean - std above "
+        "mean + std of the shuffled, centred and random control). Pointing game in %.",
+        "",
+        "| epoch | step | upstream top-1 (%) | GLS IoU | GLS pointing | rollout IoU | rollout pointing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in epochs:
+        g_iou, g_pt = cell[(e, "gls", "iou")], cell[(e, "gls", "pointing")]
+        r_iou, r_pt = cell[(e, "rollout", "iou")], cell[(e, "rollout", "pointing")]
+        lines.append(
+            f"| {e} | {g_iou['step']} | {g_iou['upstream_acc_mean']:.1f} | {fmt(g_iou, 1, 3)} | "
+            f"{fmt(g_pt, 1, 1)} | {fmt(r_iou, 1, 3)} | {fmt(r_pt, 1, 1)} |"
+        )
+    lines += ["", "Localises (IoU and pointing game beyond every control) from epoch:", ""]
+    for selector, v in verdict.items():
+        lines.append(
+            f"- {selector}: {v['localises_from_epoch']} (at epochs {v['localises_at_epochs']})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
+    """IoU, pointing game and upstream accuracy against pretraining steps: each selector's
+    mean ± std over seeds, and GLS's centred and shuffled controls dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from glsim.utils import _atomic
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, measure, label in (
+        (axes[0], "iou", "IoU with the object box"),
+        (axes[1], "pointing", "pointing game (%)"),
+    ):
+        for selector in SELECTORS:
+            items = [i for i in summary if i["selector"] == selector and i["measure"] == measure]
+            x = [i["step"] for i in items]
+            m = [i["mean"] for i in items]
+            s = [i["std"] for i in items]
+            (line,) = ax.plot(x, m, marker="o", ms=3, label=selector)
+            lo = [a - b for a, b in zip(m, s, strict=True)]
+            hi = [a + b for a, b in zip(m, s, strict=True)]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            if selector == "gls":
+                for c, style in (("centred", "--"), ("shuffled", ":")):
+                    ax.plot(x, [i[f"{c}_mean"] for i in items], style, color="grey",
+                            label=f"gls {c} control")  # fmt: skip
+        ax.set_xlabel("pretraining steps")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    items = [i for i in summary if i["selector"] == "gls" and i["measure"] == "iou"]
+    axes[2].plot([i["step"] for i in items], [i["upstream_acc_mean"] for i in items], marker="o")
+    axes[2].set_xlabel("pretraining steps")
+    axes[2].set_ylabel("upstream test top-1 (%)")
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_outputs(params: Params, rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """The csv of every row, the summary json, the markdown table and the plot."""
+    paths = runs.localisation_curve_paths(params)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(paths["csv"], buf.getvalue())
+    summary = summarise(rows)
+    verdict = verdicts(summary)
+    atomic_write_json(
+        paths["json"],
+        {
+            "dataset": params.data.dataset, "seeds": params.curve.seeds,
+            "epochs": params.curve.epochs, "top_k": params.model.glsim.top_k,
+            "verdicts": verdict, "summary": summary,
+        },
+    )  # fmt: skip
+    atomic_write_text(paths["md"], _table(summary, verdict, params))
+    _plot(summary, paths["png"])
+    return paths
+
+
+def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
+    """Pretrain every seed (keyed and resumable), probe its snapshots, write the outputs
+    (:func:`glsim.runs.localisation_curve_paths`) and log them, with the mean curves as
+    metrics at their pretraining steps, to one MLflow run. Returns the verdicts."""
+    from glsim.utils import set_threads
+
+    rows = []
+    for seed in params.curve.seeds:
+        snapshots = pretrain_seed(params, seed)
+        set_threads(params.base.num_threads)  # the probe's rates depend on it
+        rows += probe_rows(params, seed, snapshots)
+        print(f"seed {seed}: {len(probed_epochs(params))} snapshots probed", flush=True)
+    paths = write_outputs(params, rows)
+    verdict = json.loads(paths["json"].read_text())["verdicts"]
+    if track:
+        from glsim.tracking.mlflow import Tracker
+
+        summary = json.loads(paths["json"].read_text())["summary"]
+        tags = {"dataset": params.data.dataset, "stage": "localisation_curve"}
+        with Tracker(
+            experiment=params.base.experiment,
+            run_name=f"{params.data.dataset}/localisation_curve",
+            tags=tags,
+        ) as tracker:
+            tracker.log_params({"curve": params.curve.model_dump(mode="json"),
+                                "pretrain": params.pretrain.model_dump(mode="json")})  # fmt: skip
+            for item in summary:
+                if item["measure"] in VERDICT_MEASURES:
+                    name = f"{item['selector']}/{item['measure']}"
+                    tracker.log_metrics(
+                        {name: item["mean"], f"{name}_std": item["std"],
+                         **{f"{name}_{c}": item[f"{c}_mean"] for c in CONTROLS}},
+                        step=int(item["step"]),
+                    )  # fmt: skip
+            for path in paths.values():
+                tracker.log_artifact(path, artifact_path="localisation_curve")
+    return verdict
