@@ -319,6 +319,15 @@ class TrainParams(_Strict):
         "has native bf16 (avx512_bf16 or amx_bf16), else float32. Evaluation stays float32",
     )
 
+    @field_validator("cpu_amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off``/``on`` as a boolean: ``cpu_amp: off`` (or ``--set
+        train.cpu_amp=off``) means "off", and ``on`` means "bf16"."""
+        if isinstance(value, bool):
+            return "bf16" if value else "off"
+        return value
+
     def regularisation(self) -> Regularisation:
         """Resolve the AugReg level into the values it switches on (Table 11)."""
         level = ["minimal", "weak", "medium", "strong"].index(self.augreg)

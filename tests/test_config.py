@@ -300,3 +300,14 @@ def test_overrides_on_non_mapping_file_give_params_error(tmp_path):
 def test_keys_that_moved_say_where_to():
     with pytest.raises(ParamsError, match=r"unknown key 'train.seeds'; it moved to 'protocol.seeds'"):
         params_from_dict({"train": {"seeds": [1, 10]}})
+
+
+def test_cpu_amp_off_survives_yaml(tmp_path):
+    # YAML reads a bare off/on as a boolean; the key must still mean what was typed
+    from glsim.config import load_params, parse_sets
+
+    assert load_params("params.yaml", parse_sets(["train.cpu_amp=off"])).train.cpu_amp == "off"
+    assert load_params("params.yaml", parse_sets(["train.cpu_amp=on"])).train.cpu_amp == "bf16"
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  cpu_amp: off\n")
+    assert load_params(path).train.cpu_amp == "off"
