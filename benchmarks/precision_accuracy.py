@@ -4,9 +4,9 @@ seed given, side by side; mean, std and Welch's t per model.
 
     .venv/bin/python benchmarks/precision_accuracy.py --models vit --seeds 1 10 100 1000 2000 3000
 
-Runs go to ``runs/precision/`` and reports to ``reports/precision/`` (keyed and resumable,
-apart from the main pipeline's folders; a bf16 run of a default seed repeats that final run
-bit for bit). Needs the main pipeline's shards, backbone and LR search (``make repro``).
+Runs go to ``runs/precision/<fp32|bf16>/`` and reports to ``reports/precision/<fp32|bf16>/``
+(keyed and resumable, apart from the main pipeline's folders; a bf16 run of a default seed
+repeats that final run bit for bit); the summary to ``reports/precision/summary.json``. Needs the main pipeline's shards, backbone and LR search (``make repro``).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main() -> None:
                 args.params,
                 parse_sets([
                     f"train.cpu_amp={amp}",
-                    f"base.runs_dir={main_params.base.runs_dir / 'precision'}",
-                    f"base.reports_dir={main_params.base.reports_dir / 'precision'}",
+                    f"base.runs_dir={main_params.base.runs_dir / 'precision' / precision}",
+                    f"base.reports_dir={main_params.base.reports_dir / 'precision' / precision}",
                 ]),
             )  # fmt: skip
             for seed in args.seeds:
