@@ -84,7 +84,7 @@ def test_dvc_repro_end_to_end_then_nothing_then_only_what_reads_a_param(tmp_path
     assert "Running stage" not in again
     # the main pipeline's status; curve/dvc.yaml (a pipeline of its own, not run here) reads
     # the pretraining params this file changed, so a bare `dvc status` lists it too
-    assert changed_stages(run(["dvc", "status", "dvc.yaml"], repo)) == set()
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], repo)
     assert "curve/dvc.yaml:localisation_curve" in changed_stages(run(["dvc", "status"], repo))
 
     # a new seed: only that seed's runs and the aggregate are stale
