@@ -30,7 +30,7 @@ from typing import Any
 
 from glsim import runs
 from glsim.config import Params
-from glsim.utils import atomic_write_json, atomic_write_text
+from glsim.utils import atomic_write_json, atomic_write_text, atomic_write_with
 
 SELECTORS = ("gls", "attention", "rollout", "random")
 CONTROLS = ("shuffled", "centred", "random")
@@ -70,30 +70,17 @@ def pretrain_seed(params: Params, seed: int) -> Path:
     return snapshots
 
 
-def probe_snapshot(params: Params, weights: Path) -> dict[str, Any]:
-    """The probe report of the backbone with ``weights`` (see the module docstring)."""
+def probe_rows(params: Params, seed: int, snapshots: Path, data) -> list[dict[str, Any]]:
+    """One row per probed snapshot, selector and measure; ``data``: the test split as
+    :func:`glsim.eval.localisation.probe_data` read it (once for every snapshot)."""
     from glsim.eval.localisation import probe_backbone
-
-    bb = params.model.backbone.model_copy(update={"weights": weights})
-    return probe_backbone(params.model_copy(update={"model": params.model.model_copy(update={"backbone": bb})}))
-
-
-def probe_rows(params: Params, seed: int, snapshots: Path) -> list[dict[str, Any]]:
-    """One row per probed snapshot, selector and measure."""
     from glsim.train.pretrain import snapshot_path
 
     rows = []
     for epoch in probed_epochs(params):
         weights = snapshot_path(snapshots, epoch)
         info = json.loads(weights.with_suffix(".json").read_text())
-        report = probe_snapshot(params, weights)
-        if not report.get("boxes"):
-            from glsim.errors import RunError
-
-            raise RunError(
-                f"data.datasets: {params.data.dataset} carries no object boxes, so localisation "
-                "cannot be measured on it; run the curve on the built-in synthetic_fg"
-            )
+        report = probe_backbone(params, data=data, weights=weights)
         for selector in SELECTORS:
             r = report[selector]
             for measure in MEASURES:
@@ -210,8 +197,6 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glsim.utils import _atomic
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, measure, label in (
         (axes[0], "iou", "IoU with the object box"),
@@ -238,13 +223,14 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
     axes[2].set_xlabel("pretraining steps")
     axes[2].set_ylabel("upstream test top-1 (%)")
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write_with(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return path
 
 
-def write_outputs(params: Params, rows: list[dict[str, Any]]) -> dict[str, Path]:
-    """The csv of every row, the summary json, the markdown table and the plot."""
+def write_outputs(params: Params, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The csv of every row, the summary json, the markdown table and the plot; returns
+    the summary, the verdicts and the paths."""
     paths = runs.localisation_curve_paths(params)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -263,27 +249,37 @@ def write_outputs(params: Params, rows: list[dict[str, Any]]) -> dict[str, Path]
     )  # fmt: skip
     atomic_write_text(paths["md"], _table(summary, verdict, params))
     _plot(summary, paths["png"])
-    return paths
+    return {"summary": summary, "verdicts": verdict, "paths": paths}
 
 
 def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
     """Pretrain every seed (keyed and resumable), probe its snapshots, write the outputs
     (:func:`glsim.runs.localisation_curve_paths`) and log them, with the mean curves as
-    metrics at their pretraining steps, to one MLflow run. Returns the verdicts."""
+    metrics at their pretraining steps, to one MLflow run. Returns the verdicts.
+
+    The dataset must carry object boxes (the built-in one does); one without is refused
+    before any pretraining."""
+    from glsim.eval.localisation import probe_data
     from glsim.utils import set_threads
 
+    data = probe_data(params)  # the test split, read once for every snapshot
+    if data is None:
+        from glsim.errors import RunError
+
+        raise RunError(
+            f"data.datasets: {params.data.dataset} carries no object boxes, so localisation "
+            "cannot be measured on it; run the curve on the built-in synthetic_fg"
+        )
     rows = []
     for seed in params.curve.seeds:
         snapshots = pretrain_seed(params, seed)
         set_threads(params.base.num_threads)  # the probe's rates depend on it
-        rows += probe_rows(params, seed, snapshots)
+        rows += probe_rows(params, seed, snapshots, data)
         print(f"seed {seed}: {len(probed_epochs(params))} snapshots probed", flush=True)
-    paths = write_outputs(params, rows)
-    verdict = json.loads(paths["json"].read_text())["verdicts"]
+    out = write_outputs(params, rows)
     if track:
         from glsim.tracking.mlflow import Tracker
 
-        summary = json.loads(paths["json"].read_text())["summary"]
         tags = {"dataset": params.data.dataset, "stage": "localisation_curve"}
         with Tracker(
             experiment=params.base.experiment,
@@ -292,7 +288,7 @@ def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
         ) as tracker:
             tracker.log_params({"curve": params.curve.model_dump(mode="json"),
                                 "pretrain": params.pretrain.model_dump(mode="json")})  # fmt: skip
-            for item in summary:
+            for item in out["summary"]:
                 if item["measure"] in VERDICT_MEASURES:
                     name = f"{item['selector']}/{item['measure']}"
                     tracker.log_metrics(
@@ -300,6 +296,6 @@ def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
                          **{f"{name}_{c}": item[f"{c}_mean"] for c in CONTROLS}},
                         step=int(item["step"]),
                     )  # fmt: skip
-            for path in paths.values():
+            for path in out["paths"].values():
                 tracker.log_artifact(path, artifact_path="localisation_curve")
-    return verdict
+    return out["verdicts"]

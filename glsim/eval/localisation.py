@@ -115,36 +115,60 @@ def top_token_centres(vit, scores: Tensor) -> Tensor:
     return torch.stack([c * sw + pw / 2, r * sh + ph / 2], dim=1).float()
 
 
+def probe_data(params, *, split: str = "test") -> list[tuple[Tensor, Tensor]] | None:
+    """``split`` of the configured dataset as the probe sees it: batches of (images, object
+    boxes in model-input pixels); None when the dataset carries no object boxes (real
+    datasets), which is known from its first batch. Read once, it serves any number of
+    backbones of the configured architecture (the localisation curve's snapshots)."""
+    from glsim.data.transforms import eval_box_transform
+    from glsim.eval.evaluate import eval_loader
+    from glsim.models.backbone import create_vit
+    from glsim.runs import shards_dir
+
+    bb, d = params.model.backbone, params.data
+    vit = create_vit(bb.name, image_size=d.image_size, weights=None, **bb.overrides)
+    out = []
+    for images, _, meta in eval_loader(params, vit, shards_dir(params), split):
+        if "box" not in meta:
+            return None
+        target = eval_box_transform(
+            meta["box"].numpy(), meta["size"].numpy(),
+            image_size=d.image_size, resize_ratio=d.resize_ratio,
+        )  # fmt: skip
+        out.append((images, torch.from_numpy(target).float()))
+    return out
+
+
 @torch.no_grad()
-def probe_backbone(params, *, split: str = "test") -> dict:
+def probe_backbone(params, *, split: str = "test", data=None, weights=None) -> dict:
     """Box measures and the pointing game of the *pretrained* backbone's selectors before
     any fine-tuning, each against its controls.
 
     GLS (the configured metric), last-layer CLS attention, attention rollout and random
     scores (a selector that knows nothing), each with the configured O, on ``split`` of the
-    configured dataset (which must carry object boxes).
+    configured dataset (which must carry object boxes). ``data``: :func:`probe_data`, read
+    here when not given; ``weights``: the backbone's weights file (default
+    ``model.backbone.weights``).
     """
-    from glsim.data.transforms import eval_box_transform
-    from glsim.eval.evaluate import eval_loader
     from glsim.models.attention import (
         attention_rollout,
         cls_attention,
         forward_blocks_with_attention,
     )
     from glsim.models.backbone import create_vit
-    from glsim.runs import shards_dir
 
     bb, d, top_k = params.model.backbone, params.data, params.model.glsim.top_k
-    vit = create_vit(bb.name, image_size=d.image_size, weights=bb.weights, **bb.overrides).eval()
-    loader = eval_loader(params, vit, shards_dir(params), split)
+    if data is None:
+        data = probe_data(params, split=split)
+    if data is None:  # real datasets carry no object boxes: nothing to measure
+        return {"boxes": False, "dataset": d.dataset}
+    weights = bb.weights if weights is None else weights
+    vit = create_vit(bb.name, image_size=d.image_size, weights=weights, **bb.overrides).eval()
     names = ("gls", "attention", "rollout", "random")
     boxes: dict[str, list[Tensor]] = {n: [] for n in names}
     points: dict[str, list[Tensor]] = {n: [] for n in names}
-    targets = []
     g = torch.Generator().manual_seed(CONTROL_SEED)
-    for images, _, meta in loader:
-        if "box" not in meta:  # real datasets carry no object boxes: nothing to measure
-            return {"boxes": False, "dataset": d.dataset}
+    for images, _ in data:
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         x, attention = forward_blocks_with_attention(vit.blocks, x)
         tokens = cls_and_patches(vit, vit.norm(x))  # (B, 1+N, D)
@@ -158,17 +182,7 @@ def probe_backbone(params, *, split: str = "test") -> dict:
         for name, s in scores.items():
             boxes[name].append(vit_crop_boxes(vit, s, top_k=top_k))
             points[name].append(top_token_centres(vit, s))
-        targets.append(
-            torch.from_numpy(
-                eval_box_transform(
-                    meta["box"].numpy(),
-                    meta["size"].numpy(),
-                    image_size=d.image_size,
-                    resize_ratio=d.resize_ratio,
-                )
-            ).float()
-        )
-    target = torch.cat(targets)
+    target = torch.cat([t for _, t in data])
     report: dict = {"boxes": True, "dataset": d.dataset}
     for name in names:
         report[name] = {
