@@ -46,6 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+TINY_VIT = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}  # tests/tiny.py's
+
+
+def bench_model(small: bool) -> tuple[int, int, dict]:
+    """Image size, batch and ``create_model`` backbone arguments of every part: ViT-B/16 at
+    224 with batch 64, or (``--small``, a CPU smoke run) the tests' tiny ViT at 32."""
+    if small:
+        return 32, 8, {"backbone": "vit_tiny_patch16_224", "backbone_overrides": dict(TINY_VIT)}
+    return 224, 64, {"backbone": "vit_base_patch16_224", "backbone_overrides": {}}
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -53,12 +64,8 @@ def log(msg: str) -> None:
 def check_params(out: Path, device: str, small: bool, **train):
     from glsim.config import Params
 
-    vit = (
-        {"name": "vit_tiny_patch16_224", "overrides": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
-        if small
-        else {"name": "vit_base_patch16_224", "overrides": {}}
-    )  # fmt: skip
-    size = 32 if small else 224
+    size, _, kw = bench_model(small)
+    vit = {"name": kw["backbone"], "overrides": kw["backbone_overrides"]}
     synthetic = (
         {"num_classes": 12, "train_per_class": 4, "test_per_class": 2, "canvas_size": 43, "object_size": [8, 12]}
         if small
@@ -200,12 +207,7 @@ def part_step(device: str, small: bool, repeats: int) -> dict:
     from glsim.models import create_model
 
     dev = torch.device(device)
-    size, batch = (32, 8) if small else (224, 64)
-    kwargs = (
-        {"backbone": "vit_tiny_patch16_224", "backbone_overrides": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
-        if small
-        else {"backbone": "vit_base_patch16_224", "backbone_overrides": {}}
-    )  # fmt: skip
+    size, batch, kwargs = bench_model(small)
     res = {}
     for name in ("vit", "glsim"):
         torch.manual_seed(0)
@@ -280,12 +282,7 @@ def part_compile(device: str, small: bool, repeats: int, params_file: Path | Non
         size, batch = p.data.image_size, p.train.batch_size
         kwargs_for = lambda name: {**model_kwargs(p, name), "weights": None}  # noqa: E731
     else:
-        size, batch = (32, 8) if small else (224, 64)
-        bb = (
-            {"backbone": "vit_tiny_patch16_224", "backbone_overrides": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
-            if small
-            else {"backbone": "vit_base_patch16_224", "backbone_overrides": {}}
-        )  # fmt: skip
+        size, batch, bb = bench_model(small)
         kwargs_for = lambda name: {**bb, "weights": None}  # noqa: E731
     dtype = torch.bfloat16 if dev.type == "cuda" or cpu_has_native_bf16() else None
     res = {"dtype": str(dtype), "size": size, "batch": batch}
