@@ -97,3 +97,16 @@ def test_verdict_needs_bands_apart_on_both_measures():
     # IoU apart, pointing game overlapping (mean 12 +- 2 against 11 +- 1): not localising
     overlap = curve.summarise(rows([0.20, 0.21, 0.22], [10.0, 12.0, 14.0], control))
     assert curve.verdicts(overlap)["gls"]["localises_from_epoch"] is None
+
+
+def test_curve_refuses_a_dataset_without_object_boxes_before_pretraining(tmp_path):
+    # a user's own folder of 200 classes carries no object boxes: the curve says so in one
+    # line before it pretrains anything (it used to find out after every seed's pretraining)
+    from tiny import imagefolder_params
+
+    from glsim.errors import RunError
+
+    params = imagefolder_params(tmp_path, classes=200, curve={"seeds": [0], "epochs": 1})
+    with pytest.raises(RunError, match="carries no object boxes"):
+        curve.localisation_curve(params, track=False)
+    assert not runs.localisation_curve_dir(params, 0).exists()
