@@ -246,6 +246,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def param_values(tree: dict[str, Any]) -> dict[str, str]:
+    """``tree`` as the MLflow params a run logs: :func:`flatten`ed, keys with only the
+    characters MLflow allows (alphanumerics, ``_ - . space : /``; a table row label may
+    hold others, which become ``_``), values as strings of at most 6000 characters."""
+    return {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
+
+
 def git_commit(root: str | Path = ".") -> str:
     try:
         return subprocess.run(
@@ -580,8 +587,8 @@ class Tracker:
             print(f"tracking: cannot keep {call} in {self.pending_path} ({err})", file=sys.stderr)
 
     def log_params(self, tree: dict[str, Any]) -> None:
-        # MLflow keys allow only alphanumerics, _ - . space : / (table row labels may not)
-        flat = {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
+        """Log :func:`param_values` of ``tree``; a reopened run keeps the values it has."""
+        flat = param_values(tree)
 
         def send() -> None:
             existing = mlflow.get_run(self.run_id).data.params
