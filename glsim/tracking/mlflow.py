@@ -467,7 +467,6 @@ class Tracker:
         self.run_name, self.tags, self.parent_run_id = run_name, tags or {}, parent_run_id
         self.run_key, self.provenance_prefix = run_key, provenance_prefix
         self.run: mlflow.ActiveRun | None = None
-        self.superseded: str | None = None  # the id of the run this one replaced
         self._run_id: str | None = None
         self._offline = False
         self._created = False  # started by this Tracker: no metric of it is in the store yet
@@ -533,7 +532,6 @@ class Tracker:
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags)
         self._created = True
         if old is not None:
-            self.superseded = old.info.run_id
             MlflowClient().set_tag(old.info.run_id, SUPERSEDED_BY, run.info.run_id)
         return run
 

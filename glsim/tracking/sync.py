@@ -121,6 +121,7 @@ class _Target:
     def __init__(self, client, run_id: str) -> None:
         self.client, self.run_id = client, run_id
         self._history: dict[str, set[tuple[int, int, float]]] = {}
+        self._steps: dict[str, set[int]] = {}  # the steps each metric holds a value at
 
     def params(self, flat: dict[str, Any]) -> int:
         from mlflow.entities import Param
@@ -140,16 +141,13 @@ class _Target:
         new = []
         for key, value, ts, step in rows:
             if key not in self._history:
-                self._history[key] = {
-                    (m.step, m.timestamp, m.value)
-                    for m in self.client.get_metric_history(self.run_id, key)
-                }
-            have = self._history[key]
-            if step is not None and any(s == step for s, _, _ in have):
+                history = self.client.get_metric_history(self.run_id, key)
+                self._history[key] = {(m.step, m.timestamp, m.value) for m in history}
+                self._steps[key] = {m.step for m in history}
+            if step in self._steps[key] or (step or 0, ts, value) in self._history[key]:
                 continue
-            if (step or 0, ts, value) in have:
-                continue
-            have.add((step or 0, ts, value))
+            self._history[key].add((step or 0, ts, value))
+            self._steps[key].add(step or 0)
             new.append(Metric(key, value, ts, step or 0))
         for i in range(0, len(new), MAX_BATCH["metrics"]):
             self.client.log_batch(self.run_id, metrics=new[i : i + MAX_BATCH["metrics"]])
