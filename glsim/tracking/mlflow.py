@@ -56,6 +56,7 @@ PENDING_FILE = "tracking-pending.jsonl"
 # ``runtime.*`` tag): a later open (a resume, an evaluation) describes itself elsewhere
 PROVENANCE_TAGS = frozenset({"git_commit", "params_hash", "data_dvc_md5", "run_key"})
 SUPERSEDED_BY, SUPERSEDES = "superseded_by", "supersedes"
+PARAMS_CHANGED = "params_changed_on_resume"  # the params a resume gave other values than logged
 CLASS_NAMES = "class_names"  # a logged model's metadata key: its head's class names, in order
 EMBEDDED_HINT = (
     "`unset MLFLOW_TRACKING_URI` to use the embedded store (sqlite:///mlflow.db at the repo root)"
@@ -585,12 +586,17 @@ class Tracker:
             print(f"tracking: cannot keep {call} in {self.pending_path} ({err})", file=sys.stderr)
 
     def log_params(self, tree: dict[str, Any]) -> None:
-        """Log :func:`param_values` of ``tree``; a reopened run keeps the values it has."""
+        """Log :func:`param_values` of ``tree``. A reopened run keeps the values it has
+        (MLflow params are immutable); the keys this open gives other values (params outside
+        the run key, e.g. ``data.workers``) are named in the ``params_changed_on_resume`` tag."""
         flat = param_values(tree)
 
         def send() -> None:
             existing = mlflow.get_run(self.run_id).data.params
             mlflow.log_params({k: v for k, v in flat.items() if k not in existing})  # resumed
+            changed = sorted(k for k, v in flat.items() if existing.get(k, v) != v)
+            if changed:
+                mlflow.set_tag(PARAMS_CHANGED, " ".join(changed)[:5000])
 
         self._send("log_params", flat, send)
 
