@@ -138,6 +138,7 @@ def test_epochs_whose_metrics_were_lost_are_sent_on_resume(at, shared_server):
         ]
 
 
+@pytest.mark.integration  # a subprocess stage
 def test_a_worker_killed_mid_run_and_resumed_logs_each_epoch_once(at, shared_server, tmp_path):
     epochs = 30
     params = at("identity-kill", **{"train.epochs": epochs})
@@ -179,6 +180,7 @@ def test_a_worker_killed_mid_run_and_resumed_logs_each_epoch_once(at, shared_ser
     ]
 
 
+@pytest.mark.integration  # a subprocess stage
 def test_evaluation_keeps_the_training_provenance_and_refuses_another_run_key(
     at, shared_server, tmp_path
 ):
