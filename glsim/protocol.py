@@ -330,16 +330,28 @@ def train_final(params: Params, model: str, seed: int, *, track: bool = True) ->
 
 def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[str, Any]:
     """Evaluate a finished run on its test split (val for LR-search runs); write the report,
-    with the run's key (:func:`glsim.runs.run_key`), to ``spec.report_path(params)``, the
+    with the run key its checkpoint was trained under, to ``spec.report_path(params)``, the
     per-class table (class index and name, count, correct, accuracy) beside it
-    (``spec.per_class_path(params)``), and log both to the run's MLflow run.
+    (``spec.per_class_path(params)``), and log both to the run's MLflow run (the training
+    run of that key; the evaluation's code and machine go in ``eval.*`` tags).
+
+    A checkpoint trained under another key than :func:`glsim.runs.run_key` of ``params``
+    (e.g. evaluated with another ``model.glsim.top_k``) is refused with :class:`RunError`:
+    its report would name a run that was never trained.
 
     The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
     device = resolve_device(params.base.device)
     configure_determinism(params.base.num_threads, params.base.deterministic, device)
-    model, _ = load_run(params, spec)
+    model, state = load_run(params, spec)
+    key = runs.run_key(params, spec)
+    if state["run_key"] != key:
+        raise RunError(
+            f"{spec.run_dir(params)}: its checkpoint was trained under run key "
+            f"{state['run_key'] or '(none)'}, but these params give {key}; evaluate with the "
+            "params it was trained with, or rerun its train stage with these"
+        )
     seed_everything(spec.seed)  # a random selector's boxes: the same report every time
     shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(
@@ -357,7 +369,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "kind": spec.kind,
         "seed": spec.seed,
         "lr": spec.lr if spec.lr is not None else params.train.lr,
-        "run_key": runs.run_key(params, spec),
+        "run_key": state["run_key"],  # the key the evaluated weights were trained under
         **accuracy_report(result["labels"], result["preds"], classes),
     }
     if result["boxes"] is not None:
@@ -377,6 +389,8 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
             experiment=params.base.experiment,
             run_name=spec.label(params),
             run_dir=spec.run_dir(params),
+            run_key=key,  # the training run of these weights, never another configuration's
+            provenance_prefix="eval.",  # the training's git_commit/runtime.* stay as they were
         ) as tracker:
             split = "val" if spec.kind == "lrsearch" else "test"  # the search scores its val part
             flat = {

@@ -193,22 +193,27 @@ def train_run(
     if not track:
         state = fit(model, **kwargs)
     else:
+        from glsim.data.shards import read_class_names
         from glsim.tracking.mlflow import Tracker, dvc_hash
 
         tags = {
             "dataset": params.data.dataset, "model": spec.model, "seed": str(spec.seed),
             "lr": f"{rcp.lr:g}", "kind": spec.kind, "variant": spec.name, "stage": "train",
-            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(), "run_key": key,
+            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(),
         }  # fmt: skip
         with Tracker(
-            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out, tags=tags
-        ) as tracker:
+            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out,
+            tags=tags, run_key=key,
+        ) as tracker:  # fmt: skip
             tracker.log_params(params.model_dump(mode="json"))
             state = fit(model, log_metrics=tracker.log_metrics, **kwargs)
             tracker.log_artifact(out / "params.resolved.yaml")
             if state.epoch >= rcp.epochs:
                 tracker.log_artifact(out / "last.pt", artifact_path="checkpoint")
-                tracker.log_model(model.cpu(), name="model", image_size=params.data.image_size)
+                tracker.log_model(
+                    model.cpu(), name="model", image_size=params.data.image_size,
+                    class_names=read_class_names(src, num_classes(params)),
+                )  # fmt: skip
     atomic_write_json(
         out / "train.json",
         {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
