@@ -439,3 +439,50 @@ def test_registry_commands(shared_server, tmp_path, monkeypatch, capsys):
 
     assert main(["registry", "show", "glsim-nothing-here"]) == 2
     assert "error: no registered model 'glsim-nothing-here'" in capsys.readouterr().err
+
+
+def test_retrained_run_registers_its_new_weights(shared_server, tmp_path, monkeypatch):
+    """A run folder retrained with other params: the version registered after it holds the
+    new weights (not the model logged before the retrain), and each alias loads its own."""
+    from glsim import protocol
+    from glsim.tracking.registry import register_and_promote
+    from glsim.train.run import load_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
+    params = tiny_params(
+        tmp_path,
+        base={"experiment": "registry-retrain"},
+        protocol={"seeds": [1], "lr_grid": []},
+        registry={"margin": 0.0, "name_template": "glsim-retrain-{model}"},
+    )
+    client = MlflowClient(shared_server.uri)
+    p = for_dataset(params, DATASET)
+    protocol.prepare(p)
+    protocol.shard(p)
+    validation = runs.validation_report(p)
+    validation.parent.mkdir(parents=True, exist_ok=True)
+    validation.write_text(json.dumps({"success": True}))
+    x = torch.randn(3, 3, 32, 32)
+
+    def train_and_register(tree):
+        spec = protocol.final_spec(tree, "vit", 1)
+        protocol.train_final(tree, "vit", 1)
+        report = {"dataset": DATASET, "model": "vit", "seed": 1, "lr": spec.lr, "top1": 50.0}
+        report["run_key"] = runs.run_key(tree, spec)
+        runs.eval_report(tree, "vit", 1).write_text(json.dumps(report))
+        mv, decision = register_and_promote(tree, DATASET, "vit", client=client)
+        net, _ = load_run(tree, spec)
+        with torch.no_grad():
+            return mv, decision, net.eval()(x)
+
+    runs.eval_report(p, "vit", 1).parent.mkdir(parents=True, exist_ok=True)
+    v1, d1, logits1 = train_and_register(p)
+    retrained = p.with_overrides({"train.weight_decay": 0.5}, source="test")
+    v2, d2, logits2 = train_and_register(retrained)
+    assert (d1.alias, d2.alias) == (CHAMPION, CHALLENGER) and v2.version != v1.version
+    assert v2.tags["run_key"] != v1.tags["run_key"]
+    assert not torch.allclose(logits1, logits2, atol=1e-6)
+    for alias, want in ((CHAMPION, logits1), (CHALLENGER, logits2)):
+        loaded = mlflow.pytorch.load_model(f"models:/{v1.name}@{alias}").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), want, atol=1e-6, rtol=0)
