@@ -24,8 +24,8 @@ A version's tags: ``seed`` with ``seed_top1`` (the test top-1 of the artifact's 
 (the digest of the final weights); ``validation`` (the dataset's validation report:
 passed/failed/missing); and the provenance of the MLflow run that logged the model, copied
 from that run, never computed now: ``run_id``, ``run_key``, ``params_hash``, ``git_commit``,
-``data_dvc_md5`` (the shard index's digest, ``index-sha256:...``, when the run recorded
-none) and every ``runtime.*`` tag.
+``data_dvc_md5`` (when the run recorded none, the digest of the shard index in place,
+``index-sha256:...``) and every ``runtime.*`` tag.
 
 The model registered is the one logged by the MLflow run whose ``run_key`` tag is the run
 folder's checkpoint key, and only if its weights are the checkpoint's final weights
@@ -102,8 +102,15 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def index_digest(shards: Path) -> str:
+    """``index-sha256:<hex>`` of a shard folder's index (which holds every shard's sha256);
+    raises :class:`RegistryError` when the folder has not been sharded."""
+    from glsim.data.shards import INDEX_NAME, file_sha256
+
+    index = shards / INDEX_NAME
+    if not index.is_file():
+        raise RegistryError(f"{index} missing: shard the dataset (the shard stage) first")
+    return f"index-sha256:{file_sha256(index)}"
 
 
 def weights_digest(state_dict: dict[str, Any]) -> str:
@@ -167,7 +174,6 @@ def search_measure(params: Params, model: str, lr: float) -> tuple[float | None,
     """The LR search's val top-1 of ``model`` at ``lr`` and what it was measured on
     (``val_data``: the search split's shard index digest, ``val_seeds``, ``val_epochs``);
     ``(None, {})`` with no LR search (``protocol.lr_grid: []``)."""
-    from glsim.data.shards import INDEX_NAME
     from glsim.protocol import chosen_lr, search_params, search_val_top1
 
     if not params.protocol.lr_grid:
@@ -179,11 +185,8 @@ def search_measure(params: Params, model: str, lr: float) -> tuple[float | None,
             f"chose {chosen:g}; retrain and evaluate the seeds at the chosen LR first"
         )
     val = search_val_top1(params, model)  # each LR's report under its current run key
-    index = runs.shards_dir(params, "lrsearch") / INDEX_NAME
-    if not index.is_file():
-        raise RegistryError(f"{index} missing: shard the dataset (the shard stage) first")
     on = {
-        "val_data": f"index-sha256:{_file_sha256(index)}",
+        "val_data": index_digest(runs.shards_dir(params, "lrsearch")),
         "val_seeds": json.dumps([params.protocol.search_seed]),
         "val_epochs": str(search_params(params).train.epochs),
     }
@@ -360,16 +363,15 @@ def source_of(client: MlflowClient, params: Params, cand: Candidate) -> tuple[An
 
 
 def provenance(run, params: Params) -> dict[str, str]:
-    """The provenance tags of the MLflow run that logged the model, copied from that run."""
-    from glsim.data.shards import INDEX_NAME
-
+    """The provenance tags of the MLflow run that logged the model, copied from that run.
+    A run that recorded no ``data_dvc_md5`` (no ``dvc.lock`` entry when it trained) gets the
+    digest of the final shards' index in place now: the data it trained on unless the
+    dataset was resharded since."""
     tags = run.data.tags
     out = {k: tags.get(k, "") for k in PROVENANCE_TAGS}
     out.update({k: v for k, v in tags.items() if k.startswith("runtime.")})
     if not out["data_dvc_md5"]:
-        index = runs.shards_dir(params) / INDEX_NAME
-        if index.is_file():
-            out["data_dvc_md5"] = f"index-sha256:{_file_sha256(index)}"
+        out["data_dvc_md5"] = index_digest(runs.shards_dir(params))
     return out
 
 

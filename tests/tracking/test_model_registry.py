@@ -35,6 +35,7 @@ from glsim.tracking.registry import (  # noqa: E402
     HISTORY_TAG,
     LOCK_SUFFIX,
     RegistryError,
+    alias_lock,
     champion_stack,
     decide,
     history,
@@ -343,6 +344,22 @@ def test_concurrent_promotes_leave_a_consistent_history(shared_server, tmp_path)
     champion = lab.client.get_model_version_by_alias(name, CHAMPION).version
     assert champion == holder[CHAMPION]
     assert name + LOCK_SUFFIX not in {m.name for m in lab.client.search_registered_models()}
+
+
+def test_alias_lock_waits_for_its_holder_and_breaks_a_stale_one(shared_server, tmp_path):
+    client, name = MlflowClient(shared_server.uri), f"glsim-{tmp_path.name}-lock"
+    with alias_lock(client, name):
+        with (
+            pytest.raises(RegistryError, match="held the alias lock") as err,
+            alias_lock(client, name, wait_s=0.5),
+        ):
+            pass
+        assert "\n" not in str(err.value)
+    # a lock left by a process that died (older than stale_s) is broken
+    client.create_registered_model(name + LOCK_SUFFIX, tags={"owner": "gone", "since": "0"})
+    with alias_lock(client, name, wait_s=5):
+        assert client.get_registered_model(name + LOCK_SUFFIX).tags["owner"] != "gone"
+    assert name + LOCK_SUFFIX not in {m.name for m in client.search_registered_models()}
 
 
 def test_promotion_cases_rollback_and_load_by_alias(shared_server, tmp_path):
