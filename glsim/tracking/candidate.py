@@ -124,7 +124,8 @@ def search_measure(params: Params, model: str, lr: float) -> tuple[float | None,
 
 def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
     """Read every seed's eval report of ``model`` on ``dataset`` (``protocol.seeds``) and pick
-    the seed to register by the rule of the module docstring (its test top-1 is not read)."""
+    the seed to register: the lowest final train loss (ties: the earlier seed); the test
+    top-1 is reported, not read for the choice."""
     from glsim.eval.tables import aggregate, load_reports
 
     if model not in params.protocol.models:
@@ -237,7 +238,7 @@ def _logged_models(client: MlflowClient, run) -> list[str]:
 
 
 def logged_weights(client: MlflowClient, model_id: str) -> str:
-    """The weights digest of a logged (or registered: ``name/version``) model."""
+    """The weights digest of the logged model ``model_id`` (downloaded and unpickled)."""
     import tempfile
 
     import mlflow.pytorch
@@ -250,7 +251,7 @@ def logged_weights(client: MlflowClient, model_id: str) -> str:
         with tempfile.TemporaryDirectory(prefix="glsim-registry-") as tmp:
             local = download_artifacts(
                 artifact_uri=f"models:/{model_id}", dst_path=tmp,
-                tracking_uri=client.tracking_uri, registry_uri=client._registry_uri,
+                tracking_uri=client.tracking_uri, registry_uri=client.tracking_uri,
             )  # fmt: skip
             net = mlflow.pytorch.load_model(local, map_location="cpu")
     finally:
