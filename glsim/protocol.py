@@ -459,6 +459,22 @@ def run_variant(params: Params, name: str, seed: int, *, track: bool = True) -> 
 # the aggregate
 
 
+def current_report(params: Params, spec: RunSpec) -> dict[str, Any]:
+    """The evaluation report of ``spec``, refused (:class:`RunError`, one line) unless it
+    was computed for the run's current key: a report of an earlier configuration (other
+    data, backbone, code or params) is never averaged with today's."""
+    path = spec.report_path(params)
+    (report,) = load_reports([path])
+    key = runs.run_key(params, spec)
+    if report.get("run_key") != key:
+        raise RunError(
+            f"{path}: computed for run key {report.get('run_key')}, but the run's current key "
+            f"is {key} (its data, backbone, code or params changed since); re-run its train "
+            "and evaluate stages (dvc repro)"
+        )
+    return report
+
+
 def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``, and the
     table's rows for ``dvc plots`` (``reports/plots/results.json``).
@@ -471,10 +487,12 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     main, variant_reports, ablation, lr_reports = [], [], {}, []
     for dataset in params.data.datasets:
         p = for_dataset(params, dataset)
-        main += load_reports(runs.eval_report(p, m, s) for m in models for s in seeds)
-        variants = load_reports(
-            runs.ablation_report(p, v, s) for v in params.ablations.variants for s in seeds
-        )
+        main += [current_report(p, final_spec(p, m, s)) for m in models for s in seeds]
+        variants = [
+            current_report(variant_params(p, v), variant_spec(p, v, s))
+            for v in params.ablations.variants
+            for s in seeds
+        ]
         variant_reports += variants
         ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
         lr_reports += [

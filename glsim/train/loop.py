@@ -160,12 +160,16 @@ def resume_or_start(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
+    world_size: int = 1,
 ) -> TrainState:
     """The state to continue from: ``ckpt_path``'s when it was written under ``run_key``
     (model, optimiser and scaler are restored from it).
 
     A checkpoint of another configuration is moved aside to ``last.pt.stale`` (nothing of it
     is applied) and a fresh :class:`TrainState` is returned; so is one when there is none.
+    The torchrun world size is not in the run key (a finished run is one for any N), but
+    each rank's share of a batch is: a run is resumed only with the world size it started
+    with (:class:`~glsim.errors.RunError` otherwise).
     """
     ckpt = Path(ckpt_path)
     if not ckpt.exists():
@@ -179,6 +183,16 @@ def resume_or_start(
             flush=True,
         )
         return TrainState()
+    started = int(payload.get("extra", {}).get("world_size", 1))
+    if started != world_size:
+        from glsim.errors import RunError
+
+        raise RunError(
+            f"{ckpt}: this run was started with {started} process(es) and is resumed with "
+            f"{world_size}; resume it with torchrun --nproc_per_node {started}"
+            + (" (or without torchrun)" if started == 1 else "")
+            + f", or delete {ckpt} to start it afresh"
+        )
     state, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, scaler=scaler)
     return state
 
@@ -380,10 +394,10 @@ def fit(
     main = dist.is_main
     log_metrics = log_metrics if main else None
     if main:  # rank 0 decides (a stale checkpoint is moved aside once) before the others read
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
     dist.barrier()
     if not main:
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
     if state.epoch and main:
         print(
             f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
@@ -412,9 +426,7 @@ def fit(
         if main and on_epoch_end is not None:  # before the checkpoint: a run killed in
             on_epoch_end(state)  # between redoes the epoch, so the call is never skipped
         if main:
-            extra: dict[str, Any] = {"run_key": run_key}
-            if dist.enabled:
-                extra["world_size"] = dist.world_size
+            extra: dict[str, Any] = {"run_key": run_key, "world_size": dist.world_size}
             save_checkpoint(
                 ckpt, model=model, optimizer=optimizer, scaler=scaler, state=state, extra=extra
             )

@@ -23,14 +23,13 @@ from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.runs import RunSpec, run_key, shard_source, shards_dir
+from glsim.runs import RunSpec, execution_settings, run_key, shard_source, shards_dir
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import (
     atomic_write_json,
     configure_determinism,
-    cpu_has_native_bf16,
     resolve_device,
     seed_everything,
 )
@@ -83,7 +82,7 @@ def recipe(params: Params, lr: float | None = None) -> Recipe:
         clip_grad=t.clip_grad,
         label_smoothing=reg.label_smoothing,
         amp=t.amp,
-        cpu_amp=t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_has_native_bf16()),
+        cpu_amp=execution_settings(params)["precision"] == "bf16",
     )
 
 
@@ -128,7 +127,7 @@ def train_run(
     with DistributedDataParallel (:mod:`glsim.train.distributed`): each rank reads every
     N-th sample and ``train.batch_size / N`` images per step, and rank 0 alone writes the
     run folder and tracks. The run key does not depend on N: a run finished by torchrun is
-    not repeated by a single process, and a killed one may be resumed with any N.
+    not repeated by a single process; a killed one resumes only with the N it started with.
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     dist, device = distributed.setup(resolve_device(params.base.device))
