@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 DEBUG_ENV = "GLSIM_DEBUG"
@@ -95,9 +96,25 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return "--debug" in argv or env not in ("", "0", "false", "no")
 
 
+_MKDIR_ADVICE = (
+    "that folder cannot be made there: point the params (base.runs_dir, base.reports_dir, "
+    "data.raw_dir, data.shards_dir) or the option at a folder on a writable disk"
+)
+
+
+def _failed_in_mkdir(err: OSError) -> bool:
+    """Whether ``err`` was raised making a folder (``Path.mkdir``, ``os.makedirs``), where a
+    missing or non-folder parent is the user's path, not a bug."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].name in ("mkdir", "makedirs")
+
+
 def describe_os_error(err: OSError) -> str | None:
-    """One line for a disk-full or permission error, naming the path; None for other errors."""
+    """One line for a disk-full or permission error, or a folder that cannot be made,
+    naming the path; None for other errors."""
     advice = _OS_ADVICE.get(err.errno or -1)
+    if advice is None and err.errno in (errno.ENOENT, errno.ENOTDIR) and _failed_in_mkdir(err):
+        advice = _MKDIR_ADVICE
     if advice is None:
         return None
     where = err.filename or "(path not reported)"

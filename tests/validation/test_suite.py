@@ -97,7 +97,7 @@ def test_label_out_of_range_is_refused_before_any_shard(tmp_path: Path) -> None:
     def relabel(root: Path, rows: Rows) -> None:
         rows[0].update(label=7, class_name="c7")
 
-    with pytest.raises(ManifestError, match=r"manifest\.csv: row 2 has label 7, outside 0\.\.3"):
+    with pytest.raises(ManifestError, match=r"manifest\.csv: row 2 has label 7, outside 0\.\.2"):
         make_dataset(tmp_path, relabel)
     assert not (tmp_path / "shards").exists()
 
