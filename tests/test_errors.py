@@ -1,0 +1,68 @@
+"""What a user sees when the machine, not the code, fails: one ``error:`` line naming the
+path and exit status 2, with the earlier good file still in place; a real bug keeps its
+traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import glsim.utils
+from glsim.errors import guarded
+from glsim.train.checkpoint import TrainState, read_checkpoint, save_checkpoint
+from glsim.utils import atomic_write_text
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def _disk_full(*args, **kwargs) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a writer reports it: no path
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_it_and_keeps_the_old_one(
+    tmp_path, monkeypatch, capsys
+):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run" / "last.pt"
+
+    def save(epoch: int) -> None:
+        save_checkpoint(
+            path, model=model, optimizer=optimizer, scaler=None, state=TrainState(epoch=epoch)
+        )
+
+    save(1)
+
+    def partial_then_full(obj, f) -> None:
+        f.write(b"PK\x03\x04 half a zip")
+        _disk_full()
+
+    monkeypatch.setattr(glsim.utils.torch, "save", partial_then_full)
+    assert guarded(lambda: save(2), debug=False) == 2
+    line = _one_error_line(capsys)
+    assert f"{path}: No space left on device; free disk space" in line
+    assert read_checkpoint(path)["state"]["epoch"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for target in (Path("/proc/no_such_folder/runs/x.json"), blocker / "runs" / "x.json"):
+        assert guarded(lambda t=target: atomic_write_text(t, "{}"), debug=False) == 2
+        line = _one_error_line(capsys)
+        assert str(target.parent.parent) in line and "cannot be made there" in line
+
+
+def test_a_missing_file_that_is_not_a_folder_being_made_keeps_its_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        guarded(lambda: (tmp_path / "missing.txt").read_text(), debug=False)
