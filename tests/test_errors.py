@@ -66,3 +66,65 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
 def test_a_missing_file_that_is_not_a_folder_being_made_keeps_its_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         guarded(lambda: (tmp_path / "missing.txt").read_text(), debug=False)
+
+
+# ---------------------------------------------------------------------------------------
+# params that only fail once a model is built are refused when the params are checked
+
+
+def _tiny(tmp_path: Path, **overrides):
+    from tiny import tiny_params
+
+    return tiny_params(tmp_path).with_overrides(overrides)
+
+
+def test_an_unknown_backbone_is_refused_with_the_closest_timm_name(tmp_path):
+    from glsim.config import ParamsError
+    from glsim.protocol import check_params
+
+    with pytest.raises(ParamsError, match=r"did you mean 'vit_tiny_patch16_224'\?") as info:
+        check_params(_tiny(tmp_path, **{"model.backbone.name": "vit_tiny_patch16_24"}))
+    assert "\n" not in str(info.value) and "model.backbone.name" in str(info.value)
+    with pytest.raises(ParamsError, match=r"not a timm VisionTransformer|timm cannot build it"):
+        check_params(_tiny(tmp_path, **{"model.backbone.name": "resnet18"}))
+
+
+@pytest.mark.parametrize("size,fragment", [(30, "last 6 px.*use 24 or 32"), (17, "use 16 or 24$")])
+def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path, size, fragment):
+    from glsim.config import ParamsError
+    from glsim.protocol import check_params
+
+    with pytest.raises(ParamsError, match=rf"data.image_size {size} .* patch size 8.*{fragment}"):
+        check_params(_tiny(tmp_path, **{"data.image_size": size}))
+    check_params(_tiny(tmp_path, **{"data.image_size": 24}))
+
+
+def test_an_image_size_is_not_checked_against_a_backbone_no_model_uses(tmp_path):
+    from glsim.protocol import check_params
+
+    from glsim.config import params_from_dict
+
+    tree = _tiny(tmp_path, **{"data.image_size": 30}).model_dump(mode="json")
+    tree["protocol"]["models"] = ["resnet101"]
+    tree["ablations"] = {"variants": {}, "tables": {}}
+    check_params(params_from_dict(tree))
+
+
+def test_the_train_stage_with_an_unknown_backbone_is_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    tree = _tiny(tmp_path, **{"model.backbone.name": "vit_tiny_patch16_24"}).model_dump(mode="json")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    out = subprocess.run(
+        [sys.executable, "pipelines/train.py", "--params", str(params), "--model", "vit", "--seed", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did you mean 'vit_tiny_patch16_224'" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()
