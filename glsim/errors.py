@@ -140,4 +140,22 @@ def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     print(f"error: {message}", file=sys.stderr)
+    _tell_torchrun(f"error: {message}")
     return 2
+
+
+def _tell_torchrun(line: str) -> None:
+    """Under torchrun, leave the ``error:`` line in the rank's error file, which the
+    launcher's failure summary (``ChildFailedError``, "Root Cause") shows as the cause in
+    place of "To enable traceback see ..."; the rank still exits with status 2."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
+    except OSError:
+        pass  # the summary then says less; the line is on stderr already

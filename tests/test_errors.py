@@ -128,3 +128,22 @@ def test_the_train_stage_with_an_unknown_backbone_is_one_line_and_writes_nothing
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "did you mean 'vit_tiny_patch16_224'" in lines[0], out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_under_torchrun_the_error_line_is_the_root_cause_the_launcher_shows(
+    tmp_path, monkeypatch, capsys
+):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from glsim.config import ParamsError
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+
+    def bad_params() -> None:
+        raise ParamsError("train.batch_size 7 does not split over 2 processes; use a multiple of 2")
+
+    assert guarded(bad_params, debug=False) == 2
+    line = _one_error_line(capsys)
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
+    assert failure.message == line  # the "traceback :" field of torchrun's failure summary
