@@ -123,6 +123,16 @@ def describe_os_error(err: OSError) -> str | None:
     return f"{where}: {err.strerror or os.strerror(err.errno or 0)}; {advice}"
 
 
+def _unwrap_worker(message: str) -> str:
+    """The error's own message when a DataLoader worker raised it: torch re-raises it in
+    the main process as "Caught X in DataLoader worker process 0.\nOriginal Traceback ...",
+    whose last line is ``module.X: <message>``."""
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    last = message.splitlines()[-1]
+    return last.partition(": ")[2] or last
+
+
 def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int:
     """Run ``main``; a user error becomes one ``error:`` line on stderr and exit status 2."""
     debug = debug_requested() if debug is None else debug
@@ -131,7 +141,7 @@ def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int
     try:
         return int(main() or 0)
     except user_errors() as err:
-        message = str(err).strip() or type(err).__name__
+        message = _unwrap_worker(str(err).strip()) or type(err).__name__
     except OSError as err:
         message = describe_os_error(err)
         if message is None:

@@ -100,9 +100,8 @@ def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path,
 
 
 def test_an_image_size_is_not_checked_against_a_backbone_no_model_uses(tmp_path):
-    from glsim.protocol import check_params
-
     from glsim.config import params_from_dict
+    from glsim.protocol import check_params
 
     tree = _tiny(tmp_path, **{"data.image_size": 30}).model_dump(mode="json")
     tree["protocol"]["models"] = ["resnet101"]

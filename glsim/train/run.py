@@ -23,7 +23,7 @@ from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.runs import RunSpec, run_key, shard_source, shards_dir
+from glsim.runs import RunSpec, manifest_path, run_key, shard_source, shards_dir
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
@@ -178,7 +178,7 @@ def train_run(
         loader = make_loader(
             src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
-            rank=dist.rank, world_size=dist.world_size,
+            rank=dist.rank, world_size=dist.world_size, images_root=manifest_path(params).parent,
         )  # fmt: skip
         return itertools.islice(loader, epoch_steps(epoch)) if dist.enabled else loader
 

@@ -39,7 +39,9 @@ def _refused(source: str, raw: Path, fragment: str, **kwargs) -> None:
 def test_a_csv_row_climbing_out_of_the_csv_folder_is_refused(tmp_path, outside):
     csv = write_csv_dataset(tmp_path / "src", classes=2)
     _csv_row(csv, os.path.relpath(outside, csv.parent))
-    _refused(f"csv:{csv}", tmp_path / "raw", rf"row 2\) resolves to {outside}, outside {csv.parent}")
+    _refused(
+        f"csv:{csv}", tmp_path / "raw", rf"row 2\) resolves to {outside}, outside {csv.parent}"
+    )
 
 
 def test_an_absolute_csv_row_outside_the_roots_is_refused_unless_allowed(tmp_path, outside):
@@ -68,7 +70,9 @@ def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path, outside):
     link = source / "train" / "species_000" / "link.png"
     link.symlink_to(outside)
     _refused(
-        f"imagefolder:{source}", tmp_path / "raw", rf"image {link} is a symlink to {outside}, outside"
+        f"imagefolder:{source}",
+        tmp_path / "raw",
+        rf"image {link} is a symlink to {outside}, outside",
     )
     # a link that stays inside the folder is an ordinary image
     link.unlink()

@@ -57,9 +57,10 @@ def _check_images(
             with Image.open(path) as image:
                 image.verify()
         except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a broken file
-            reason = "not an image PIL recognises" if "cannot identify" in str(err) else str(err)
+            from glsim.data.loader import image_problem
+
             raise DatasetError(
-                f"{where}: {path}{listed(i)} is not a readable image ({reason}); "
+                f"{where}: {path}{listed(i)} is not a readable image ({image_problem(err)}); "
                 "replace or remove it"
             ) from None
 
