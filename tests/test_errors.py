@@ -146,3 +146,18 @@ def test_under_torchrun_the_error_line_is_the_root_cause_the_launcher_shows(
     line = _one_error_line(capsys)
     failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
     assert failure.message == line  # the "traceback :" field of torchrun's failure summary
+
+
+def test_a_runs_uri_with_the_tracking_server_down_is_one_line_naming_it(monkeypatch, capsys):
+    import socket
+
+    from glsim.inference import load_predictor
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert guarded(lambda: load_predictor("runs:/0123abcd/model"), debug=False) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: --model runs:/0123abcd/model: is the tracking server up?")
+    assert f"127.0.0.1:{port}" in line and "urllib3" not in line and "0x" not in line
