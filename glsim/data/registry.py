@@ -463,5 +463,18 @@ def prepare_dataset(
         else:
             df = spec.parse(ddir)
         write_manifest(df, manifest)
-    atomic_write_json(ddir / SOURCE_STAMP, {"name": name, "source": canonical})
+    stamp = {"name": name, "source": canonical}
+    if spec.parametric:
+        stamp["roots"] = df.attrs.get("roots", [])
+    atomic_write_json(ddir / SOURCE_STAMP, stamp)
     return manifest
+
+
+def read_image_roots(ddir: Path) -> list[Path] | None:
+    """The folders a user dataset's images must lie in (``source.json``'s ``roots``, written
+    by :func:`prepare_dataset`); None for a built-in dataset or an older stamp."""
+    try:
+        roots = json.loads((ddir / SOURCE_STAMP).read_text()).get("roots")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return [Path(r) for r in roots] if isinstance(roots, list) and roots else None

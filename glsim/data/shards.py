@@ -49,6 +49,7 @@ import pandas as pd
 import webdataset as wds
 
 from glsim.data.manifest import REQUIRED_COLUMNS, SPLITS, class_names, read_manifest
+from glsim.data.registry import read_image_roots
 from glsim.progress import progress
 from glsim.utils import _atomic, atomic_write_json, atomic_write_text
 
@@ -123,12 +124,16 @@ def _json_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _specs(df: pd.DataFrame, root: Path) -> Iterator[SampleSpec]:
+def _specs(
+    df: pd.DataFrame, root: Path, image_roots: list[Path] | None = None
+) -> Iterator[SampleSpec]:
     extras = [c for c in df.columns if c not in REQUIRED_COLUMNS]
     columns = list(df.columns)
     for values in df.itertuples(index=False, name=None):
         row = dict(zip(columns, values, strict=True))
         source = root / row["path"]
+        if image_roots is not None:
+            _check_inside(source, row["path"], image_roots)
         try:
             size = source.stat().st_size
         except FileNotFoundError:
@@ -145,6 +150,18 @@ def _specs(df: pd.DataFrame, root: Path) -> Iterator[SampleSpec]:
             label=int(row["label"]),
             meta=json.dumps(meta, sort_keys=True).encode(),
             size=size,
+        )
+
+
+def _check_inside(source: Path, path: str, image_roots: list[Path]) -> None:
+    """A user dataset's image still lies in the folders it was prepared from (a symlink
+    changed since, a hand-edited manifest), so no other file is copied into a shard."""
+    target = source.resolve()
+    if not any(target.is_relative_to(r) for r in image_roots):
+        raise ShardError(
+            f"image {source} (manifest row path={path!r}) resolves to {target}, outside the "
+            f"dataset's folders {[str(r) for r in image_roots]}; fix the file or link and "
+            "prepare the dataset again"
         )
 
 
@@ -323,12 +340,13 @@ def write_shards(
     df = read_manifest(manifest_path)
     _check_unique_keys(df, manifest_path)
     root = manifest_path.parent
+    image_roots = read_image_roots(root)
 
     plans: dict[str, list[ShardPlan]] = {}
     for split in SPLITS:
         rows = df[df["split"] == split]
         order = np.random.default_rng(ORDER_SEED).permutation(len(rows))
-        specs = _specs(rows.iloc[order], root)
+        specs = _specs(rows.iloc[order], root, image_roots)
         plans[split] = plan_shards(specs, split, max_count=max_count, max_bytes=max_bytes)
     flat = [p for split in SPLITS for p in plans[split]]
 

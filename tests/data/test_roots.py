@@ -94,3 +94,16 @@ def test_the_refusal_is_one_error_line_and_exit_2(tmp_path, outside, capsys):
     code = guarded(lambda: prepare_dataset(f"csv:{csv}", tmp_path / "raw", name="m"), debug=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and str(outside) in err[0]
+
+
+def test_shards_refuse_an_image_that_left_the_folders_it_was_prepared_from(tmp_path, outside):
+    from glsim.data.shards import ShardError, write_shards
+
+    source = write_imagefolder(tmp_path / "src", classes=2)
+    manifest = prepare_dataset(f"imagefolder:{source}", tmp_path / "raw", name="mine")
+    image = source / "train" / "species_000" / "0.png"
+    image.unlink()
+    image.symlink_to(outside)  # swapped after prepare
+    with pytest.raises(ShardError, match=rf"image .*0\.png .* resolves to {outside}, outside"):
+        write_shards(manifest, tmp_path / "shards", max_count=64, max_bytes=1 << 22)
+    assert not (tmp_path / "shards").exists()

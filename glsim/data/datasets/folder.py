@@ -36,11 +36,8 @@ def _check_images(
     where: str,
     row: Callable[[int], str] | None = None,
 ) -> None:
-    """Every image lies under one of ``roots`` once symlinks are followed, and is an image.
-
-    ``row(i)``, when given, says where the i-th path was listed (``row 5``).
-    """
-    roots = [r.expanduser().resolve() for r in roots]
+    """Every image lies under one of ``roots`` (resolved) once symlinks are followed, and is
+    an image. ``row(i)``, when given, says where the i-th path was listed (``row 5``)."""
     shown = " or ".join(str(r) for r in roots)
     fix = (
         f"move it under {shown}, or list its folder in data.datasets.<name>.allowed_roots "
@@ -63,6 +60,17 @@ def _check_images(
                 f"{where}: {path}{listed(i)} is not a readable image ({image_problem(err)}); "
                 "replace or remove it"
             ) from None
+
+
+def _roots(own: Path, allowed: Sequence[Path]) -> list[Path]:
+    return [r.expanduser().resolve() for r in (own, *allowed)]
+
+
+def _with_roots(manifest: pd.DataFrame, roots: list[Path]) -> pd.DataFrame:
+    """The manifest with its roots attached, for the registry to record next to it (the
+    shard stage checks every image against them again)."""
+    manifest.attrs["roots"] = [str(r) for r in roots]
+    return manifest
 
 
 def _images(folder: Path) -> list[Path]:
@@ -110,8 +118,9 @@ def parse_imagefolder(
                 paths.append(image)
                 labels.append(label_of[class_dir.name])
                 splits.append(split)
-    _check_images(paths, [source, *allowed_roots], where=where)
-    return make_manifest(paths, labels, splits, classes, dataset_dir)
+    roots = _roots(source, allowed_roots)
+    _check_images(paths, roots, where=where)
+    return _with_roots(make_manifest(paths, labels, splits, classes, dataset_dir), roots)
 
 
 def _csv_labels(table: pd.DataFrame, source: Path) -> tuple[pd.Series, list[str]]:
@@ -196,7 +205,6 @@ def parse_csv(
         paths, labels, table["split"], classes, dataset_dir,
         missing_hint=f"fix that path in {source} (paths are relative to the CSV's folder)",
     )  # fmt: skip
-    _check_images(
-        paths, [source.parent, *allowed_roots], where=str(source), row=lambda i: f"row {i + 2}"
-    )
-    return manifest
+    roots = _roots(source.parent, allowed_roots)
+    _check_images(paths, roots, where=str(source), row=lambda i: f"row {i + 2}")
+    return _with_roots(manifest, roots)
