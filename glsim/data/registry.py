@@ -435,8 +435,8 @@ def prepare_dataset(
                 "give this source another name, or prepare again with --force to replace it"
             )
         return manifest
-    ddir.mkdir(parents=True, exist_ok=True)
     if spec.generate is not None:
+        ddir.mkdir(parents=True, exist_ok=True)  # other sources make it when they write
         if params is None:
             from glsim.config import Params
 

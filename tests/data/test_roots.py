@@ -33,7 +33,7 @@ def _refused(source: str, raw: Path, fragment: str, **kwargs) -> None:
     with pytest.raises(DatasetError, match=fragment) as info:
         prepare_dataset(source, raw, name="mine", **kwargs)
     assert "\n" not in str(info.value)
-    assert not (raw / "mine" / "manifest.csv").exists()
+    assert not (raw / "mine").exists()
 
 
 def test_a_csv_row_climbing_out_of_the_csv_folder_is_refused(tmp_path, outside):
