@@ -3,8 +3,8 @@ guard every entry point (stage scripts, the ``glsim`` command) runs its work und
 
 A user error exits with status 2 and one line ``error: <message>`` naming the file, key or
 value and what to do; ``--debug`` or ``GLSIM_DEBUG=1`` shows the traceback instead. A
-disk-full or permission error names the path. Anything else is a bug and keeps its
-traceback.
+disk-full or permission error, or a folder that cannot be made, names the path. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -161,3 +161,24 @@ def test_a_runs_uri_with_the_tracking_server_down_is_one_line_naming_it(monkeypa
     line = _one_error_line(capsys)
     assert line.startswith("error: --model runs:/0123abcd/model: is the tracking server up?")
     assert f"127.0.0.1:{port}" in line and "urllib3" not in line and "0x" not in line
+
+
+@pytest.mark.parametrize("kind", ["final", "lrsearch"])
+def test_training_names_an_image_that_does_not_decode_by_the_users_file(tmp_path, kind):
+    """Prepare checks every image; one broken after that reaches the shards (sharding does
+    not decode) and training names the user's file, for the final and the LR-search
+    shards, whose paths are relative to different manifests."""
+    from tiny import imagefolder_params
+
+    from glsim import protocol
+    from glsim.data.shards import ShardError
+    from glsim.runs import RunSpec
+    from glsim.train.run import train_run
+
+    params = imagefolder_params(tmp_path, classes=2)
+    bad = tmp_path / "src" / "train" / "species_000" / "0.png"
+    bad.write_bytes(b"broken after prepare")
+    protocol.shard(params)
+    spec = RunSpec("vit", 1, lr=0.01, kind=kind)
+    with pytest.raises(ShardError, match=rf"image {bad} \(sample '.*'\) does not decode"):
+        train_run(params, spec, track=False)
