@@ -107,3 +107,14 @@ def test_shards_refuse_an_image_that_left_the_folders_it_was_prepared_from(tmp_p
     with pytest.raises(ShardError, match=rf"image .*0\.png .* resolves to {outside}, outside"):
         write_shards(manifest, tmp_path / "shards", max_count=64, max_bytes=1 << 22)
     assert not (tmp_path / "shards").exists()
+
+
+def test_the_prepare_command_takes_allowed_roots(tmp_path, outside, capsys):
+    from glsim.cli import main
+
+    csv = write_csv_dataset(tmp_path / "src", classes=2)
+    _csv_row(csv, str(outside))
+    args = ["data", "prepare", f"csv:{csv}", "--root", str(tmp_path / "raw"), "--name", "m"]
+    assert main(args) == 2
+    assert "allowed_roots" in capsys.readouterr().err
+    assert main([*args, "--allowed-root", str(outside.parent)]) == 0
