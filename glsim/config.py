@@ -27,7 +27,8 @@ from glsim.models.choices import Metric, Selector  # torch-free: the models' own
 
 AugRegLevel = Literal["minimal", "weak", "medium", "strong"]
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-SOURCE_KEY = "source"  # the data.datasets entry key that is not a dotted override
+SOURCE_KEY = "source"  # the data.datasets entry keys that are not dotted overrides
+ALLOWED_ROOTS_KEY = "allowed_roots"
 MOVED_KEYS = {"train.models": "protocol.models", "train.seeds": "protocol.seeds"}
 
 
@@ -141,6 +142,13 @@ class DataParams(_Strict):
         description="where the current dataset comes from (set from its data.datasets entry): "
         "a registered name, imagefolder:PATH or csv:FILE; None: the registered dataset `dataset`",
     )
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders besides its own root (the image folder; the CSV's folder) that a "
+        "user dataset's images may lie in, after following symlinks (set from its data.datasets "
+        "entry, e.g. mine: {source: 'csv:/data/list.csv', allowed_roots: [/mnt/photos]}); an "
+        "image anywhere else is refused at prepare",
+    )
     raw_dir: Path = Path("data/raw")
     shards_dir: Path = Path("data/shards")
     shards_url: str | None = Field(
@@ -175,6 +183,12 @@ class DataParams(_Strict):
                 raise ValueError(
                     f"data.datasets.{name}.source must be a dataset name, imagefolder:PATH or "
                     f"csv:FILE, got {source!r}"
+                )
+            roots = entry.get(ALLOWED_ROOTS_KEY, [])
+            if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+                raise ValueError(
+                    f"data.datasets.{name}.{ALLOWED_ROOTS_KEY} must be a list of folders, "
+                    f"got {roots!r}"
                 )
         check_dataset_name(self.dataset, "data.dataset")
         return self
@@ -645,7 +659,12 @@ def for_dataset(params: Params, name: str) -> Params:
             f"dataset {name!r} is not in data.datasets{hint} (listed: {sorted(params.data.datasets)})"
         )
     entry = dict(params.data.datasets[name])
-    overrides = {"data.dataset": name, "data.source": entry.pop(SOURCE_KEY, None), **entry}
+    overrides = {
+        "data.dataset": name,
+        "data.source": entry.pop(SOURCE_KEY, None),
+        "data.allowed_roots": entry.pop(ALLOWED_ROOTS_KEY, []),
+        **entry,
+    }
     return params.with_overrides(overrides, source=f"data.datasets.{name}")
 
 

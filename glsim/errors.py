@@ -3,8 +3,8 @@ guard every entry point (stage scripts, the ``glsim`` command) runs its work und
 
 A user error exits with status 2 and one line ``error: <message>`` naming the file, key or
 value and what to do; ``--debug`` or ``GLSIM_DEBUG=1`` shows the traceback instead. A
-disk-full or permission error names the path. Anything else is a bug and keeps its
-traceback.
+disk-full or permission error, or a folder that cannot be made, names the path. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 DEBUG_ENV = "GLSIM_DEBUG"
@@ -95,15 +96,41 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return "--debug" in argv or env not in ("", "0", "false", "no")
 
 
+_MKDIR_ADVICE = (
+    "that folder cannot be made there: point the params (base.runs_dir, base.reports_dir, "
+    "data.raw_dir, data.shards_dir) or the option at a folder on a writable disk"
+)
+
+
+def _failed_in_mkdir(err: OSError) -> bool:
+    """Whether ``err`` was raised making a folder (``Path.mkdir``, ``os.makedirs``), where a
+    missing or non-folder parent is the user's path, not a bug."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].name in ("mkdir", "makedirs")
+
+
 def describe_os_error(err: OSError) -> str | None:
-    """One line for a disk-full or permission error, naming the path; None for other errors."""
+    """One line for a disk-full or permission error, or a folder that cannot be made,
+    naming the path; None for other errors."""
     advice = _OS_ADVICE.get(err.errno or -1)
+    if advice is None and err.errno in (errno.ENOENT, errno.ENOTDIR) and _failed_in_mkdir(err):
+        advice = _MKDIR_ADVICE
     if advice is None:
         return None
     where = err.filename or "(path not reported)"
     if err.filename2:
         where = f"{where} -> {err.filename2}"
     return f"{where}: {err.strerror or os.strerror(err.errno or 0)}; {advice}"
+
+
+def _unwrap_worker(message: str) -> str:
+    """The error's own message when a DataLoader worker raised it: torch re-raises it in
+    the main process as "Caught X in DataLoader worker process 0.\nOriginal Traceback ...",
+    whose last line is ``module.X: <message>``."""
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    last = message.splitlines()[-1]
+    return last.partition(": ")[2] or last
 
 
 def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int:
@@ -114,7 +141,7 @@ def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int
     try:
         return int(main() or 0)
     except user_errors() as err:
-        message = str(err).strip() or type(err).__name__
+        message = _unwrap_worker(str(err).strip()) or type(err).__name__
     except OSError as err:
         message = describe_os_error(err)
         if message is None:
@@ -123,4 +150,22 @@ def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     print(f"error: {message}", file=sys.stderr)
+    _tell_torchrun(f"error: {message}")
     return 2
+
+
+def _tell_torchrun(line: str) -> None:
+    """Under torchrun, leave the ``error:`` line in the rank's error file, which the
+    launcher's failure summary (``ChildFailedError``, "Root Cause") shows as the cause in
+    place of "To enable traceback see ..."; the rank still exits with status 2."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
+    except OSError:
+        pass  # the summary then says less; the line is on stderr already

@@ -159,6 +159,16 @@ def _load_mlflow(uri: str):
     from glsim.tracking.mlflow import logged_class_names, tracking_uri
 
     store = tracking_uri()
+    if store.startswith(("http://", "https://")):
+        # a server that does not answer is one line, not MLflow's minutes of retries ending
+        # in urllib3's connection-pool text
+        from glsim.errors import TrackingUnavailable
+        from glsim.tracking.mlflow import check_tracking
+
+        try:
+            check_tracking(store)
+        except TrackingUnavailable as err:
+            raise CommandError(f"--model {uri}: is the tracking server up? {err}") from None
     mlflow.set_tracking_uri(store)
     client = mlflow.MlflowClient(store)
     try:

@@ -3,7 +3,8 @@
 or a run key. Everything here is a function of the params tree (resolved for one dataset
 with :func:`glsim.config.for_dataset`); paths and run keys come from :mod:`glsim.runs`.
 
-* :func:`check_params`: what the typed tree cannot check alone (registered model names).
+* :func:`check_params`: what the typed tree cannot check alone (registered model names, a
+  backbone timm can build whose patches tile ``data.image_size``).
 * The data and pretraining stages, one function each: :func:`prepare`, :func:`shard`,
   :func:`validate`, :func:`probe`, :func:`pretrain` (:func:`pretrain_done`: finished under
   its run key).
@@ -63,8 +64,47 @@ if TYPE_CHECKING:
     from glsim.validation.suite import ValidationReport
 
 
+def _check_backbone(params: Params) -> None:
+    """``model.backbone`` builds a timm ViT (checked on the meta device: no memory, no
+    weights) whose patches tile ``data.image_size`` exactly: a size that is not a multiple
+    of the patch size leaves its last pixels unseen by every patch."""
+    import difflib
+
+    import timm
+    import torch
+
+    from glsim.models.backbone import create_vit
+
+    bb, size = params.model.backbone, params.data.image_size
+    if not timm.is_model(bb.name):
+        close = difflib.get_close_matches(bb.name, timm.list_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamsError(
+            f"model.backbone.name: timm has no model {bb.name!r}; {hint}"
+            "(timm.list_models('vit_*') lists the ViTs); fix it in the params file"
+        )
+    try:
+        with torch.device("meta"):
+            model = create_vit(bb.name, image_size=size, **bb.overrides)
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    patch = model.patch_embed.patch_size[0]
+    if size % patch:
+        lower, upper = size - size % patch, size - size % patch + patch
+        sizes = f"{lower} or {upper}" if lower >= 16 else str(upper)
+        raise ParamsError(
+            f"data.image_size {size} is not a multiple of the backbone's patch size {patch} "
+            f"({bb.name}{' with model.backbone.overrides' if 'patch_size' in bb.overrides else ''}): "
+            f"the last {size % patch} px of each side would never be seen; use {sizes}"
+        )
+
+
 def check_params(params: Params) -> Params:
-    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered."""
+    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered, and
+    when a ViT model is among them, ``model.backbone`` must build one that tiles
+    ``data.image_size``."""
+    from glsim.train.run import CNN_MODELS
+
     known = list_models()
     for name in params.protocol.models:
         if name not in known:
@@ -78,6 +118,9 @@ def check_params(params: Params) -> Params:
                 f"ablations.variants.{name}.model: unknown model {variant.model!r} "
                 f"(registered: {', '.join(known)}); fix it in the params file"
             )
+    models = set(params.protocol.models) | {v.model for v in params.ablations.variants.values()}
+    if models - set(CNN_MODELS):
+        _check_backbone(params)
     return params
 
 

@@ -15,7 +15,8 @@ import torch
 
 
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temp file in the same folder, then rename: readers never see a partial file."""
+    """Write via a temp file in the same folder, then rename: readers never see a partial file.
+    A write error that names no file (a full disk inside a writer) is raised naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,6 +27,11 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,7 +53,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    return _atomic(path, lambda p: torch.save(obj, p))
+    """``torch.save`` via a temp file; an old file at ``path`` survives a failed write."""
+
+    def write(tmp: Path) -> None:
+        # through a Python file object: a full disk is an OSError (ENOSPC); torch's own
+        # path writer reports it as an opaque RuntimeError ("unexpected pos")
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return _atomic(path, write)
 
 
 def seed_everything(seed: int) -> None:

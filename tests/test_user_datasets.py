@@ -195,8 +195,10 @@ def _csv(tmp_path: Path, labels: list, splits: list | None = None) -> Path:
 @pytest.mark.parametrize(
     "labels,splits,fragment",
     [
-        ([0, 1, -1, 2], None, r"row 4 has label -1, outside 0\.\.3"),
-        ([0, 1, 2, 99], None, r"row 5 has label 99, outside 0\.\.3"),
+        ([0, 1, -1, 2], None, r"row 4 has label -1, outside 0\.\.2"),
+        ([0, 1, 2, 99], None, r"row 5 has label 99, outside 0\.\.2"),
+        ([0, 1, 2, 3, 99], None, r"row 6 has label 99, outside 0\.\.3"),
+        ([1, 2, 7, 1], None, r"row 4 has label 7, and no row has label 0"),
         ([0, 1, 2, 3], ["train", "train", "train", "test"], r"class 3 has no train image.*row 5"),
         ([0, 1, "two", 2], None, r"row 4 has label 'two' among integer labels"),
         (["a", "b", "c", "c"], ["train", "train", "test", "test"], r"class 'c' has no train image.*row 4"),

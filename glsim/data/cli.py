@@ -73,8 +73,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ParamsError(str(err)) from None
     manifest = prepare_dataset(
-        args.source, root, name=name, overrides=args.overrides, params=params, force=args.force
-    )
+        args.source, root, name=name, overrides=args.overrides, params=params, force=args.force,
+        allowed_roots=args.allowed_root or None,
+    )  # fmt: skip
     print(manifest)
     if name != args.source:
         print(f"(dataset {args.source} prepared as {name!r}: use that name in data.datasets)")
@@ -103,5 +104,13 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--overrides", default=None, help="registry overrides YAML (mirrors, checksums)")
     p.add_argument("--params", default="params.yaml", help="params file (for generated datasets)")
     p.add_argument("--force", action="store_true", help="parse again even if manifest.csv exists")
+    p.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder besides the image folder (or the CSV's folder) that images may lie in "
+        "(repeatable; symlinks are followed, any other image is refused)",
+    )
     p.set_defaults(func=cmd_prepare)
     return data

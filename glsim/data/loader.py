@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
@@ -142,14 +144,36 @@ def open_shards(
         yield {}  # end-of-shard marker: group_by_keys never joins samples across shards
 
 
-def decode_image(data: bytes, key: str = "?") -> np.ndarray:
-    """Image bytes -> RGB uint8 array (H, W, 3); errors name the sample key."""
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def image_problem(err: BaseException) -> str:
+    """Why PIL could not read an image, in words: never the repr of the buffer it read."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format PIL recognises"
+    return _BUFFER_REPR.sub("", str(err)).strip() or type(err).__name__
+
+
+def source_file(path: str, images_root: str | Path | None) -> str:
+    """The image file a sample came from: its manifest ``path`` (relative to the manifest's
+    folder, ``images_root``) made whole, as the user named it (``/data/birds/x.jpg``, not
+    ``../../../../birds/x.jpg``)."""
+    if images_root is None:
+        return path
+    return os.path.normpath(Path(images_root).absolute() / path)
+
+
+def decode_image(data: bytes, key: str = "?", *, name: str | None = None) -> np.ndarray:
+    """Image bytes -> RGB uint8 array (H, W, 3); errors name the image file (``name``; the
+    sample key when not known)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as err:
+        what = f"image {name} (sample {key!r})" if name else f"sample {key!r}: image"
         raise ShardError(
-            f"sample {key!r}: image does not decode ({err}); run the validation suite to find all bad images"
+            f"{what} does not decode ({image_problem(err)}); replace or remove it, then prepare "
+            "and shard the dataset again (the validate stage lists every bad image)"
         ) from err
 
 
@@ -190,10 +214,12 @@ class _ToTensors:
         epoch: int,
         with_meta: bool,
         rank: int = 0,
+        images_root: str | Path | None = None,
     ):
         self.transform = transform
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.with_meta = with_meta
+        self.images_root = images_root
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple]:
         if hasattr(self.transform, "set_random_seed"):
@@ -202,7 +228,10 @@ class _ToTensors:
             )
         for sample in samples:
             key = sample["__key__"]
-            pixels = decode_image(image_member(sample), key)  # (H, W, 3)
+            extra = json.loads(sample["json"]) if "json" in sample else {}
+            path = extra.get("path")  # a decode error names the user's file, not the key
+            name = source_file(path, self.images_root) if path else None
+            pixels = decode_image(image_member(sample), key, name=name)  # (H, W, 3)
             image = self.transform(image=pixels)["image"]
             label = torch.tensor(int(sample["cls"]), dtype=torch.int64)
             if not self.with_meta:
@@ -210,7 +239,6 @@ class _ToTensors:
                 continue
             height, width = pixels.shape[:2]
             meta: dict[str, Any] = {"key": key, "size": torch.tensor([width, height])}
-            extra = json.loads(sample["json"]) if "json" in sample else {}
             if all(extra.get(c) is not None for c in BOX_COLUMNS):
                 meta["box"] = torch.tensor(
                     [float(extra[c]) for c in BOX_COLUMNS], dtype=torch.float32
@@ -230,6 +258,7 @@ def make_dataset(
     shuffle_buffer: int = SHUFFLE_BUFFER,
     rank: int = 0,
     world_size: int = 1,
+    images_root: str | Path | None = None,
 ) -> wds.DataPipeline:
     """The per-sample WebDataset pipeline behind :func:`make_loader` (an IterableDataset)."""
     shards = epoch_shards(shards_dir, split, shuffle=shuffle, seed=seed, epoch=epoch)
@@ -251,7 +280,7 @@ def make_dataset(
         stages.append(_RankShare(rank, world_size))
     if shuffle:
         stages.append(_SampleShuffle(shuffle_buffer, seed, epoch, rank))
-    stages.append(_ToTensors(transform, seed, epoch, with_meta, rank))
+    stages.append(_ToTensors(transform, seed, epoch, with_meta, rank, images_root))
     return wds.DataPipeline(*stages)
 
 
@@ -302,6 +331,7 @@ def make_loader(
     with_meta: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    images_root: str | Path | None = None,
 ) -> DataLoader:
     """Batches ``(images, labels)`` (or ``(images, labels, meta)``) from a split's shards.
 
@@ -330,6 +360,8 @@ def make_loader(
         with_meta: Also yield keys and boxes.
         rank, world_size: this process's share under torchrun (every ``world_size``-th
             sample, see ``_RankShare``); its shuffle and augmentation streams are its own.
+        images_root: the manifest's folder: an image that does not decode is named by its
+            file there (the user's own path), not by its shard key.
     """
     dataset = make_dataset(
         shards_dir,
@@ -341,6 +373,7 @@ def make_loader(
         with_meta=with_meta,
         rank=rank,
         world_size=world_size,
+        images_root=images_root,
     )
     workers = min(workers, len(_split_entry(shards_dir, split)["shards"]))
     return DataLoader(

@@ -36,9 +36,15 @@ def label_problem(labels: pd.Series, splits: pd.Series, names: list[str] | None 
     count = labels.nunique()
     outside = labels[(labels < 0) | (labels >= count)]
     if not outside.empty:
+        # the classes are the labels 0, 1, ... present without a gap; the range shown is
+        # theirs (4 classes and one 99 are 0..3, not the 0..4 of five distinct labels)
+        present, classes = set(labels.tolist()), 0
+        while classes in present:
+            classes += 1
         row, value = int(outside.index[0]) + 2, int(outside.iloc[0])
+        where = f"outside 0..{classes - 1}" if classes else "and no row has label 0"
         return (
-            f"row {row} has label {value}, outside 0..{count - 1}: integer labels must be "
+            f"row {row} has label {value}, {where}: integer labels must be "
             f"0..C-1 with no gap ({count} distinct labels here); renumber the labels or use "
             "class names"
         )

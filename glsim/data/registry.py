@@ -400,6 +400,7 @@ def prepare_dataset(
     params: Params | None = None,
     force: bool = False,
     progress: bool | None = None,
+    allowed_roots: list[str | Path] | None = None,
 ) -> Path:
     """Download -> verify -> extract -> parse; write and return ``ROOT/NAME/manifest.csv``.
 
@@ -413,6 +414,9 @@ def prepare_dataset(
         params: the params tree, passed to generated datasets.
         force: re-parse even if the manifest exists (downloads are reused when verified).
         progress: show download progress bars (default: on a terminal).
+        allowed_roots: for ``imagefolder:``/``csv:`` sources, folders besides the source's
+            own where images may lie (default: params ``data.allowed_roots``); any other
+            image is refused, symlinks followed.
 
     Raises:
         ManualDownloadRequired: a licence-restricted file is not in place (says where).
@@ -431,8 +435,8 @@ def prepare_dataset(
                 "give this source another name, or prepare again with --force to replace it"
             )
         return manifest
-    ddir.mkdir(parents=True, exist_ok=True)
     if spec.generate is not None:
+        ddir.mkdir(parents=True, exist_ok=True)  # other sources make it when they write
         if params is None:
             from glsim.config import Params
 
@@ -452,6 +456,25 @@ def prepare_dataset(
                 extract_archive(path, ddir / "extracted")
         if spec.parse is None:
             raise DatasetError(f"dataset {source!r} has neither a parser nor a generator")
-        write_manifest(spec.parse(ddir), manifest)
-    atomic_write_json(ddir / SOURCE_STAMP, {"name": name, "source": canonical})
+        if spec.parametric:
+            if allowed_roots is None:
+                allowed_roots = list(params.data.allowed_roots) if params is not None else []
+            df = spec.parse(ddir, allowed_roots=[Path(r) for r in allowed_roots])
+        else:
+            df = spec.parse(ddir)
+        write_manifest(df, manifest)
+    stamp = {"name": name, "source": canonical}
+    if spec.parametric:
+        stamp["roots"] = df.attrs.get("roots", [])
+    atomic_write_json(ddir / SOURCE_STAMP, stamp)
     return manifest
+
+
+def read_image_roots(ddir: Path) -> list[Path] | None:
+    """The folders a user dataset's images must lie in (``source.json``'s ``roots``, written
+    by :func:`prepare_dataset`); None for a built-in dataset or an older stamp."""
+    try:
+        roots = json.loads((ddir / SOURCE_STAMP).read_text()).get("roots")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return [Path(r) for r in roots] if isinstance(roots, list) and roots else None

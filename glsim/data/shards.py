@@ -49,6 +49,7 @@ import pandas as pd
 import webdataset as wds
 
 from glsim.data.manifest import REQUIRED_COLUMNS, SPLITS, class_names, read_manifest
+from glsim.data.registry import read_image_roots
 from glsim.progress import progress
 from glsim.utils import _atomic, atomic_write_json, atomic_write_text
 
@@ -123,12 +124,16 @@ def _json_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _specs(df: pd.DataFrame, root: Path) -> Iterator[SampleSpec]:
+def _specs(
+    df: pd.DataFrame, root: Path, image_roots: list[Path] | None = None
+) -> Iterator[SampleSpec]:
     extras = [c for c in df.columns if c not in REQUIRED_COLUMNS]
     columns = list(df.columns)
     for values in df.itertuples(index=False, name=None):
         row = dict(zip(columns, values, strict=True))
         source = root / row["path"]
+        if image_roots is not None:
+            _check_inside(source, row["path"], image_roots)
         try:
             size = source.stat().st_size
         except FileNotFoundError:
@@ -145,6 +150,18 @@ def _specs(df: pd.DataFrame, root: Path) -> Iterator[SampleSpec]:
             label=int(row["label"]),
             meta=json.dumps(meta, sort_keys=True).encode(),
             size=size,
+        )
+
+
+def _check_inside(source: Path, path: str, image_roots: list[Path]) -> None:
+    """A user dataset's image still lies in the folders it was prepared from (a symlink
+    changed since, a hand-edited manifest), so no other file is copied into a shard."""
+    target = source.resolve()
+    if not any(target.is_relative_to(r) for r in image_roots):
+        raise ShardError(
+            f"image {source} (manifest row path={path!r}) resolves to {target}, outside the "
+            f"dataset's folders {[str(r) for r in image_roots]}; fix the file or link and "
+            "prepare the dataset again"
         )
 
 
@@ -225,44 +242,17 @@ def _clear_stale(out_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def write_shards(
-    manifest_path: str | Path,
-    out_dir: str | Path,
-    *,
+def _write_folder(
+    df: pd.DataFrame,
+    manifest_path: Path,
+    plans: dict[str, list[ShardPlan]],
+    out_dir: Path,
+    workers: int,
     max_count: int,
     max_bytes: int,
-    workers: int = 1,
 ) -> dict[str, Any]:
-    """Write a manifest's images into per-split WebDataset shards (see the module docstring).
-
-    Args:
-        manifest_path: ``manifest.csv``; image paths are relative to its folder.
-        out_dir: Folder for the shards, ``index.json``, ``classes.json`` and ``samples.csv``.
-        max_count: At most this many samples per shard.
-        max_bytes: At most this many bytes per shard file (unless one image alone is larger).
-        workers: Processes writing shards in parallel (1: in this process).
-
-    Returns:
-        The index written to ``out_dir/index.json``.
-    """
-    manifest_path = Path(manifest_path)
-    out_dir = Path(out_dir)
-    if max_count < 1 or max_bytes < 1:
-        raise ShardError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
-    df = read_manifest(manifest_path)
-    _check_unique_keys(df, manifest_path)
-    root = manifest_path.parent
-
-    plans: dict[str, list[ShardPlan]] = {}
-    for split in SPLITS:
-        rows = df[df["split"] == split]
-        order = np.random.default_rng(ORDER_SEED).permutation(len(rows))
-        specs = _specs(rows.iloc[order], root)
-        plans[split] = plan_shards(specs, split, max_count=max_count, max_bytes=max_bytes)
+    """The shards, ``samples.csv``, ``classes.json`` and, last, ``index.json``."""
     flat = [p for split in SPLITS for p in plans[split]]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale(out_dir, keep={p.name for p in flat})
     if workers > 1 and len(flat) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(flat))) as pool:
             chunk = max(1, len(flat) // (4 * workers))  # groups of consecutive shards per task
@@ -310,6 +300,67 @@ def write_shards(
     }
     atomic_write_json(out_dir / INDEX_NAME, index)
     return index
+
+
+def _remove_written(out_dir: Path, *, remove_folder: bool) -> None:
+    """After a failed write (a full disk): drop the shards, temp files and tables, and the
+    folder when this run made it and nothing else is in it, so nothing half-made is left
+    and the next run starts over."""
+    _clear_stale(out_dir, keep=set())
+    for name in (SAMPLES_NAME, CLASSES_NAME, INDEX_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    if remove_folder and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def write_shards(
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    *,
+    max_count: int,
+    max_bytes: int,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Write a manifest's images into per-split WebDataset shards (see the module docstring).
+
+    Args:
+        manifest_path: ``manifest.csv``; image paths are relative to its folder.
+        out_dir: Folder for the shards, ``index.json``, ``classes.json`` and ``samples.csv``.
+        max_count: At most this many samples per shard.
+        max_bytes: At most this many bytes per shard file (unless one image alone is larger).
+        workers: Processes writing shards in parallel (1: in this process).
+
+    Returns:
+        The index written to ``out_dir/index.json``.
+    """
+    manifest_path = Path(manifest_path)
+    out_dir = Path(out_dir)
+    if max_count < 1 or max_bytes < 1:
+        raise ShardError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
+    df = read_manifest(manifest_path)
+    _check_unique_keys(df, manifest_path)
+    root = manifest_path.parent
+    image_roots = read_image_roots(root)
+
+    plans: dict[str, list[ShardPlan]] = {}
+    for split in SPLITS:
+        rows = df[df["split"] == split]
+        order = np.random.default_rng(ORDER_SEED).permutation(len(rows))
+        specs = _specs(rows.iloc[order], root, image_roots)
+        plans[split] = plan_shards(specs, split, max_count=max_count, max_bytes=max_bytes)
+    flat = [p for split in SPLITS for p in plans[split]]
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the index is written last: while shards are rewritten there is none, so a folder
+    # left by a failed or killed run is never read as complete
+    (out_dir / INDEX_NAME).unlink(missing_ok=True)
+    _clear_stale(out_dir, keep={p.name for p in flat})
+    try:
+        return _write_folder(df, manifest_path, plans, out_dir, workers, max_count, max_bytes)
+    except BaseException:
+        _remove_written(out_dir, remove_folder=created)
+        raise
 
 
 def is_url(location: str | Path) -> bool:

@@ -23,7 +23,14 @@ from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.runs import RunSpec, execution_settings, run_key, shard_source, shards_dir
+from glsim.runs import (
+    RunSpec,
+    execution_settings,
+    manifest_path,
+    run_key,
+    shard_source,
+    shards_dir,
+)
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
@@ -173,11 +180,16 @@ def train_run(
 
     steps = epoch_steps(0)
 
+    # what shard paths are relative to, for naming a bad image: the manifest's folder (the
+    # LR search's manifest lies in its shard folder)
+    search = spec.kind == "lrsearch"
+    sample_root = shards_dir(params, spec.kind) if search else manifest_path(params).parent
+
     def loader_for_epoch(epoch: int):
         loader = make_loader(
             src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
-            rank=dist.rank, world_size=dist.world_size,
+            rank=dist.rank, world_size=dist.world_size, images_root=sample_root,
         )  # fmt: skip
         return itertools.islice(loader, epoch_steps(epoch)) if dist.enabled else loader
 

@@ -31,7 +31,7 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys
 
 from glsim.config import ExpectedCounts
-from glsim.data.loader import image_member, open_shards
+from glsim.data.loader import image_member, image_problem, open_shards, source_file
 from glsim.data.manifest import read_manifest
 from glsim.data.shards import ShardError, read_index, read_samples
 from glsim.progress import progress
@@ -122,9 +122,8 @@ def _decode_shard(url: str, entry: dict[str, Any]) -> list[tuple[str, float, flo
                     image.load()
                     out.append((sample["__key__"], float(image.width), float(image.height), None))
             except Exception as err:
-                out.append(
-                    (sample["__key__"], float("nan"), float("nan"), f"does not decode: {err}")
-                )
+                problem = f"does not decode: {image_problem(err)}"
+                out.append((sample["__key__"], float("nan"), float("nan"), problem))
     except ShardError as err:
         out.append(("", float("nan"), float("nan"), str(err)))  # the caller marks the shard's rows
     return out
@@ -180,6 +179,8 @@ def build_table(
     table["decode_error"] = (
         table["decode_error"].astype(object).where(table["decode_error"].notna(), None)
     )
+    # the image file as the user knows it (/data/birds/x.jpg), for the offending rows
+    table["file"] = [source_file(p, Path(manifest_path).parent) for p in table["path"]]
     return table
 
 
@@ -254,7 +255,7 @@ def _suites(
 
 def _row(table: pd.DataFrame, i: Any, problem: str) -> dict[str, Any]:
     r = table.loc[i]
-    return {"path": r["path"], "label": int(r["label"]), "split": r["split"], "problem": problem}
+    return {"path": r["file"], "label": int(r["label"]), "split": r["split"], "problem": problem}
 
 
 def _offending_rows(
@@ -309,7 +310,7 @@ def run_suites(
     asset = context.data_sources.add_pandas("glsim").add_dataframe_asset("dataset")
     batch = asset.add_batch_definition_whole_dataframe("whole")
     train = table[table["split"] == "train"]
-    train_by_hash = dict(zip(train["sha256"], train["path"], strict=True))
+    train_by_hash = dict(zip(train["sha256"], train["file"], strict=True))
     class_name = {int(k): v for k, v in zip(table["label"], table["class_name"], strict=True)}
     frames = {
         "dataset": table,

@@ -156,3 +156,33 @@ def test_corrupt_shard_is_named(shards_dir: Path, tmp_path: Path) -> None:
 def test_unknown_split_is_named(shards_dir: Path) -> None:
     with pytest.raises(ShardError, match="no split 'val'"):
         dataset_length(shards_dir, "val")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_does_not_decode_is_named_by_the_users_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int
+) -> None:
+    """The manifest lies beside the user's folder (``../../mine/...``), so the shard key
+    reads ``__/__/mine/...``; the error names the file the user can open, in one line, also
+    when a DataLoader worker raised it."""
+    import pandas as pd
+
+    from glsim.data.manifest import write_manifest
+    from glsim.errors import guarded
+
+    source = tmp_path / "mine"
+    write_tiny_dataset(source)
+    bad = source / "images/class_1/000.png"
+    bad.write_bytes(b"not an image")
+    manifest = tmp_path / "raw" / "ds" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    df = pd.read_csv(source / "manifest.csv")
+    df["path"] = "../../mine/" + df["path"]
+    write_manifest(df, manifest)
+    write_shards(manifest, tmp_path / "shards", max_count=50, max_bytes=1 << 20)
+    loader = _loader(tmp_path / "shards", workers=workers, images_root=manifest.parent)
+    assert guarded(lambda: list(loader), debug=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"error: image {bad} (sample '__/__/mine/images/class_1/000')" in err[0]
+    assert "not an image format PIL recognises" in err[0] and "BytesIO" not in err[0]

@@ -128,7 +128,7 @@ def test_interrupted_write_leaves_no_shard_under_its_final_name(
     out = tmp_path / "s"
     with pytest.raises(KeyboardInterrupt):
         write_shards(manifest, out, max_count=100, max_bytes=1 << 20)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # made by this run, so removed with what it held
 
 
 def test_shard_writing_streams_one_image_at_a_time(tmp_path: Path) -> None:
@@ -178,3 +178,41 @@ def test_paths_that_collide_as_keys_are_rejected(tmp_path: Path) -> None:
     manifest = write_manifest(pd.DataFrame(rows), root / "manifest.csv")
     with pytest.raises(ShardError, match="same shard key"):
         write_shards(manifest, tmp_path / "s", max_count=5, max_bytes=1 << 20)
+
+
+def test_a_full_disk_names_the_shard_and_leaves_no_half_made_folder(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import errno
+    import os
+
+    import webdataset as wds
+
+    from glsim.errors import guarded
+
+    write = wds.TarWriter.write
+    calls = {"n": 0}
+
+    def fills_up(self, obj):  # the disk is full after the first sample
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, obj)
+
+    out = tmp_path / "shards"
+    monkeypatch.setattr(wds.TarWriter, "write", fills_up)
+    run = partial(write_shards, manifest, out, max_count=5, max_bytes=1 << 20)
+    assert guarded(run, debug=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / 'train-000000.tar'}: No space left on device" in err[0]
+    assert not out.exists()
+
+    # over an earlier complete folder: no shard, table or index of either run is left
+    monkeypatch.setattr(wds.TarWriter, "write", write)
+    run()
+    calls["n"] = 0
+    monkeypatch.setattr(wds.TarWriter, "write", fills_up)
+    assert guarded(run, debug=False) == 2
+    assert sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.setattr(wds.TarWriter, "write", write)
+    assert run() == read_index(out)

@@ -439,8 +439,8 @@ def test_failed_checkpoint_write_keeps_previous_file_and_leaves_no_temp(tmp_path
     run(tiny_vit(), tmp_path, stop_after_epochs=1)
     before = (tmp_path / CHECKPOINT_NAME).read_bytes()
 
-    def torn_save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a checkpoint")
+    def torn_save(obj, f, *args, **kwargs):  # f: the open temp file
+        f.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torn_save)

@@ -97,7 +97,7 @@ def test_label_out_of_range_is_refused_before_any_shard(tmp_path: Path) -> None:
     def relabel(root: Path, rows: Rows) -> None:
         rows[0].update(label=7, class_name="c7")
 
-    with pytest.raises(ManifestError, match=r"manifest\.csv: row 2 has label 7, outside 0\.\.3"):
+    with pytest.raises(ManifestError, match=r"manifest\.csv: row 2 has label 7, outside 0\.\.2"):
         make_dataset(tmp_path, relabel)
     assert not (tmp_path / "shards").exists()
 
@@ -119,8 +119,8 @@ def test_same_image_in_train_and_test(tmp_path: Path) -> None:
 
     description, rows = only_failure(check(tmp_path, duplicate))
     assert description == "no test image in train"
-    assert [r["path"] for r in rows] == ["images/1/4.png"]
-    assert "images/0/1.png" in rows[0]["problem"]
+    assert [r["path"] for r in rows] == [str(tmp_path / "images/1/4.png")]
+    assert str(tmp_path / "images/0/1.png") in rows[0]["problem"]
 
 
 def test_corrupt_image_is_named(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
 
     description, rows = only_failure(check(tmp_path, corrupt))
     assert description == "every image decodes"
-    assert [r["path"] for r in rows] == ["images/2/0.png"]
+    assert [r["path"] for r in rows] == [str(tmp_path / "images/2/0.png")]
     assert "does not decode" in rows[0]["problem"]
 
 
@@ -142,12 +142,36 @@ def test_too_small_image_is_named(tmp_path: Path) -> None:
     assert description == "every image's shorter side >= 16 px"
     assert rows == [
         {
-            "path": "images/1/2.png",
+            "path": str(tmp_path / "images/1/2.png"),
             "label": 1,
             "split": "train",
             "problem": "image is 30x8, shorter side < 16 px",
         }
     ]
+
+
+def test_a_bad_image_outside_the_manifest_folder_is_named_by_its_own_path(tmp_path: Path) -> None:
+    # a user's folder beside the raw-data root: the manifest says ../../mine/x.png; the
+    # report names the file, and the reason has no repr of an in-memory buffer
+    def not_an_image(root: Path, rows: Rows) -> None:
+        (root / "images/2/0.png").write_bytes(b"this is not an image")
+
+    source = tmp_path / "mine"
+    manifest, shards = make_dataset(source, not_an_image)
+    moved = tmp_path / "raw" / "ds" / "manifest.csv"
+    moved.parent.mkdir(parents=True)
+    df = pd.read_csv(manifest)
+    df["path"] = "../../mine/" + df["path"]
+    write_manifest(df, moved)
+    write_shards(moved, tmp_path / "shards2", max_count=4, max_bytes=1 << 20)
+    report = validate_dataset(
+        moved, tmp_path / "shards2", ExpectedCounts(), min_side=16, raise_on_failure=False
+    )
+    description, rows = only_failure(report)
+    assert description == "every image decodes"
+    assert rows[0]["path"] == str(source / "images/2/0.png")
+    assert rows[0]["problem"] == "does not decode: not an image format PIL recognises"
+    assert "BytesIO" not in report.summary() and "../" not in report.summary()
 
 
 def test_manifest_changed_after_sharding(tmp_path: Path) -> None:
@@ -160,7 +184,7 @@ def test_manifest_changed_after_sharding(tmp_path: Path) -> None:
     )
     description, rows = only_failure(report)
     assert description == "every manifest row is in the shards"
-    assert rows[0]["path"] == "images/0/0.png" and "re-run the shards stage" in rows[0]["problem"]
+    assert rows[0]["path"] == str(tmp_path / "images/0/0.png") and "re-run the shards stage" in rows[0]["problem"]
 
 
 def test_failure_raises_with_the_expectation_and_rows_and_still_writes_the_report(

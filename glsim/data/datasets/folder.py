@@ -6,13 +6,20 @@ columns ``path,label,split`` (paths relative to the CSV's folder or absolute; ``
 either integers 0..C-1 with no gap, or class names; an optional ``class_name`` column names
 integer labels). Labels are checked where they are read: an error names the file, the row
 (as a spreadsheet shows it: the header is row 1), the value and the valid range.
+
+Every image must lie under the dataset's root (the image folder; the CSV's folder) after
+following symlinks, or under a folder of ``data.datasets.<name>.allowed_roots``, and must
+be an image PIL can read: a row ``../../etc/passwd`` or a link to a file elsewhere is
+refused before anything is written, so no other file can reach the shards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from glsim.data.datasets import IMAGE_SUFFIXES, make_manifest
 from glsim.data.manifest import label_problem
@@ -20,6 +27,50 @@ from glsim.data.registry import DatasetError, register_dataset
 
 SPLITS = ("train", "test")
 INTEGER = r"[+-]?\d+"
+
+
+def _check_images(
+    paths: Sequence[Path],
+    roots: Sequence[Path],
+    *,
+    where: str,
+    row: Callable[[int], str] | None = None,
+) -> None:
+    """Every image lies under one of ``roots`` (resolved) once symlinks are followed, and is
+    an image. ``row(i)``, when given, says where the i-th path was listed (``row 5``)."""
+    shown = " or ".join(str(r) for r in roots)
+    fix = (
+        f"move it under {shown}, or list its folder in data.datasets.<name>.allowed_roots "
+        "(glsim data prepare --allowed-root DIR)"
+    )
+    listed = (lambda i: f" ({row(i)})") if row else (lambda i: "")
+    for i, path in enumerate(paths):
+        target = path.resolve()
+        if not any(target.is_relative_to(root) for root in roots):
+            how = f"is a symlink to {target}" if path.is_symlink() else f"resolves to {target}"
+            raise DatasetError(f"{where}: image {path}{listed(i)} {how}, outside {shown}; {fix}")
+    for i, path in enumerate(paths):
+        try:  # the header and the file's structure only: no pixel decoding
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a broken file
+            from glsim.data.loader import image_problem
+
+            raise DatasetError(
+                f"{where}: {path}{listed(i)} is not a readable image ({image_problem(err)}); "
+                "replace or remove it"
+            ) from None
+
+
+def _roots(own: Path, allowed: Sequence[Path]) -> list[Path]:
+    return [r.expanduser().resolve() for r in (own, *allowed)]
+
+
+def _with_roots(manifest: pd.DataFrame, roots: list[Path]) -> pd.DataFrame:
+    """The manifest with its roots attached, for the registry to record next to it (the
+    shard stage checks every image against them again)."""
+    manifest.attrs["roots"] = [str(r) for r in roots]
+    return manifest
 
 
 def _images(folder: Path) -> list[Path]:
@@ -31,7 +82,9 @@ def _images(folder: Path) -> list[Path]:
     description="your images as PATH/<train|test>/<class>/*.jpg (source imagefolder:PATH)",
     parametric=True,
 )
-def parse_imagefolder(dataset_dir: Path, *, source: Path) -> pd.DataFrame:
+def parse_imagefolder(
+    dataset_dir: Path, *, source: Path, allowed_roots: Sequence[Path] = ()
+) -> pd.DataFrame:
     source = source.expanduser().resolve()
     where = f"imagefolder:{source}"
     missing = [s for s in SPLITS if not (source / s).is_dir()]
@@ -65,7 +118,9 @@ def parse_imagefolder(dataset_dir: Path, *, source: Path) -> pd.DataFrame:
                 paths.append(image)
                 labels.append(label_of[class_dir.name])
                 splits.append(split)
-    return make_manifest(paths, labels, splits, classes, dataset_dir)
+    roots = _roots(source, allowed_roots)
+    _check_images(paths, roots, where=where)
+    return _with_roots(make_manifest(paths, labels, splits, classes, dataset_dir), roots)
 
 
 def _csv_labels(table: pd.DataFrame, source: Path) -> tuple[pd.Series, list[str]]:
@@ -120,7 +175,9 @@ def _csv_labels(table: pd.DataFrame, source: Path) -> tuple[pd.Series, list[str]
     description="your images listed in a CSV of path,label,split (source csv:FILE)",
     parametric=True,
 )
-def parse_csv(dataset_dir: Path, *, source: Path) -> pd.DataFrame:
+def parse_csv(
+    dataset_dir: Path, *, source: Path, allowed_roots: Sequence[Path] = ()
+) -> pd.DataFrame:
     source = source.expanduser().resolve()
     if not source.is_file():
         raise DatasetError(f"csv:{source}: file not found")
@@ -144,7 +201,10 @@ def parse_csv(dataset_dir: Path, *, source: Path) -> pd.DataFrame:
     paths = [
         p if p.is_absolute() else source.parent / p for p in map(Path, table["path"].str.strip())
     ]
-    return make_manifest(
+    manifest = make_manifest(
         paths, labels, table["split"], classes, dataset_dir,
         missing_hint=f"fix that path in {source} (paths are relative to the CSV's folder)",
     )  # fmt: skip
+    roots = _roots(source.parent, allowed_roots)
+    _check_images(paths, roots, where=str(source), row=lambda i: f"row {i + 2}")
+    return _with_roots(manifest, roots)
