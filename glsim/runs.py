@@ -76,6 +76,12 @@ def shard_source(params: Params, kind: RunKind = "final") -> str:
     return f"{params.data.shards_url.rstrip('/')}/{relative}"
 
 
+def images_root(params: Params, kind: RunKind = "final") -> Path:
+    """What the shards' sample paths are relative to, for naming a bad image by the user's
+    own file: the manifest's folder (the LR search's manifest lies in its shard folder)."""
+    return shards_dir(params, kind) if kind == "lrsearch" else manifest_path(params).parent
+
+
 # ---------------------------------------------------------------------------------------
 # reports
 

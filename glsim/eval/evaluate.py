@@ -37,11 +37,18 @@ def eval_transform(params: Params, model: nn.Module):
     )
 
 
-def eval_loader(params: Params, model: nn.Module, shards: str | Path, split: str = "test"):
-    """The evaluation loader of ``shards``/``split`` in the model's own preprocessing."""
+def eval_loader(
+    params: Params,
+    model: nn.Module,
+    shards: str | Path,
+    split: str = "test",
+    images_root: str | Path | None = None,
+):
+    """The evaluation loader of ``shards``/``split`` in the model's own preprocessing;
+    ``images_root`` (:func:`glsim.runs.images_root`) names a bad image by the user's file."""
     return make_loader(
         shards, split, transform=eval_transform(params, model), **_eval_batching(params),
-        with_meta=True,
+        with_meta=True, images_root=images_root,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from glsim.runs import pretrain_key
 from glsim.train.loop import Recipe, fit
 from glsim.utils import (
     _atomic,
+    atomic_torch_save,
     atomic_write_json,
     configure_determinism,
     resolve_device,
@@ -46,7 +47,7 @@ def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
     }
     if path.suffix == ".safetensors":
         return _atomic(path, lambda p: save_file(state, str(p)))
-    return _atomic(path, lambda p: torch.save(state, p))
+    return atomic_torch_save(state, path)
 
 
 def _to_tensor(images: np.ndarray, mean, std) -> Tensor:

@@ -26,7 +26,7 @@ from glsim.models.registry import check_model_name
 from glsim.runs import (
     RunSpec,
     execution_settings,
-    manifest_path,
+    images_root,
     run_key,
     shard_source,
     shards_dir,
@@ -180,10 +180,7 @@ def train_run(
 
     steps = epoch_steps(0)
 
-    # what shard paths are relative to, for naming a bad image: the manifest's folder (the
-    # LR search's manifest lies in its shard folder)
-    search = spec.kind == "lrsearch"
-    sample_root = shards_dir(params, spec.kind) if search else manifest_path(params).parent
+    sample_root = images_root(params, spec.kind)  # names a bad image by the user's file
 
     def loader_for_epoch(epoch: int):
         loader = make_loader(
