@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -160,21 +161,64 @@ def test_a_claim_is_released_when_training_raises(tmp_path):
         pass
 
 
-def test_train_run_refuses_a_run_folder_another_trainer_holds(tmp_path):
-    """The train stage beside a running trainer: one ``error:`` line, exit 2, nothing written."""
-    params = tiny_params(tmp_path, protocol={"lr_grid": []})
-    path = write_resolved(params, tmp_path, "params.yaml")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny protocol's params file, its data prepared; the final vit run's folder and
+    the runs folder. The tests below are refused, so they leave it as they found it."""
+    root = tmp_path_factory.mktemp("tiny")
+    params = tiny_params(root, protocol={"lr_grid": []})
+    path = write_resolved(params, root, "params.yaml")
     protocol.prepare(params)
     protocol.shard(params)
-    run_dir = protocol.final_spec(params, "vit", 1).run_dir(params)
-    with holder(run_dir, params.base.runs_dir) as first:
+    return path, protocol.final_spec(params, "vit", 1).run_dir(params), params.base.runs_dir
+
+
+TRAIN = ["--model", "vit", "--seed", "1"]
+
+
+def stage_env(path: Path) -> dict[str, str]:
+    """A stage's environment: one thread, MLflow in the test's folder."""
+    return {
+        **ENV,
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{path.parent}/mlflow.db",
+    }
+
+
+def test_the_train_stage_refuses_a_run_folder_another_trainer_holds(tiny_run):
+    """``dvc repro`` beside a running trainer: one ``error:`` line, exit 2, nothing written."""
+    path, run_dir, runs_dir = tiny_run
+    with holder(run_dir, runs_dir) as first:
         out = subprocess.run(
-            [sys.executable, str(ROOT / "pipelines/train.py"), "--params", str(path),
-             "--model", "vit", "--seed", "1"],
-            capture_output=True, text=True, env={**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
-            timeout=300,
+            [sys.executable, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
+            capture_output=True, text=True, env=stage_env(path), timeout=300,
         )  # fmt: skip
     assert out.returncode == 2, out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"error: {run_dir} is being trained by pid {first.pid} on host ")
     assert not run_dir.exists()
+
+
+@pytest.mark.integration
+def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
+    """Rank 0 alone claims; the other ranks learn its refusal instead of waiting for it."""
+    path, run_dir, runs_dir = tiny_run
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    with holder(run_dir, runs_dir) as first:
+        out = subprocess.run(
+            [*torchrun, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
+            capture_output=True, text=True, env=stage_env(path), timeout=300,
+        )  # fmt: skip
+    assert out.returncode != 0
+    errors = re.findall(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", out.stderr, re.MULTILINE)
+    assert len(errors) == 2, out.stderr
+    assert all(e.startswith(f"{run_dir} is being trained by pid {first.pid} ") for e in errors)
+    assert not run_dir.exists()
+    # the holder gone, the same command trains the run: rank 0 claims, the others follow
+    out = subprocess.run(
+        [*torchrun, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
+        capture_output=True, text=True, env=stage_env(path), timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "last.pt").is_file()
+    assert not claim_paths(run_dir, runs_dir)[1].exists()
