@@ -36,8 +36,6 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-from glsim.errors import RunError
-
 if TYPE_CHECKING:  # torch is imported only by a run that has ranks
     from glsim.train.distributed import Dist
 
@@ -47,8 +45,9 @@ STALE_S = 600.0  # 20 missed heartbeats: a live holder on another host is never 
 POLL_S = 2.0
 
 
-class RunClaimed(RunError):
-    """Another process trains this run folder; the message names it and what to do."""
+class RunClaimed(RuntimeError):
+    """Another process trains this run folder; the message names it and what to do.
+    An input error for the stages (one ``error:`` line), which a flow retries."""
 
 
 @dataclass(frozen=True)
