@@ -177,7 +177,7 @@ TRAIN = ["--model", "vit", "--seed", "1"]
 
 
 def stage_env(path: Path) -> dict[str, str]:
-    """A stage's environment: one thread, MLflow in the test's folder."""
+    """A stage's environment (run in the params file's folder): one thread, MLflow there."""
     return {
         **ENV,
         "OMP_NUM_THREADS": "1",
@@ -191,7 +191,7 @@ def test_the_train_stage_refuses_a_run_folder_another_trainer_holds(tiny_run):
     with holder(run_dir, runs_dir) as first:
         out = subprocess.run(
             [sys.executable, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
-            capture_output=True, text=True, env=stage_env(path), timeout=300,
+            capture_output=True, text=True, env=stage_env(path), cwd=path.parent, timeout=300,
         )  # fmt: skip
     assert out.returncode == 2, out.stderr
     (line,) = out.stderr.strip().splitlines()
@@ -207,7 +207,7 @@ def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
     with holder(run_dir, runs_dir) as first:
         out = subprocess.run(
             [*torchrun, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
-            capture_output=True, text=True, env=stage_env(path), timeout=300,
+            capture_output=True, text=True, env=stage_env(path), cwd=path.parent, timeout=300,
         )  # fmt: skip
     assert out.returncode != 0
     errors = re.findall(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", out.stderr, re.MULTILINE)
@@ -217,7 +217,7 @@ def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
     # the holder gone, the same command trains the run: rank 0 claims, the others follow
     out = subprocess.run(
         [*torchrun, str(ROOT / "pipelines/train.py"), "--params", str(path), *TRAIN],
-        capture_output=True, text=True, env=stage_env(path), timeout=300,
+        capture_output=True, text=True, env=stage_env(path), cwd=path.parent, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert (run_dir / "last.pt").is_file()
