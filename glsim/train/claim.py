@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # torch is imported only by a run that has ranks
 
 WAIT_ENV = "GLSIM_CLAIM_WAIT_S"
 HEARTBEAT_S = 30.0
-STALE_S = 600.0  # 20 missed heartbeats: a live holder on another host is never taken over
+STALE_S = 600.0  # 20 heartbeats: a live holder on another host keeps its claim through hiccups
 POLL_S = 2.0
 
 
