@@ -22,6 +22,7 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     prefect_harness, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns) go there too
     path, params = write_tiny_params(tmp_path)
 
     first = sweep(params_file=str(path), use_deployments=False)
