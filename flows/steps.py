@@ -131,6 +131,10 @@ def torchrun_train(
         from glsim.train.loop import TrainingDiverged
 
         raise TrainingDiverged(reason)
+    if " is being trained by " in reason:  # rank 0's claim refused (glsim.train.claim)
+        from glsim.train.claim import RunClaimed
+
+        raise RunClaimed(reason)
     if proc.returncode == 2 and errors:  # guarded(): an input error, named
         from glsim.errors import RunError
 

@@ -39,12 +39,14 @@ class RunNotRetriable(RuntimeError):
 
 def not_transient() -> tuple[type[BaseException], ...]:
     """The errors a retry cannot fix: glsim's input errors (a diverged run among them),
-    except a download or a tracking server that may answer on the next try."""
+    except a download or a tracking server that may answer on the next try, and a run
+    folder another trainer holds (once it has finished, the retry skips the run)."""
     from glsim.data.download import DownloadError
     from glsim.errors import user_errors
     from glsim.tracking.mlflow import TrackingUnavailable
+    from glsim.train.claim import RunClaimed
 
-    transient = (DownloadError, TrackingUnavailable)
+    transient = (DownloadError, TrackingUnavailable, RunClaimed)
     return (*(e for e in user_errors() if not issubclass(e, transient)), RunNotRetriable)
 
 

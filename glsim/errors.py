@@ -61,6 +61,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from glsim.data.shards import ShardError
     from glsim.models.backbone import WeightsError
     from glsim.models.registry import UnknownModel
+    from glsim.train.claim import RunClaimed
     from glsim.train.loop import TrainingDiverged
 
     errors: list[type[BaseException]] = [
@@ -73,6 +74,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         WeightsError,
         UnknownModel,
         RunError,
+        RunClaimed,
         CommandError,
         ExportMismatch,
         TrainingDiverged,

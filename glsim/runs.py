@@ -284,14 +284,15 @@ def spec_of_run_dir(run_dir: Path, params: Params) -> tuple[RunSpec, Path]:
 
 
 # Modules a fine-tuning run executes whose effect reaches it only through the prepared data
-# (whose content is in the key: :func:`data_digest`) or not at all (tracking, progress).
+# (whose content is in the key: :func:`data_digest`) or not at all (tracking, progress, the
+# run folder's claim).
 RUN_CODE_EXCLUDES = (
     "glsim.data.datasets", "glsim.data.download", "glsim.data.extract", "glsim.data.manifest",
     "glsim.data.registry", "glsim.data.synthetic", "glsim.data.lrsearch", "glsim.data.splits",
-    "glsim.validation", "glsim.tracking", "glsim.progress", "glsim.errors",
+    "glsim.validation", "glsim.tracking", "glsim.progress", "glsim.errors", "glsim.train.claim",
 )  # fmt: skip
 # Pretraining generates its data (glsim.data.synthetic is its data): only tracking is free.
-PRETRAIN_CODE_EXCLUDES = ("glsim.tracking", "glsim.progress", "glsim.errors")
+PRETRAIN_CODE_EXCLUDES = ("glsim.tracking", "glsim.progress", "glsim.errors", "glsim.train.claim")
 
 
 @functools.cache

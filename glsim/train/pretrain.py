@@ -19,6 +19,7 @@ from glsim.config import Params
 from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
 from glsim.runs import pretrain_key
+from glsim.train.claim import claim
 from glsim.train.loop import Recipe, fit
 from glsim.utils import (
     _atomic,
@@ -114,9 +115,29 @@ def pretrain_backbone(
     run of the same configuration resumes, a finished one is not trained again, and one of
     another configuration is moved aside (``last.pt.stale``) instead of resumed.
 
+    One trainer at a time: ``work_dir`` is claimed (:func:`glsim.train.claim.claim`)
+    while it trains; a second one waits ``GLSIM_CLAIM_WAIT_S`` seconds (default 0), then
+    raises :class:`~glsim.train.claim.RunClaimed`.
+
     Returns a report with the upstream test accuracy and the run key (also written to
     ``report_path``).
     """
+    with claim(Path(work_dir), root=params.base.runs_dir):
+        return _pretrain_claimed(
+            params, work_dir=work_dir, report_path=report_path, snapshot_dir=snapshot_dir,
+            snapshot_info=snapshot_info,
+        )  # fmt: skip
+
+
+def _pretrain_claimed(
+    params: Params,
+    *,
+    work_dir: str | Path,
+    report_path: str | Path | None,
+    snapshot_dir: str | Path | None,
+    snapshot_info: bool,
+) -> dict:
+    """:func:`pretrain_backbone`'s work, ``work_dir`` claimed."""
     cfg, bb, size = params.pretrain, params.model.backbone, params.data.image_size
     device = resolve_device(params.base.device)
     # the thread count changes the weights: fixed by params, never by the machine's cores

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from glsim.config import Params, write_resolved
@@ -33,6 +34,7 @@ from glsim.runs import (
 )
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
+from glsim.train.claim import claim_run
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import (
     atomic_write_json,
@@ -135,10 +137,32 @@ def train_run(
     N-th sample and ``train.batch_size / N`` images per step, and rank 0 alone writes the
     run folder and tracks. The run key does not depend on N: a run finished by torchrun is
     not repeated by a single process; a killed one resumes only with the N it started with.
+
+    One trainer at a time: the run folder is claimed (:func:`glsim.train.claim.claim_run`;
+    under torchrun by rank 0) while it trains. A second trainer waits ``GLSIM_CLAIM_WAIT_S``
+    seconds (default 0) and then raises :class:`~glsim.train.claim.RunClaimed`; if the
+    first finished the run meanwhile, the second skips it as finished.
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     dist, device = distributed.setup(resolve_device(params.base.device))
     configure_determinism(params.base.num_threads, params.base.deterministic, device)
+    with claim_run(spec.run_dir(params), dist, root=params.base.runs_dir):
+        return _train_claimed(
+            params, spec, dist, device, track=track, stop_after_epochs=stop_after_epochs
+        )
+
+
+def _train_claimed(
+    params: Params,
+    spec: RunSpec,
+    dist: distributed.Dist,
+    device: torch.device,
+    *,
+    track: bool,
+    stop_after_epochs: int | None,
+) -> Path:
+    """:func:`train_run`'s work, the run folder claimed: skip it when finished (by the
+    trainer this one waited for, too), else train or resume it."""
     out = spec.run_dir(params)
     key = run_key(params, spec)
     if is_finished(out, key, recipe(params, spec.lr).epochs):

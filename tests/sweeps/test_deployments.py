@@ -1,10 +1,14 @@
-"""``prefect.yaml`` names the flows the code submits to, on the ``glsim-gpu`` pool."""
+"""``prefect.yaml`` names the flows the code submits to, on the ``glsim-gpu`` pool, and
+``prefect deploy`` registers them with the nightly sweep paused."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.sweep import sweep
@@ -32,3 +36,38 @@ def test_prefect_yaml_deploys_train_one_and_the_sweep_on_the_gpu_pool(monkeypatc
     assert f"{flows['train-one'].name}/train-one" == DEPLOYMENT
     assert flows["train-one"].name == train_one.name and flows["sweep"].name == sweep.name
     assert deployments["sweep"]["parameters"]["use_deployments"] is True
+
+
+@pytest.mark.integration
+def test_prefect_deploy_registers_the_nightly_sweep_paused(prefect_harness, tmp_path):
+    """``prefect deploy --all`` against a real server (the test harness's): the sweep's
+    cron schedule is registered and inactive, and training runs wait for a held run folder."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    prefect = Path(sys.executable).with_name("prefect")
+    if not prefect.is_file():
+        pytest.skip(f"no prefect command beside {sys.executable}")
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="glsim-gpu", type="process"), overwrite=True)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "GLSIM_REPO": str(PREFECT_YAML.parent),
+    }
+    out = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all"], cwd=PREFECT_YAML.parent, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+
+    with get_client(sync_client=True) as client:
+        sweep_deployment = client.read_deployment_by_name("glsim-sweep/sweep")
+        train_deployment = client.read_deployment_by_name(DEPLOYMENT)
+    (nightly,) = sweep_deployment.schedules
+    assert nightly.active is False
+    assert nightly.schedule.cron == "0 2 * * *" and nightly.schedule.timezone == "UTC"
+    assert train_deployment.schedules == []
+    assert train_deployment.job_variables["env"]["GLSIM_CLAIM_WAIT_S"] == "3600"

@@ -11,6 +11,7 @@ from flows import steps
 from flows.sweep import train
 from flows.train_one import BAD_INPUT, DIVERGED, RunFailed, RunNotRetriable, request, train_one
 from glsim.config import ParamsError
+from glsim.train.claim import RunClaimed
 from glsim.train.loop import TrainingDiverged
 
 
@@ -79,3 +80,25 @@ def test_a_diverged_run_or_bad_input_fails_once_and_loudly(
     with pytest.raises(raised, match=re.escape(str(error))):
         quick(RUN, REQ, False, "unused", 0.1)
     assert len(calls) == 1  # not retried
+
+
+CLAIMED = "runs/synthetic_fg/glsim/seed1 is being trained by pid 7 on host node-b since T"
+
+
+def test_a_run_another_trainer_holds_is_retried(prefect_harness, attempts):
+    """A retry while the first attempt still trains is refused, then retried: once that
+    one has finished, the retry skips the run (``train_run``)."""
+    errors, calls = attempts
+    errors.append(RunClaimed(CLAIMED))
+    assert quick(RUN, REQ, False, "unused", 0.1) == "trained"
+    assert len(calls) == 2
+
+
+def test_a_torchrun_rank_refused_its_claim_is_a_run_claimed(monkeypatch):
+    import subprocess
+
+    stderr = f"[rank0]: error: {CLAIMED}; wait for it\n[rank1]: error: {CLAIMED}; wait for it\n"
+    done = subprocess.CompletedProcess([], returncode=1, stdout="", stderr=stderr)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
+    with pytest.raises(RunClaimed, match=re.escape(CLAIMED)):
+        steps.torchrun_train(REQ, 2)

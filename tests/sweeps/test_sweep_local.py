@@ -1,6 +1,7 @@
 """The sweep flow in local mode (training in this process, Prefect's test server): a tiny
 protocol end to end, then again with nothing left to train (done: checkpoint and report
-under the run's current key, whatever their ages)."""
+under the run's current key, whatever their ages): nothing is trained and no MLflow run
+of training is added."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     prefect_harness, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts (./mlruns) go there too
     path, params = write_tiny_params(tmp_path)
 
     first = sweep(params_file=str(path), use_deployments=False)
@@ -48,9 +50,12 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     # a report older than its checkpoint is still this configuration's evaluation
     os.utime(report, ns=(ckpt.stat().st_mtime_ns - 10**9,) * 2)
     stamp = ckpt.stat().st_mtime_ns
+    trained = training_runs(params.base.experiment)
+    assert len(trained) == 7  # every fine-tuning run tracked (pretraining is not)
 
     second = sweep(params_file=str(path), use_deployments=False)
     assert second["trained"] == [] and len(second["skipped"]) == 8
+    assert training_runs(params.base.experiment) == trained  # no MLflow run for training
     # the same results register as the same versions: the champions stay
     assert all(not d["moved"] for d in second["registry"].values()), second["registry"]
     assert ckpt.stat().st_mtime_ns == stamp
@@ -71,3 +76,13 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     del old["run_key"]
     vit.report_path(p).write_text(json.dumps(old))
     assert not steps.is_done(p, "final", "vit", 1, None)
+
+
+def training_runs(experiment: str) -> set[str]:
+    """The ids of the MLflow runs ``train_run`` logged (tag ``stage=train``)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], "tags.stage = 'train'", max_results=1000)
+    return {r.info.run_id for r in found}
