@@ -595,14 +595,14 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
         atomic_write_json(out["plot"], bars),
     ]
     if track:
-        from glsim.tracking.mlflow import Tracker
+        from glsim.tracking.mlflow import CONTENT_TAG, Tracker, content_digest, logged_before
 
-        with Tracker(
-            experiment=params.base.experiment, run_name="aggregate", tags={"stage": "aggregate"}
-        ) as tracker:
-            tracker.log_params(
-                {"datasets": list(params.data.datasets), "models": models, "seeds": seeds}
-            )
+        logged = {"datasets": list(params.data.datasets), "models": models, "seeds": seeds}
+        tags = {"stage": "aggregate", CONTENT_TAG: content_digest(*paths, extra=logged)}
+        if logged_before(params.base.experiment, tags):  # the same tables logged already
+            return paths
+        with Tracker(experiment=params.base.experiment, run_name="aggregate", tags=tags) as tracker:
+            tracker.log_params(logged)
             for dataset, per_model in table4.items():
                 for model, entry in per_model.items():
                     tracker.log_metrics(

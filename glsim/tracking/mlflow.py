@@ -21,6 +21,7 @@ every unsent call to a JSON-lines file (:func:`pending_calls` reads it back).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -233,6 +234,37 @@ def use_store(root: str | Path = ".") -> bool:
     if embedded:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     return embedded
+
+
+CONTENT_TAG = "content_digest"  # what a stage's run logged (its reports), hashed
+
+
+def content_digest(*paths: str | Path, extra: Any = None) -> str:
+    """A hash of the files a stage logs (and ``extra``, e.g. its params), for
+    :func:`logged_before`."""
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def logged_before(experiment: str, tags: dict[str, str], root: str | Path = ".") -> str | None:
+    """The id of a finished run of ``experiment`` carrying every tag of ``tags`` (None: no
+    such run, or no store reachable). A stage whose outputs have not changed since such a
+    run (``tags`` holds :data:`CONTENT_TAG`) logs no second run of the same thing."""
+    try:
+        check_tracking(tracking_uri(root))
+        use_store(root)
+        exp = MlflowClient().get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in sorted(tags.items()))
+        found = MlflowClient().search_runs(
+            [exp.experiment_id], f"{query} and attributes.status = 'FINISHED'", max_results=1
+        )
+    except Exception:  # tracking is never why a stage fails here: the caller logs a run
+        return None
+    return found[0].info.run_id if found else None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -39,7 +39,7 @@ def validate_and_track(params: Params, *, workers: int = 1) -> ValidationReport:
     Raises:
         ValidationFailed: some expectation failed; the report is written and logged first.
     """
-    from glsim.tracking.mlflow import Tracker
+    from glsim.tracking.mlflow import CONTENT_TAG, Tracker, content_digest, logged_before
 
     d = params.data
     expected = expected_counts(params)
@@ -53,12 +53,17 @@ def validate_and_track(params: Params, *, workers: int = 1) -> ValidationReport:
         report_path=report_path,
         raise_on_failure=False,
     )
+    logged = {"expected": expected.model_dump(), "min_image_side": d.min_image_side}
+    tags = {"stage": "validate", "dataset": d.dataset,
+            CONTENT_TAG: content_digest(report_path, extra=logged)}  # fmt: skip
+    if logged_before(params.base.experiment, tags):  # the same report logged already
+        if not report.success:
+            raise ValidationFailed(report)
+        return report
     with Tracker(
-        experiment=params.base.experiment,
-        run_name=f"{d.dataset}/validate",
-        tags={"stage": "validate", "dataset": d.dataset},
+        experiment=params.base.experiment, run_name=f"{d.dataset}/validate", tags=tags
     ) as tracker:
-        tracker.log_params({"expected": expected.model_dump(), "min_image_side": d.min_image_side})
+        tracker.log_params(logged)
         tracker.log_metrics(report_metrics(report))
         tracker.log_artifact(report_path, artifact_path="validation")
         tracker.set_tags({"validation": "passed" if report.success else "failed"})

@@ -3,7 +3,7 @@ test server, training in this process): the first trains everything; after four 
 move to another class folder (same source string) the second retrains exactly that
 dataset's runs, registers what they made and compares it with the champion only if both
 were measured on the same data; the third, with nothing changed, trains nothing and adds
-no MLflow run of training."""
+no MLflow run at all."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def _two_datasets(tmp_path):
     return path, source
 
 
-def _train_runs(experiment: str) -> dict[str, str]:
+def _train_runs(experiment: str, query: str = "tags.stage = 'train'") -> dict[str, str]:
     from mlflow import MlflowClient
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id], "tags.stage = 'train'", max_results=1000)
+    found = client.search_runs([exp.experiment_id], query, max_results=1000)
     return {r.info.run_id: r.info.run_name for r in found}
 
 
@@ -79,7 +79,10 @@ def test_a_sweep_after_a_data_change_retrains_that_dataset_only(prefect_harness,
     assert decision["alias"] == "challenger" and "not comparable" in decision["reason"]
     assert info["aliases"]["champion"] == mine_v1
 
+    every_run = _train_runs(experiment, "")
     third = sweep(params_file=str(path), use_deployments=False)
     assert third["trained"] == [] and len(third["skipped"]) == 6
     assert _train_runs(experiment) == after
+    # nothing changed: no run at all, neither validation's nor the aggregate's
+    assert _train_runs(experiment, "") == every_run
     assert all(not d["moved"] for d in third["registry"].values())
