@@ -353,6 +353,14 @@ class ProtocolParams(_Strict):
     )
     search_seed: int = 1
     search_epochs: int | None = Field(None, ge=1, description="None: train.epochs")
+    search_train_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of each class's train images the LR search trains on (the rest is "
+        "its val part); None: the paper's rule, 0.8, or 0.2 for a dataset over 50,000 train "
+        "images (DAFB, Food, iNat17)",
+    )
 
     @model_validator(mode="after")
     def _check_grid(self) -> ProtocolParams:

@@ -112,7 +112,8 @@ def shard(params: Params) -> dict[str, dict[str, Any]]:
     final = write_shards(manifest, runs.shards_dir(params), **limits)
     search = write_lr_search_shards(
         manifest, runs.shards_dir(params, "lrsearch"), seed=params.protocol.search_seed,
-        large=get_dataset(d.dataset_source).large, **limits,
+        fraction=params.protocol.search_train_fraction, large=get_dataset(d.dataset_source).large,
+        **limits,
     )  # fmt: skip
     return {"final": final, "lrsearch": search}
 
