@@ -653,6 +653,13 @@ def for_dataset(params: Params, name: str) -> Params:
             f"dataset {name!r} is not in data.datasets{hint} (listed: {sorted(params.data.datasets)})"
         )
     entry = dict(params.data.datasets[name])
+    seeds = entry.get("protocol.seeds")
+    if isinstance(seeds, list) and not set(seeds) <= set(params.protocol.seeds):
+        raise ParamsError(
+            f"data.datasets.{name}: protocol.seeds {seeds} must be a subset of protocol.seeds "
+            f"{params.protocol.seeds} (DVC generates the runs of every seed there and each "
+            "dataset runs those of its own list); add the missing seeds to protocol.seeds"
+        )
     overrides = {"data.dataset": name, "data.source": entry.pop(SOURCE_KEY, None), **entry}
     return params.with_overrides(overrides, source=f"data.datasets.{name}")
 
