@@ -143,10 +143,17 @@ def dataset_runs(params: Params) -> list[PlannedRun]:
         done = spec.lr is not None and _finished(run_params, spec)
         out.append(
             PlannedRun(
-                dataset=dataset, kind=spec.kind, name=spec.name, model=spec.model,
-                seed=spec.seed, lr=spec.lr, epochs=run_params.train.epochs,
-                image_size=run_params.data.image_size, batch_size=run_params.train.batch_size,
-                train_images=images, done=done,
+                dataset=dataset,
+                kind=spec.kind,
+                name=spec.name,
+                model=spec.model,
+                seed=spec.seed,
+                lr=spec.lr,
+                epochs=run_params.train.epochs,
+                image_size=run_params.data.image_size,
+                batch_size=run_params.train.batch_size,
+                train_images=images,
+                done=done,
             )  # fmt: skip
         )
 
@@ -203,7 +210,9 @@ def read_throughput(path: str | Path) -> list[dict[str, Any]]:
         else:
             rows = list(csv.DictReader(text.splitlines()))
     except (ValueError, csv.Error) as err:
-        raise CommandError(f"--throughput {path}: not readable as {path.suffix or 'CSV'}: {err}") from None
+        raise CommandError(
+            f"--throughput {path}: not readable as {path.suffix or 'CSV'}: {err}"
+        ) from None
     table = []
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not {"model", "image_size", "images_per_s"} <= set(row):
@@ -225,7 +234,9 @@ def read_throughput(path: str | Path) -> list[dict[str, Any]]:
     return table
 
 
-def lookup_rate(table: list[dict[str, Any]], model: str, image_size: int, batch_size: int) -> float | None:
+def lookup_rate(
+    table: list[dict[str, Any]], model: str, image_size: int, batch_size: int
+) -> float | None:
     """Images/s of ``model`` at ``image_size``: the row at ``batch_size``, else the one row
     of that model and size (None: none)."""
     rows = [r for r in table if r["model"] == model and r["image_size"] == image_size]
@@ -250,7 +261,15 @@ def summarise(plan: dict[str, Any], table: list[dict[str, Any]] | None) -> dict[
     """Totals of the runs still to train, per dataset, per model and overall."""
 
     def empty() -> dict[str, Any]:
-        return {"runs": 0, "done": 0, "to_run": 0, "images": 0, "gpu_hours": 0.0, "unknown_images": 0, "unknown_hours": 0}
+        return {
+            "runs": 0,
+            "done": 0,
+            "to_run": 0,
+            "images": 0,
+            "gpu_hours": 0.0,
+            "unknown_images": 0,
+            "unknown_hours": 0,
+        }
 
     per_dataset: dict[str, dict[str, Any]] = defaultdict(empty)
     per_model: dict[str, dict[str, Any]] = defaultdict(empty)
@@ -298,7 +317,9 @@ def _hours(entry: dict[str, Any], table: Any) -> str:
 
 def _images(entry: dict[str, Any]) -> str:
     text = f"{entry['images']:,}"
-    return text + (f" (+{entry['unknown_images']} runs {UNKNOWN})" if entry["unknown_images"] else "")
+    return text + (
+        f" (+{entry['unknown_images']} runs {UNKNOWN})" if entry["unknown_images"] else ""
+    )
 
 
 def format_plan(
@@ -326,10 +347,14 @@ def format_plan(
         )
     lines.append("per kind:")
     for kind, e in s["per_kind"].items():
-        lines.append(f"  {kind}: {e['to_run']} of {e['runs']} runs, {_images(e)} images, {_hours(e, table)} GPU-h")
+        lines.append(
+            f"  {kind}: {e['to_run']} of {e['runs']} runs, {_images(e)} images, {_hours(e, table)} GPU-h"
+        )
     lines.append("per model (ablation variants under their model):")
     for model, e in s["per_model"].items():
-        lines.append(f"  {model}: {e['to_run']} of {e['runs']} runs, {_images(e)} images, {_hours(e, table)} GPU-h")
+        lines.append(
+            f"  {model}: {e['to_run']} of {e['runs']} runs, {_images(e)} images, {_hours(e, table)} GPU-h"
+        )
     t = s["total"]
     lines.append(
         f"total: {t['runs']} runs, {t['done']} finished under their run key (skipped), "
@@ -343,10 +368,14 @@ def format_plan(
     else:
         lines.append(f"throughput: {throughput} (training steps, images/s)")
         if s["missing_rates"]:
-            lines.append(f"no throughput for: {', '.join(s['missing_rates'])} (their runs count as unknown)")
+            lines.append(
+                f"no throughput for: {', '.join(s['missing_rates'])} (their runs count as unknown)"
+            )
     pending = sum(1 for r in plan["runs"] if r.lr is None and r.kind != "lrsearch")
     if pending:
-        lines.append(f"{pending} final/ablation runs wait for their model's LR search (LR not chosen yet)")
+        lines.append(
+            f"{pending} final/ablation runs wait for their model's LR search (LR not chosen yet)"
+        )
     return "\n".join(lines)
 
 
@@ -361,7 +390,10 @@ def cmd_plan(args) -> int:
     else:
         print(
             format_plan(
-                plan, table, source=str(args.params), throughput=args.throughput,
+                plan,
+                table,
+                source=str(args.params),
+                throughput=args.throughput,
                 every_run=args.runs,
             )  # fmt: skip
         )
@@ -381,7 +413,9 @@ def add_plan_command(subparsers) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param"
     )
-    p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable; default: all)")
+    p.add_argument(
+        "--dataset", action="append", help="a data.datasets entry (repeatable; default: all)"
+    )
     p.add_argument(
         "--throughput", help="CSV or JSON rows of model, image_size, images_per_s [, batch_size]"
     )

@@ -35,7 +35,14 @@ def plan_json(capsys, *args: str) -> dict:
 
 def test_plan_of_the_paper_protocol_follows_app_c(tmp_path, capsys):
     table = tmp_path / "train_step.csv"
-    rates = {"vit": 100.0, "glsim": 50.0, "transfg": 30.0, "ffvt": 60.0, "resnet101": 120.0, "cal": 40.0}
+    rates = {
+        "vit": 100.0,
+        "glsim": 50.0,
+        "transfg": 30.0,
+        "ffvt": 60.0,
+        "resnet101": 120.0,
+        "cal": 40.0,
+    }
     table.write_text(
         "model,image_size,batch_size,images_per_s\n"
         + "".join(f"{m},448,8,{r}\n" for m, r in rates.items())
@@ -50,8 +57,16 @@ def test_plan_of_the_paper_protocol_follows_app_c(tmp_path, capsys):
     for dataset in DATASETS:
         seeds = [1, 10] if dataset in TWO_SEEDS else [1, 10, 100]
         for model in MODELS:
-            search = [r for r in rows if (r["dataset"], r["kind"], r["model"]) == (dataset, "lrsearch", model)]
-            final = [r for r in rows if (r["dataset"], r["kind"], r["model"]) == (dataset, "final", model)]
+            search = [
+                r
+                for r in rows
+                if (r["dataset"], r["kind"], r["model"]) == (dataset, "lrsearch", model)
+            ]
+            final = [
+                r
+                for r in rows
+                if (r["dataset"], r["kind"], r["model"]) == (dataset, "final", model)
+            ]
             assert sorted(r["lr"] for r in search) == [0.001, 0.003, 0.01, 0.03]
             assert [r["seed"] for r in final] == seeds
         ablation = [r for r in rows if (r["dataset"], r["kind"]) == (dataset, "ablation")]
@@ -139,7 +154,9 @@ def test_per_dataset_seeds_and_search_share(tmp_path):
     assert not (spec.run_dir(p) / "last.pt").exists()
 
     bad = params.with_overrides({"data.datasets": {"synthetic_fg": {"protocol.seeds": [1, 7]}}})
-    with pytest.raises(ParamsError, match=r"protocol.seeds \[1, 7\] must be a subset of protocol.seeds \[1, 2\]"):
+    with pytest.raises(
+        ParamsError, match=r"protocol.seeds \[1, 7\] must be a subset of protocol.seeds \[1, 2\]"
+    ):
         for_dataset(bad, "synthetic_fg")
 
 
@@ -173,7 +190,10 @@ def test_a_throughput_table_without_its_columns_is_one_error_line(tmp_path, caps
 def test_paper_224_is_paper_at_224_px():
     """The two files differ only in the image size, O, Table 13's O variants, the patch-32
     O and the output folders."""
-    big, small = (yaml.safe_load((ROOT / f).read_text()) for f in ("configs/paper.yaml", "configs/paper-224.yaml"))
+    big, small = (
+        yaml.safe_load((ROOT / f).read_text())
+        for f in ("configs/paper.yaml", "configs/paper-224.yaml")
+    )
     assert small["data"].pop("image_size") == 224 and big["data"].pop("image_size") == 448
     assert small["model"]["glsim"].pop("top_k") == 8 and big["model"]["glsim"].pop("top_k") == 16
     assert small["data"]["datasets"].pop("dogs") == {"model.glsim.top_k": 16}
@@ -207,7 +227,9 @@ def test_dvc_lists_every_stage_of_the_paper_protocol(tmp_path):
         ["dvc", "repro", "--dry", "--force"], cwd=repo, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    listed = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
+    listed = {
+        line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")
+    }
     expected = set(runs.stage_outputs(load_params(PAPER)))
     assert listed == expected
     assert {"train@dafb-glsim-100", "prepare@inat17", "lr_search@cub-cal"} <= listed
