@@ -379,6 +379,45 @@ def format_plan(
     return "\n".join(lines)
 
 
+def write_and_log_plan(
+    params: Params,
+    datasets: list[str] | None = None,
+    *,
+    throughput: str | Path | None = None,
+    source: str = "params",
+    track: bool = True,
+) -> dict[str, Path]:
+    """Write the plan to ``<runs_dir>/plan/`` (``plan.json``: :func:`plan_dict`;
+    ``plan.txt``: :func:`format_plan`) and log both, with the totals as metrics, to an
+    MLflow run ``plan`` (what the sweep does before it starts). Returns the two paths."""
+    from glsim.utils import atomic_write_json, atomic_write_text
+
+    plan = plan_runs(params, datasets)
+    table = read_throughput(throughput) if throughput else None
+    out = params.base.runs_dir / "plan"
+    data = plan_dict(plan, table)
+    text = format_plan(plan, table, source=source, throughput=str(throughput or "") or None)
+    paths = {
+        "json": atomic_write_json(out / "plan.json", data),
+        "txt": atomic_write_text(out / "plan.txt", text + "\n"),
+    }
+    if track:
+        from glsim.tracking.mlflow import Tracker
+
+        total = data["summary"]["total"]
+        with Tracker(
+            experiment=params.base.experiment, run_name="plan", run_dir=out, tags={"stage": "plan"}
+        ) as tracker:
+            tracker.log_params({"params": source, "throughput": str(throughput)})
+            metrics = {f"plan/{k}": total[k] for k in ("runs", "done", "to_run", "images")}
+            if table is not None:
+                metrics["plan/gpu_hours"] = total["gpu_hours"]
+            tracker.log_metrics(metrics)
+            for path in paths.values():
+                tracker.log_artifact(path, artifact_path="plan")
+    return paths
+
+
 def cmd_plan(args) -> int:
     from glsim.config import load_params, parse_sets
 

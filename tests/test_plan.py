@@ -234,3 +234,30 @@ def test_dvc_lists_every_stage_of_the_paper_protocol(tmp_path):
     assert listed == expected
     assert {"train@dafb-glsim-100", "prepare@inat17", "lr_search@cub-cal"} <= listed
     assert not any(s.startswith("pretrain") for s in listed)
+
+
+def test_the_plan_is_written_and_logged_to_mlflow(tmp_path, monkeypatch):
+    """What the sweep does before it starts: the plan as plan.json / plan.txt in
+    ``<runs_dir>/plan/`` and an MLflow run ``plan`` holding both and the totals."""
+    from mlflow.tracking import MlflowClient
+
+    from glsim.plan import write_and_log_plan
+    from glsim.tracking.mlflow import tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path, protocol={"models": ["vit"], "seeds": [1, 2], "lr_grid": [0.01]},
+                         ablations={"variants": {}, "tables": {}})  # fmt: skip
+    paths = write_and_log_plan(params, source="tiny")
+    assert paths["json"] == params.base.runs_dir / "plan" / "plan.json"
+    assert json.loads(paths["json"].read_text())["summary"]["total"]["to_run"] == 3
+    assert "total: 3 runs" in paths["txt"].read_text()
+    client = MlflowClient(tracking_uri(tmp_path))
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(params.base.experiment).experiment_id],
+        filter_string="tags.mlflow.runName = 'plan'",
+    )
+    assert run.data.metrics["plan_to_run"] == 3
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "plan")}
+    assert logged == {"plan/plan.json", "plan/plan.txt"}
