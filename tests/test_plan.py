@@ -261,3 +261,28 @@ def test_the_plan_is_written_and_logged_to_mlflow(tmp_path, monkeypatch):
     assert run.data.metrics["plan_to_run"] == 3
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "plan")}
     assert logged == {"plan/plan.json", "plan/plan.txt"}
+
+
+def test_the_aggregate_averages_each_dataset_over_its_own_seeds(tmp_path, monkeypatch):
+    """Two datasets, one narrowed to seed 1: the aggregate asks for seed 2 of the other only,
+    also when the narrowed one is ``data.dataset`` (the stage resolves from the root tree)."""
+    params = tiny_params(
+        tmp_path,
+        data={"datasets": {"a": {"source": "synthetic_fg", "protocol.seeds": [1]},
+                           "b": {"source": "synthetic_fg"}}, "dataset": "a"},
+        protocol={"models": ["vit"], "seeds": [1, 2], "lr_grid": []},
+        ablations={"variants": {}, "tables": {}},
+    )  # fmt: skip
+    asked = []
+
+    def report(p, spec):
+        asked.append((p.data.dataset, spec.seed))
+        return {"dataset": p.data.dataset, "model": spec.model, "seed": spec.seed, "lr": 0.01,
+                "top1": 50.0 + spec.seed}  # fmt: skip
+
+    monkeypatch.setattr(protocol, "current_report", report)
+    protocol.aggregate_reports(params, track=False)
+    assert asked == [("a", 1), ("b", 1), ("b", 2)]
+    results = json.loads(runs.results_paths(params)["json"].read_text())
+    assert results["a"]["vit"]["seeds"] == {"1": 51.0}
+    assert results["b"]["vit"]["top1_mean"] == 51.5
