@@ -114,10 +114,11 @@ def train_images(params: Params) -> TrainImages:
 
 def _finished(params: Params, spec: RunSpec) -> bool:
     from glsim.runs import run_key
+    from glsim.train.checkpoint import CHECKPOINT_NAME
     from glsim.train.run import is_finished
 
     run_dir = spec.run_dir(params)
-    if not (run_dir / "last.pt").is_file():  # no checkpoint: no key to compute
+    if not (run_dir / CHECKPOINT_NAME).is_file():  # no checkpoint: no key to compute
         return False
     return is_finished(run_dir, run_key(params, spec), params.train.epochs)
 
@@ -363,7 +364,7 @@ def format_plan(
     if table is None:
         lines.append(
             "GPU-hours: give --throughput FILE (measure it on the target GPU: glsim cost bench "
-            "--train-step --device cuda --image-size 448 --out DIR)"
+            f"--train-step --params {source} --device cuda --out DIR)"
         )
     else:
         lines.append(f"throughput: {throughput} (training steps, images/s)")
