@@ -1,7 +1,9 @@
 """The paper's protocol as a Prefect sweep over the params tree: what ``dvc repro`` runs,
 spread over workers.
 
-Per dataset of ``data.datasets``: ``prepare``, ``shard``, ``validate`` (in this process);
+First the plan (:mod:`glsim.plan`: every run, images to train, GPU-hours), written to
+``<runs_dir>/plan/`` and logged to MLflow. Per dataset of ``data.datasets``: ``prepare``,
+``shard``, ``validate`` (in this process);
 ``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
 ``protocol.models``): one run per LR of ``protocol.lr_grid``, then the choice of LR. Per
 (dataset, model, seed) and (dataset, variant of ``ablations.variants``, seed): the run and
@@ -48,7 +50,7 @@ from flows.train_one import (
     train_one,
 )
 from glsim import protocol
-from glsim.config import ParamsError, parse_sets
+from glsim.config import ParamsError, load_params, parse_sets
 
 RETRIES = 2
 RETRY_DELAY_S = 10
@@ -77,6 +79,21 @@ def check_tracking() -> None:
     from glsim.tracking.mlflow import check_tracking as check
 
     check()
+
+
+@_task(task_run_name="plan")
+def plan(
+    params_file: str, overrides: dict, datasets: list[str], throughput: str | None, track: bool
+) -> str:
+    """The runs the sweep will make, images and GPU-hours (``glsim plan``), logged first."""
+    from glsim.plan import write_and_log_plan
+
+    params = protocol.check_params(load_params(params_file, overrides or None))  # the root tree
+    paths = write_and_log_plan(
+        params, datasets, throughput=throughput, source=params_file, track=track
+    )
+    get_run_logger().info("%s", paths["txt"].read_text())
+    return str(paths["json"])
 
 
 @_task(task_run_name="prepare-{dataset}")
@@ -112,7 +129,7 @@ def choose_lr(params_file: str, overrides: dict, dataset: str, model: str) -> fl
 
 @_task(task_run_name="aggregate")
 def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
-    params = steps.resolve(params_file, overrides, None)
+    params = protocol.check_params(load_params(params_file, overrides or None))  # the root tree
     return [str(p) for p in protocol.aggregate_reports(params, track=track)]
 
 
@@ -167,6 +184,7 @@ def sweep(
     track: bool = True,
     poll_s: float = 10.0,
     register_models: bool = True,
+    throughput: str | None = None,
 ) -> dict[str, Any]:
     """Run the protocol over ``params_file`` (+ dotted ``overrides``, as ``--set``).
 
@@ -179,6 +197,9 @@ def sweep(
         poll_s: seconds between polls of a submitted run's state.
         register_models: with ``track``, register and promote each (dataset, model)'s
             model of one seed (the registry's rule) once its seeds are evaluated.
+        throughput: a training-step throughput table (``glsim cost bench --train-step``):
+            the plan written and logged before the sweep starts (``glsim plan``) then
+            gives GPU-hours.
 
     Returns:
         ``{"trained": [...], "skipped": [...], "results": [paths], "registry": {model
@@ -205,6 +226,7 @@ def sweep(
 
     if track:
         check_tracking()
+    plan(params_file, overrides, names, throughput, track)
     # pretraining reads nothing of the datasets: on a worker while the data is prepared
     pre = []
     if root.pretrain.stages:
@@ -283,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable)")
     p.add_argument("--local", action="store_true", help="train here, not through workers")
     p.add_argument("--no-track", action="store_true")
+    p.add_argument("--throughput", help="training-step images/s table: GPU-hours in the plan")
     args = p.parse_args(argv)
     try:
         overrides = parse_sets(args.set)
@@ -295,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             datasets=args.dataset,
             use_deployments=not args.local,
             track=not args.no_track,
+            throughput=args.throughput,
         )
     )
 

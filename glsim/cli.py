@@ -10,6 +10,7 @@ from glsim.errors import debug_requested, guarded
 from glsim.explain import add_explain_command
 from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
+from glsim.plan import add_plan_command
 from glsim.tracking.cli import add_tracking_commands
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_command(subparsers)
     add_cost_commands(subparsers)
     add_export_commands(subparsers)
+    add_plan_command(subparsers)
     return parser
 
 

@@ -367,6 +367,14 @@ class ProtocolParams(_Strict):
     )
     search_seed: int = 1
     search_epochs: int | None = Field(None, ge=1, description="None: train.epochs")
+    search_train_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of each class's train images the LR search trains on (the rest is "
+        "its val part); None: the paper's rule, 0.8, or 0.2 for a dataset over 50,000 train "
+        "images (DAFB, Food, iNat17)",
+    )
 
     @model_validator(mode="after")
     def _check_grid(self) -> ProtocolParams:
@@ -659,6 +667,13 @@ def for_dataset(params: Params, name: str) -> Params:
             f"dataset {name!r} is not in data.datasets{hint} (listed: {sorted(params.data.datasets)})"
         )
     entry = dict(params.data.datasets[name])
+    seeds = entry.get("protocol.seeds")
+    if isinstance(seeds, list) and not set(seeds) <= set(params.protocol.seeds):
+        raise ParamsError(
+            f"data.datasets.{name}: protocol.seeds {seeds} must be a subset of protocol.seeds "
+            f"{params.protocol.seeds} (DVC generates the runs of every seed there and each "
+            "dataset runs those of its own list); add the missing seeds to protocol.seeds"
+        )
     overrides = {
         "data.dataset": name,
         "data.source": entry.pop(SOURCE_KEY, None),

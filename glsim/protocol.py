@@ -155,7 +155,8 @@ def shard(params: Params) -> dict[str, dict[str, Any]]:
     final = write_shards(manifest, runs.shards_dir(params), **limits)
     search = write_lr_search_shards(
         manifest, runs.shards_dir(params, "lrsearch"), seed=params.protocol.search_seed,
-        large=get_dataset(d.dataset_source).large, **limits,
+        fraction=params.protocol.search_train_fraction, large=get_dataset(d.dataset_source).large,
+        **limits,
     )  # fmt: skip
     return {"final": final, "lrsearch": search}
 
@@ -486,6 +487,49 @@ def is_done(params: Params, spec: RunSpec) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
+# a seed of protocol.seeds that a dataset's own list leaves out
+
+
+def unlisted_seed(params: Params, seed: int) -> str | None:
+    """Why ``seed`` is not run on this dataset (None: it is). ``dvc.yaml`` generates the
+    train, evaluate and ablation stages over the root ``protocol.seeds`` for every dataset;
+    a dataset whose entry narrows ``protocol.seeds`` (the paper's two seeds for DAFB, Food
+    and iNat17) runs only its own."""
+    if seed in params.protocol.seeds:
+        return None
+    return (
+        f"{params.data.dataset}: seed {seed} is not in this dataset's protocol.seeds "
+        f"{params.protocol.seeds}; not run (its outputs say so)"
+    )
+
+
+def skip_unlisted_seed(
+    params: Params, spec: RunSpec, *, train: bool = True, evaluate: bool = True
+) -> str | None:
+    """For a seed :func:`unlisted_seed` leaves out, write the stage's outputs empty but
+    valid (``skipped.json`` in the run folder and an empty curve; a report naming the
+    reason, a per-class table of no row and a blank explanation image), so the DVC stage
+    completes and trains nothing; returns the reason (None: the seed runs, nothing written)."""
+    reason = unlisted_seed(params, spec.seed)
+    if reason is None:
+        return None
+    if train:
+        atomic_write_json(spec.run_dir(params) / "skipped.json", {"skipped": reason})
+        atomic_write_json(spec.curve_path(params), [])
+    if evaluate:
+        import numpy as np
+        from PIL import Image
+
+        report = {"dataset": params.data.dataset, "model": spec.name, "seed": spec.seed}
+        atomic_write_json(spec.report_path(params), {**report, "skipped": reason})
+        none = np.zeros(0, dtype=int)
+        write_per_class(per_class_table(none, none, []), spec.per_class_path(params))
+        spec.explain_path(params).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (1, 1), "white").save(spec.explain_path(params))
+    return reason
+
+
+# ---------------------------------------------------------------------------------------
 # ablation variants
 
 
@@ -544,12 +588,12 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     models, seeds = list(params.protocol.models), list(params.protocol.seeds)
     main, variant_reports, ablation, lr_reports = [], [], {}, []
     for dataset in params.data.datasets:
-        p = for_dataset(params, dataset)
-        main += [current_report(p, final_spec(p, m, s)) for m in models for s in seeds]
+        p = for_dataset(params, dataset)  # its own protocol.seeds
+        main += [current_report(p, final_spec(p, m, s)) for m in models for s in p.protocol.seeds]
         variants = [
             current_report(variant_params(p, v), variant_spec(p, v, s))
             for v in params.ablations.variants
-            for s in seeds
+            for s in p.protocol.seeds
         ]
         variant_reports += variants
         ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}

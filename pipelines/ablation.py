@@ -1,8 +1,10 @@
-"""Stage `ablation@VARIANT-SEED`: train and evaluate one ablation variant (Tables 5, 11-15)."""
+"""Stage `ablation@VARIANT-SEED`: train and evaluate one ablation variant (Tables 5, 11-15).
+A seed the dataset's own protocol.seeds leaves out runs nothing (its outputs say so)."""
 
 from _common import params_from, parser, run
 
-from glsim.protocol import run_variant
+from glsim.protocol import run_variant, skip_unlisted_seed
+from glsim.runs import RunSpec
 
 
 def main() -> None:
@@ -10,7 +12,15 @@ def main() -> None:
     p.add_argument("--variant", required=True)
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
-    report = run_variant(params_from(args), args.variant, args.seed)
+    params = params_from(args)
+    variant = params.ablations.variants.get(args.variant)
+    if variant is not None:
+        spec = RunSpec(variant.model, args.seed, kind="ablation", variant=args.variant)
+        skipped = skip_unlisted_seed(params, spec)
+        if skipped:
+            print(skipped)
+            return
+    report = run_variant(params, args.variant, args.seed)
     print(
         f"{args.variant} seed {args.seed}: top-1 {report['top1']:.2f}% {report.get('localisation', '')}"
     )

@@ -1,12 +1,16 @@
 """Stage `aggregate`: per-seed eval reports -> reports/results.json and Table-4 tables."""
 
-from _common import params_from, parser, run
+from _common import parser, run
 
-from glsim.protocol import aggregate_reports
+from glsim.config import load_params, parse_sets
+from glsim.protocol import aggregate_reports, check_params
 
 
 def main() -> None:
-    params = params_from(parser(__doc__).parse_args())
+    args = parser(__doc__).parse_args()
+    # the root tree, not one dataset's: each dataset is resolved from it with its own
+    # overrides (protocol.seeds among them)
+    params = check_params(load_params(args.params, parse_sets(args.set)))
     paths = aggregate_reports(params)
     print("\n".join(str(p) for p in paths))
 

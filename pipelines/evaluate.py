@@ -1,8 +1,10 @@
-"""Stage `evaluate@DATASET-MODEL-SEED`: test-split top-1, per-class accuracy and crop hit rates."""
+"""Stage `evaluate@DATASET-MODEL-SEED`: test-split top-1, per-class accuracy and crop hit
+rates. A seed the dataset's own protocol.seeds leaves out is not evaluated (its outputs say so)."""
 
 from _common import params_from, parser, run
 
-from glsim.protocol import evaluate_final
+from glsim.protocol import evaluate_final, skip_unlisted_seed
+from glsim.runs import RunSpec
 
 
 def main() -> None:
@@ -10,7 +12,12 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
-    report = evaluate_final(params_from(args), args.model, args.seed)
+    params = params_from(args)
+    skipped = skip_unlisted_seed(params, RunSpec(args.model, args.seed), train=False)
+    if skipped:
+        print(skipped)
+        return
+    report = evaluate_final(params, args.model, args.seed)
     print(
         f"{args.model} seed {args.seed}: top-1 {report['top1']:.2f}% {report.get('localisation', '')}"
     )

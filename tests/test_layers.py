@@ -36,6 +36,7 @@ RULES = {
     "glsim.validation.stage": ["glsim.train", "glsim.eval", "glsim.protocol", "glsim.models"],
     # the `glsim` command imports it for its subcommands; measuring loads torch, not parsing
     "glsim.cost": ["torch", "timm", "mlflow", "glsim.train", "glsim.protocol"],
+    "glsim.plan": ["torch", "timm", "mlflow", "glsim.train", "glsim.protocol"],
 }  # fmt: skip
 
 

@@ -50,6 +50,38 @@ def cmd_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_step(args: argparse.Namespace) -> int:
+    """``glsim cost bench --train-step``: the training-step throughput table."""
+    from glsim.config import load_params, parse_sets
+    from glsim.cost.measure import format_rows
+    from glsim.cost.train_step import train_step_rows, write_train_step
+    from glsim.models import check_model_name
+    from glsim.utils import set_threads
+
+    params = load_params(args.params, parse_sets(args.set))
+    cost = params.cost
+    models = [check_model_name(m) for m in (args.models or cost.models)]
+    sizes = args.image_size or [params.data.image_size]
+    batches = args.batch_sizes or [params.train.batch_size]
+    if min(sizes) < 1 or min(batches) < 1:
+        raise CommandError("--image-size and --batch-sizes must be positive")
+    device = _device(args.device or params.base.device)
+    set_threads(args.threads if args.threads is not None else params.base.num_threads)
+    quiet = args.json or args.csv
+    rows = train_step_rows(
+        params, models=models, image_sizes=sizes, batch_sizes=batches, device=device,
+        repeats=args.repeats or cost.repeats, warmup=args.warmup if args.warmup is not None else 2,
+        min_time=args.min_time if args.min_time is not None else cost.min_time,
+        num_classes=cost.num_classes, progress=None if quiet else lambda line: print(line, flush=True),
+    )  # fmt: skip
+    path = write_train_step(rows, args.out or params.base.reports_dir / "cost")
+    if quiet:
+        print(format_rows(rows, _fmt(args)))
+    else:
+        print(f"wrote {path} (glsim plan --throughput {path})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from glsim.config import load_params, parse_sets
     from glsim.cost.report import format_bench
@@ -57,6 +89,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from glsim.runs import cost_files, results_paths
     from glsim.utils import set_threads
 
+    if args.train_step:
+        return cmd_train_step(args)
     params = load_params(args.params, parse_sets(args.set))
     chosen = {
         "models": args.models, "image_sizes": args.image_size, "batch_sizes": args.batch_sizes,
@@ -166,5 +200,11 @@ def add_cost_commands(subparsers) -> None:
         help="accuracies: a results.json (default: <reports_dir>/results.json if present)",
     )  # fmt: skip
     p.add_argument("--dataset", help="the results.json dataset (default: data.dataset)")
+    p.add_argument(
+        "--train-step", action="store_true",
+        help="time a training step (forward, backward, optimiser step, the recipe's precision) "
+        "instead: writes <out>/train_step.csv, the table `glsim plan --throughput` reads "
+        "(defaults: image size data.image_size, batch train.batch_size)",
+    )  # fmt: skip
     _output_options(p)
     p.set_defaults(func=cmd_bench)

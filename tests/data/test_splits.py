@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from glsim.data.splits import lr_search_split
+from glsim.data.splits import lr_search_fraction, lr_search_split, search_train_fraction
 
 
 def _manifest(per_class: dict[int, int], test_per_class: int = 3) -> pd.DataFrame:
@@ -20,7 +20,7 @@ def _manifest(per_class: dict[int, int], test_per_class: int = 3) -> pd.DataFram
 
 @pytest.mark.parametrize(("large", "n_train"), [(False, 8), (True, 2)])
 def test_per_class_fractions(large, n_train):
-    out = lr_search_split(_manifest({0: 10, 1: 10, 2: 10}), seed=1, large=large)
+    out = lr_search_split(_manifest({0: 10, 1: 10, 2: 10}), seed=1, fraction=lr_search_fraction(large))
     assert len(out) == 30 and set(out["split"]) == {"train", "val"}
     assert not out["path"].str.contains("test").any()
     counts = out.groupby("label")["split"].value_counts().unstack()
@@ -30,16 +30,16 @@ def test_per_class_fractions(large, n_train):
 
 def test_deterministic_and_order_independent():
     df = _manifest({0: 20, 1: 15})
-    a = lr_search_split(df, seed=7, large=False)
-    b = lr_search_split(df.sample(frac=1, random_state=3), seed=7, large=False)
-    c = lr_search_split(df, seed=8, large=False)
+    a = lr_search_split(df, seed=7, fraction=0.8)
+    b = lr_search_split(df.sample(frac=1, random_state=3), seed=7, fraction=0.8)
+    c = lr_search_split(df, seed=8, fraction=0.8)
     key = lambda d: dict(zip(d["path"], d["split"], strict=True))  # noqa: E731
     assert key(a) == key(b)
     assert key(a) != key(c), "a different seed should pick different images"
 
 
 def test_small_classes_keep_both_parts():
-    out = lr_search_split(_manifest({0: 2, 1: 1, 2: 3}), seed=0, large=True)
+    out = lr_search_split(_manifest({0: 2, 1: 1, 2: 3}), seed=0, fraction=0.2)
     by = out.groupby("label")["split"].apply(sorted).to_dict()
     assert by[0] == ["train", "val"]
     assert by[1] == ["train"]
@@ -49,4 +49,13 @@ def test_small_classes_keep_both_parts():
 def test_needs_train_rows():
     df = _manifest({0: 3})
     with pytest.raises(ValueError, match="no 'train' rows"):
-        lr_search_split(df[df["split"] == "test"], seed=0, large=False)
+        lr_search_split(df[df["split"] == "test"], seed=0, fraction=0.8)
+
+
+def test_search_train_fraction_is_the_param_else_the_paper_rule():
+    assert search_train_fraction(None, large=False, train_images=5_994) == 0.8
+    assert search_train_fraction(None, large=True, train_images=10) == 0.2
+    assert search_train_fraction(None, large=False, train_images=50_001) == 0.2
+    assert search_train_fraction(0.5, large=True, train_images=600_000) == 0.5
+    out = lr_search_split(_manifest({0: 10, 1: 10}), seed=1, fraction=0.5)
+    assert (out.groupby("label")["split"].value_counts().unstack()["train"] == 5).all()

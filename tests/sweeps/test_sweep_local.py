@@ -28,6 +28,9 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     first = sweep(params_file=str(path), use_deployments=False)
     # pretrain + 2 models x 2 LRs + 2 models x 1 seed + 1 variant x 1 seed
     assert len(first["trained"]) == 8 and first["skipped"] == []
+    # the plan, written before anything trained: every run but pretraining still to train
+    plan = json.loads((params.base.runs_dir / "plan" / "plan.json").read_text())
+    assert plan["summary"]["total"]["to_run"] == 7 and plan["summary"]["total"]["done"] == 0
     results = json.loads(runs.results_paths(params)["json"].read_text())
     assert set(results["synthetic_fg"]) == {"vit", "glsim", "ablations"}
     assert "glsim_no_aggregator" in results["synthetic_fg"]["ablations"]
