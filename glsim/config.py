@@ -7,7 +7,7 @@ logged to MLflow, as timm writes ``args.yaml`` and DINOv2 writes its config.
 
 This module imports nothing of glsim but the models' torch-free choice types: loading and
 checking a params file loads no torch. What needs the model registry (is a model name
-registered?) is checked by the protocol layer (:func:`glsim.protocol.check_params`).
+registered?) is :func:`check_params`, which loads the models only when called.
 """
 
 from __future__ import annotations
@@ -493,7 +493,7 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> Params:
         """References inside the tree (model names are checked against the registry by
-        :func:`glsim.protocol.check_params`, which needs the models)."""
+        :func:`check_params`, which needs the models)."""
         for name in self.ablations.variants:
             if name in self.protocol.models:
                 raise ValueError(
@@ -656,3 +656,24 @@ def write_resolved(params: Params, out_dir: str | Path, name: str = "params.reso
     out = Path(out_dir) / name
     atomic_write_text(out, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     return out
+
+
+def check_params(params: Params) -> Params:
+    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered (the
+    one check that loads the model registry, so not a validator of the tree)."""
+    from glsim.models import list_models
+
+    known = list_models()
+    for name in params.protocol.models:
+        if name not in known:
+            raise ParamsError(
+                f"protocol.models: unknown model {name!r} (registered: {', '.join(known)}); "
+                "fix it in the params file"
+            )
+    for name, variant in params.ablations.variants.items():
+        if variant.model not in known:
+            raise ParamsError(
+                f"ablations.variants.{name}.model: unknown model {variant.model!r} "
+                f"(registered: {', '.join(known)}); fix it in the params file"
+            )
+    return params

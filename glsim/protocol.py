@@ -3,7 +3,7 @@
 or a run key. Everything here is a function of the params tree (resolved for one dataset
 with :func:`glsim.config.for_dataset`); paths and run keys come from :mod:`glsim.runs`.
 
-* :func:`check_params`: what the typed tree cannot check alone (registered model names).
+* :func:`~glsim.config.check_params` (re-exported): registered model names.
 * The data and pretraining stages, one function each: :func:`prepare`, :func:`shard`,
   :func:`validate`, :func:`probe`, :func:`pretrain` (:func:`pretrain_done`: finished under
   its run key).
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glsim import runs
-from glsim.config import Params, ParamsError, for_dataset
+from glsim.config import Params, ParamsError, check_params, for_dataset  # noqa: F401  (re-exported)
 from glsim.data.shards import INDEX_NAME, ShardError, read_class_names, read_index
 from glsim.errors import RunError
 from glsim.eval.evaluate import (
@@ -47,7 +47,7 @@ from glsim.eval.evaluate import (
 from glsim.eval.localisation import hit_rates
 from glsim.eval.report import ablation_table, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
-from glsim.models.registry import check_model_name, list_models
+from glsim.models.registry import check_model_name
 from glsim.runs import RunSpec
 from glsim.train.run import is_finished, load_run, num_classes, train_run
 from glsim.utils import (
@@ -61,24 +61,6 @@ from glsim.utils import (
 
 if TYPE_CHECKING:
     from glsim.validation.suite import ValidationReport
-
-
-def check_params(params: Params) -> Params:
-    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered."""
-    known = list_models()
-    for name in params.protocol.models:
-        if name not in known:
-            raise ParamsError(
-                f"protocol.models: unknown model {name!r} (registered: {', '.join(known)}); "
-                "fix it in the params file"
-            )
-    for name, variant in params.ablations.variants.items():
-        if variant.model not in known:
-            raise ParamsError(
-                f"ablations.variants.{name}.model: unknown model {variant.model!r} "
-                f"(registered: {', '.join(known)}); fix it in the params file"
-            )
-    return params
 
 
 # ---------------------------------------------------------------------------------------
