@@ -5,7 +5,7 @@ Per dataset of ``data.datasets``: ``prepare``, ``shard``, ``validate`` (in this 
 ``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
 ``protocol.models``): one run per LR of ``protocol.lr_grid``, then the choice of LR. Per
 (dataset, model, seed) and (dataset, variant of ``ablations.variants``, seed): the run and
-its evaluation; once a (dataset, model)'s seeds are evaluated, its best seed's model is
+its evaluation; once a (dataset, model)'s seeds are evaluated, one seed's model is
 registered as ``glsim-<dataset>-<model>`` and gets ``champion`` or ``challenger`` by
 ``registry.margin`` (:mod:`glsim.tracking.registry`; tracked sweeps only). Then the
 aggregate (``reports/results.*``). Every step is a call into
@@ -118,7 +118,7 @@ def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
 
 @_task(task_run_name="register-{dataset}-{model}")
 def register(params_file: str, overrides: dict, dataset: str, model: str) -> dict[str, Any]:
-    """Register the best seed of ``(dataset, model)`` and move its alias (champion/challenger)."""
+    """Register a seed's model of ``(dataset, model)`` and move its alias (champion/challenger)."""
     from glsim.tracking.registry import decision_dict, register_and_promote
 
     params = steps.resolve(params_file, overrides, dataset)
@@ -178,7 +178,7 @@ def sweep(
             stages do; validation is logged either way, as the ``validate`` stage does.
         poll_s: seconds between polls of a submitted run's state.
         register_models: with ``track``, register and promote each (dataset, model)'s
-            best seed once its seeds are evaluated.
+            model of one seed (the registry's rule) once its seeds are evaluated.
 
     Returns:
         ``{"trained": [...], "skipped": [...], "results": [paths], "registry": {model

@@ -454,8 +454,8 @@ class RegistryParams(_Strict):
     margin: float = Field(
         0.0,
         ge=0,
-        description="percentage points of mean test top-1 a new version must beat the "
-        "champion's by to take the `champion` alias",
+        description="percentage points of val top-1 (the LR search's, at the chosen LR) a new "
+        "version must beat the champion's by to take the `champion` alias",
     )
     name_template: str = Field(
         "glsim-{dataset}-{model}",

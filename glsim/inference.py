@@ -3,8 +3,8 @@
 A run folder (``runs/<dataset>/<model>/seed<S>``, ``runs/<dataset>/ablation/<variant>/seed<S>``
 or ``runs/<dataset>/lrsearch/<model>/lr<LR>/seed<S>``) holds ``params.resolved.yaml``; the
 model is built and loaded from it with :func:`glsim.train.run.load_run` (an MLflow
-``runs:/<id>/model`` or ``models:/<name>@<alias>`` URI: ``mlflow.pytorch.load_model`` and
-the run's logged ``params.resolved.yaml``), and images are
+``runs:/<id>/model`` or ``models:/<name>@<alias>`` URI: ``mlflow.pytorch.load_model``, the
+class names logged with the model and the run's logged ``params.resolved.yaml``), and images are
 preprocessed as the run's evaluation does (its ``image_size``/``resize_ratio``, the
 backbone's own normalisation). Any image Pillow reads is accepted: grayscale, palette,
 RGBA, CMYK, 16-bit, EXIF-rotated, tiny or huge (decoded at a bounded size). A file that is
@@ -80,7 +80,9 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
 
     text = str(model_path)
     if text.startswith(("models:/", "runs:/")):
-        model, params = _load_mlflow(text)
+        model, params, names = _load_mlflow(text)
+        if names is not None:
+            return _predictor(model, params, len(names), device, names)
         return _predictor(model, params, _class_count(params, model), device)
     run_dir = Path(model_path)
     if run_dir.is_file():  # a checkpoint inside a run folder
@@ -112,13 +114,16 @@ def load_predictor(model_path: str | Path, *, device: str | None = None) -> Pred
     return _predictor(model, params, count, device)
 
 
-def _predictor(model, params, count: int, device: str | None) -> Predictor:
+def _predictor(
+    model, params, count: int, device: str | None, class_names: list[str] | None = None
+) -> Predictor:
+    """The predictor of a loaded model; its ``class_names``, else the run's shards' names."""
     from glsim.data.shards import read_class_names
     from glsim.eval.evaluate import eval_transform
     from glsim.runs import shards_dir
     from glsim.utils import resolve_device
 
-    classes = read_class_names(shards_dir(params), count)
+    classes = class_names or read_class_names(shards_dir(params), count)
     transform = eval_transform(params, model)
     dev = resolve_device(device or params.base.device)
     model.eval().to(dev)
@@ -145,12 +150,13 @@ def _class_count(params, model) -> int:
 
 def _load_mlflow(uri: str):
     """The logged model of an MLflow ``runs:/<id>/model`` or ``models:/<name>@<alias>`` (or
-    ``models:/<name>/<version>``) and the run's ``params.resolved.yaml`` artifact."""
+    ``models:/<name>/<version>``), the run's ``params.resolved.yaml`` artifact, and the class
+    names logged with the model (None for a model logged without them: the shards' then)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from glsim.config import load_params
-    from glsim.tracking.mlflow import tracking_uri
+    from glsim.tracking.mlflow import logged_class_names, tracking_uri
 
     store = tracking_uri()
     mlflow.set_tracking_uri(store)
@@ -174,13 +180,14 @@ def _load_mlflow(uri: str):
             run_id=run_id, artifact_path=RESOLVED_NAME, tracking_uri=store
         )
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        names = logged_class_names(uri)
     except MlflowException as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CommandError(f"--model {uri}: {first} (tracking store {store})") from None
     params = load_params(local).with_overrides(
         {"model.backbone.weights": None}, source=f"{uri} {RESOLVED_NAME}"
     )
-    return model, params
+    return model, params, names
 
 
 def _load_without_shards(params, spec, count: int):

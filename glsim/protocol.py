@@ -270,16 +270,28 @@ def train_final(params: Params, model: str, seed: int, *, track: bool = True) ->
 
 def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[str, Any]:
     """Evaluate a finished run on its test split (val for LR-search runs); write the report,
-    with the run's key (:func:`glsim.runs.run_key`), to ``spec.report_path(params)``, the
+    with the run key its checkpoint was trained under, to ``spec.report_path(params)``, the
     per-class table (class index and name, count, correct, accuracy) beside it
-    (``spec.per_class_path(params)``), and log both to the run's MLflow run.
+    (``spec.per_class_path(params)``), and log both to the run's MLflow run (the training
+    run of that key; the evaluation's code and machine go in ``eval.*`` tags).
+
+    A checkpoint trained under another key than :func:`glsim.runs.run_key` of ``params``
+    (e.g. evaluated with another ``model.glsim.top_k``) is refused with :class:`RunError`:
+    its report would name a run that was never trained.
 
     The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
     device = resolve_device(params.base.device)
     configure_determinism(params.base.num_threads, params.base.deterministic, device)
-    model, _ = load_run(params, spec)
+    model, state = load_run(params, spec)
+    key = runs.run_key(params, spec)
+    if state["run_key"] != key:
+        raise RunError(
+            f"{spec.run_dir(params)}: its checkpoint was trained under run key "
+            f"{state['run_key'] or '(none)'}, but these params give {key}; evaluate with the "
+            "params it was trained with, or rerun its train stage with these"
+        )
     seed_everything(spec.seed)  # a random selector's boxes: the same report every time
     shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(
@@ -297,7 +309,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "kind": spec.kind,
         "seed": spec.seed,
         "lr": spec.lr if spec.lr is not None else params.train.lr,
-        "run_key": runs.run_key(params, spec),
+        "run_key": state["run_key"],  # the key the evaluated weights were trained under
         **accuracy_report(result["labels"], result["preds"], classes),
     }
     if result["boxes"] is not None:
@@ -317,6 +329,8 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
             experiment=params.base.experiment,
             run_name=spec.label(params),
             run_dir=spec.run_dir(params),
+            run_key=key,  # the training run of these weights, never another configuration's
+            provenance_prefix="eval.",  # the training's git_commit/runtime.* stay as they were
         ) as tracker:
             split = "val" if spec.kind == "lrsearch" else "test"  # the search scores its val part
             flat = {
@@ -399,6 +413,22 @@ def run_variant(params: Params, name: str, seed: int, *, track: bool = True) -> 
 # the aggregate
 
 
+def current_report(params: Params, spec: RunSpec) -> dict[str, Any]:
+    """The evaluation report of ``spec``, refused (:class:`RunError`, one line) unless it
+    was computed for the run's current key: a report of an earlier configuration (other
+    data, backbone, code or params) is never averaged with today's."""
+    path = spec.report_path(params)
+    (report,) = load_reports([path])
+    key = runs.run_key(params, spec)
+    if report.get("run_key") != key:
+        raise RunError(
+            f"{path}: computed for run key {report.get('run_key')}, but the run's current key "
+            f"is {key} (its data, backbone, code or params changed since); re-run its train "
+            "and evaluate stages (dvc repro)"
+        )
+    return report
+
+
 def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``, and the
     table's rows for ``dvc plots`` (``reports/plots/results.json``).
@@ -411,10 +441,12 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     main, variant_reports, ablation, lr_reports = [], [], {}, []
     for dataset in params.data.datasets:
         p = for_dataset(params, dataset)
-        main += load_reports(runs.eval_report(p, m, s) for m in models for s in seeds)
-        variants = load_reports(
-            runs.ablation_report(p, v, s) for v in params.ablations.variants for s in seeds
-        )
+        main += [current_report(p, final_spec(p, m, s)) for m in models for s in seeds]
+        variants = [
+            current_report(variant_params(p, v), variant_spec(p, v, s))
+            for v in params.ablations.variants
+            for s in seeds
+        ]
         variant_reports += variants
         ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
         lr_reports += [

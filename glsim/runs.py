@@ -33,6 +33,7 @@ refuses an output inside another stage output (the run folder is one).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -276,23 +277,116 @@ def spec_of_run_dir(run_dir: Path, params: Params) -> tuple[RunSpec, Path]:
     return RunSpec(parent.name, seed), parents[2]
 
 
+# Modules a fine-tuning run executes whose effect reaches it only through the prepared data
+# (whose content is in the key: :func:`data_digest`) or not at all (tracking, progress).
+RUN_CODE_EXCLUDES = (
+    "glsim.data.datasets", "glsim.data.download", "glsim.data.extract", "glsim.data.manifest",
+    "glsim.data.registry", "glsim.data.synthetic", "glsim.data.lrsearch", "glsim.data.splits",
+    "glsim.validation", "glsim.tracking", "glsim.progress", "glsim.errors",
+)  # fmt: skip
+# Pretraining generates its data (glsim.data.synthetic is its data): only tracking is free.
+PRETRAIN_CODE_EXCLUDES = ("glsim.tracking", "glsim.progress", "glsim.errors")
+
+
+@functools.cache
+def run_code_digest() -> str:
+    """Digest of the code a fine-tuning run executes (:mod:`glsim.codebase`): the training
+    entry point's import closure but :data:`RUN_CODE_EXCLUDES`."""
+    from glsim.codebase import closure, code_digest
+
+    return code_digest(closure(["glsim.train.run"], exclude=RUN_CODE_EXCLUDES))
+
+
+@functools.cache
+def pretrain_code_digest() -> str:
+    """Digest of the code pretraining executes, generated upstream data included."""
+    from glsim.codebase import closure, code_digest
+
+    return code_digest(closure(["glsim.train.pretrain"], exclude=PRETRAIN_CODE_EXCLUDES))
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """The content hash of a file (None: no path given; ``"absent"``: no such file). Cached
+    per process by path, size and modification time."""
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return "absent"
+    return _file_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def data_digest(params: Params, kind: RunKind = "final") -> str:
+    """What the data a run trains on is, not where it came from: a hash of the class count
+    and the train split's shards (each tar's sha256, which covers every image, label and
+    the shard boundaries) in the shard index the run reads. A dataset corrected and
+    re-sharded under the same source gets a new digest; ``"absent"`` before it is sharded."""
+    from glsim.data.shards import read_index
+
+    try:
+        index = read_index(shard_source(params, kind))
+    except Exception:  # not sharded yet (or unreadable): training says so itself
+        return "absent"
+    return _digest({"num_classes": index["num_classes"], "train": index["splits"]["train"]})
+
+
+def execution_settings(params: Params) -> dict[str, object]:
+    """The settings outside the recipe that change a run's bits: the thread count, the
+    deterministic switch, the loader's worker count (which sample streams a batch mixes),
+    the resolved device type and the precision actually used. The torchrun world size is
+    not among them: a finished run is not repeated for another N, and a killed run resumes
+    only with the N it started with (:func:`glsim.train.loop.resume_or_start`)."""
+    from glsim.utils import cpu_has_native_bf16, resolve_device
+
+    t = params.train
+    device = resolve_device(params.base.device).type
+    if device == "cuda":
+        precision = "fp16" if t.amp else "fp32"
+    else:
+        bf16 = t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_has_native_bf16())
+        precision = "bf16" if bf16 else "fp32"
+    return {
+        "num_threads": params.base.num_threads,
+        "deterministic": params.base.deterministic,
+        "workers": params.data.workers,
+        "device": device,
+        "precision": precision,
+    }
+
+
 def run_key(params: Params, spec: RunSpec) -> str:
     """Hash of everything that determines a run's result (not its tracking or scheduling):
-    the spec, the whole recipe (``train``), the backbone, the model's own section and what
-    the data is. A key added to any of those sections is part of the key automatically."""
+    the spec, the whole recipe (``train``), the backbone and its weights file's content, the
+    model's own section, what the data is (:func:`data_digest`), the code the run executes
+    (:func:`run_code_digest`) and the :func:`execution_settings`. A key added to any of those
+    sections is part of the key automatically."""
     d = params.data
     section = getattr(params.model, spec.model, None)
     blob = {
         "spec": asdict(spec),
         "train": params.train.model_dump(mode="json"),
-        "backbone": params.model.backbone.model_dump(mode="json"),
+        "backbone": params.model.backbone.model_dump(mode="json", exclude={"weights"}),
+        "weights": file_digest(params.model.backbone.weights),
         "model": section.model_dump(mode="json") if section is not None else {},
         "data": {
             "dataset": d.dataset,
-            "source": d.dataset_source,
+            "content": data_digest(params, spec.kind),
             "image_size": d.image_size,
             "resize_ratio": d.resize_ratio,
         },
+        "code": run_code_digest(),
+        "execution": execution_settings(params),
     }
     return _digest(blob)
 
@@ -304,15 +398,25 @@ PRETRAIN_KEY_EXCLUDES = frozenset({"stages", "output"})
 
 def pretrain_key(params: Params) -> str:
     """Hash of everything that determines the pretrained backbone: the ``pretrain`` section
-    (but :data:`PRETRAIN_KEY_EXCLUDES`), the backbone's architecture, the image size and
-    ``base.seed``. A key added to ``pretrain`` is part of the key automatically. The
-    backbone's ``weights`` are not: pretraining starts from random weights."""
+    (but :data:`PRETRAIN_KEY_EXCLUDES`), the backbone's architecture, the image size,
+    ``base.seed``, the code pretraining executes (:func:`pretrain_code_digest`) and the
+    thread count, deterministic switch and device. A key added to ``pretrain`` is part of
+    the key automatically. The backbone's ``weights`` are not: pretraining starts from
+    random weights."""
+    from glsim.utils import resolve_device
+
     bb = params.model.backbone
     blob = {
         "pretrain": params.pretrain.model_dump(mode="json", exclude=set(PRETRAIN_KEY_EXCLUDES)),
         "backbone": {"name": bb.name, "overrides": dict(bb.overrides)},
         "image_size": params.data.image_size,
         "seed": params.base.seed,
+        "code": pretrain_code_digest(),
+        "execution": {
+            "num_threads": params.base.num_threads,
+            "deterministic": params.base.deterministic,
+            "device": resolve_device(params.base.device).type,
+        },
     }
     return _digest(blob)
 

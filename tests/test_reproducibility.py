@@ -1,5 +1,5 @@
 """Same params and seed -> bit-identical weights and metrics on one machine, whatever else
-runs on it (issue 11): a tiny pretrain -> GLSim fine-tune -> evaluation twice, each in a
+runs on it: a tiny pretrain -> GLSim fine-tune -> evaluation twice, each in a
 fresh process, the second beside a process that keeps a core busy and with another torch
 default thread count (OMP_NUM_THREADS), which ``base.num_threads`` must override."""
 

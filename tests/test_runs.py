@@ -174,7 +174,9 @@ def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monke
             ]
             spec = RunSpec(model=model, seed=seed)
             curves.append(write_curve(history, spec.curve_path(params)))
-            report = {"dataset": "synthetic_fg", "model": model, "seed": seed, "lr": 0.01}
+            key = protocol.runs.run_key(params, protocol.final_spec(params, model, seed))
+            report = {"dataset": "synthetic_fg", "model": model, "seed": seed, "lr": 0.01,
+                      "run_key": key}  # fmt: skip
             atomic_write_json(spec.report_path(params), {**report, "top1": 50.0 + seed})
     protocol.aggregate_reports(params, track=False)
     for png in ("accuracy_vs_throughput", "accuracy_vs_memory"):  # the cost stage's images

@@ -1,4 +1,4 @@
-"""How localisation grows with pretraining (issue 11): at what pretraining strength does
+"""How localisation grows with pretraining: at what pretraining strength does
 GLS find the object?
 
 The upstream pretraining of the backbone (``pretrain``, :mod:`glsim.train.pretrain`) is run

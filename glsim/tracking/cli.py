@@ -28,12 +28,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     mv, decision = register_and_promote(load_params(args.params), args.dataset, args.model)
     tags = mv.tags
     print(
-        f"{mv.name} v{mv.version}: seed {tags.get('seed')} of {tags.get('seeds')}, "
-        f"top1 {tags.get('top1_mean')} ± {tags.get('top1_std')}, "
+        f"{mv.name} v{mv.version}: seed {tags.get('seed')} (lowest final train loss of "
+        f"{tags.get('seed_train_loss')}), val top-1 {tags.get('val_top1', '-')}, test top-1 "
+        f"{tags.get('seed_top1')} (seeds {tags.get('top1_mean')} ± {tags.get('top1_std')}), "
         f"validation {tags.get('validation')}"
     )
-    moved = "now" if decision.moved else "stays"
-    print(f"{decision.alias} {moved} v{decision.version}: {decision.reason}")
+    if not decision.alias:
+        print(f"v{decision.version} gets no alias: {decision.reason}")
+    else:
+        moved = "now" if decision.moved else "stays"
+        print(f"{decision.alias} {moved} v{decision.version}: {decision.reason}")
     return 0
 
 
@@ -61,7 +65,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
     registry = subparsers.add_parser(
         "registry",
-        help="the MLflow model registry: show, promote the best seed, roll back",
+        help="the MLflow model registry: show, promote a seed's model, roll back",
         description="Registered models are named by registry.name_template "
         "(glsim-<dataset>-<model>); the alias `champion` is the one to deploy.",
     )
@@ -74,9 +78,12 @@ def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
 
     promote = reg.add_parser(
         "promote",
-        help="register the best seed of DATASET/MODEL and move `champion` or `challenger`",
-        description="Reads every seed's eval report; `champion` moves only if the mean test "
-        "top-1 beats the champion's by more than registry.margin and validation passed.",
+        help="register a seed's model of DATASET/MODEL and move `champion` or `challenger`",
+        description="Registers the seed with the lowest final train loss (its logged model "
+        "must hold the run folder's final weights); `champion` moves only if its LR-search "
+        "val top-1, measured on the same split and seeds as the champion's, beats the "
+        "champion's by more than registry.margin and validation passed. The test top-1 is "
+        "recorded, never compared. A rolled-back version is not promoted again.",
     )
     promote.add_argument("dataset")
     promote.add_argument("model")

@@ -3,7 +3,12 @@
 The default store is local and embedded: ``sqlite:///mlflow.db`` at the repo root with
 artifacts in ``mlartifacts/`` (both ignored by git); ``MLFLOW_TRACKING_URI`` points it at a
 server instead. ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows the runs.
-A resumed training run continues the same MLflow run (its id is kept in the run folder).
+A resumed training run continues the same MLflow run (its id is kept in the run folder),
+but only while that run's ``run_key`` tag is the configuration's: a run folder retrained
+under another configuration gets a new MLflow run, and the two are linked by the
+``superseded_by``/``supersedes`` tags. Provenance (:data:`PROVENANCE_TAGS`, ``runtime.*``)
+is written when the run is created, never by a later open; a step-indexed metric is written
+once per step, so a resumed run may re-send what a crash may have lost.
 
 A server is checked once per process before a stage starts (:func:`check_tracking`, which
 raises :class:`TrackingUnavailable` with one line saying what to do). MLflow's HTTP calls are
@@ -47,6 +52,12 @@ from glsim.errors import TrackingUnavailable  # noqa: E402,F401  (raised here; r
 
 RUN_ID_FILE = "mlflow_run_id"
 PENDING_FILE = "tracking-pending.jsonl"
+# what a run was made from, set when the run is created and never overwritten (with every
+# ``runtime.*`` tag): a later open (a resume, an evaluation) describes itself elsewhere
+PROVENANCE_TAGS = frozenset({"git_commit", "params_hash", "data_dvc_md5", "run_key"})
+SUPERSEDED_BY, SUPERSEDES = "superseded_by", "supersedes"
+PARAMS_CHANGED = "params_changed_on_resume"  # the params a resume gave other values than logged
+CLASS_NAMES = "class_names"  # a logged model's metadata key: its head's class names, in order
 EMBEDDED_HINT = (
     "`unset MLFLOW_TRACKING_URI` to use the embedded store (sqlite:///mlflow.db at the repo root)"
 )
@@ -157,7 +168,8 @@ def check_tracking(uri: str | None = None, timeout: float = 5.0) -> None:
 
 def pending_calls(path: str | Path) -> list[dict[str, Any]]:
     """The tracking calls a :class:`Tracker` could not send, in order, from its pending file
-    (``{"call", "args", "step", "time", "run_id"}`` per line; ``[]`` when there is none).
+    (``{"call", "args", "step", "time", "run_id", "run_key"}`` per line: the run id and run
+    key of the run they belong to; ``[]`` when there is none).
     A torn last line (the process died mid-write) is skipped."""
     path = Path(path)
     if not path.is_file():
@@ -235,6 +247,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def param_values(tree: dict[str, Any]) -> dict[str, str]:
+    """``tree`` as the MLflow params a run logs: :func:`flatten`ed, keys with only the
+    characters MLflow allows (alphanumerics, ``_ - . space : /``; a table row label may
+    hold others, which become ``_``), values as strings of at most 6000 characters."""
+    return {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
+
+
 def git_commit(root: str | Path = ".") -> str:
     try:
         return subprocess.run(
@@ -283,12 +302,15 @@ def log_pytorch_model(
     registered_model_name: str | None = None,
     *,
     image_size: int | None = None,
+    class_names: list[str] | None = None,
 ):
     """``mlflow.pytorch.log_model`` into the active run, as every glsim model is logged:
     pickled (pt2 export would trace GLSim's data-dependent crop; glsim must be importable
     where it is loaded) with explicit requirements, which skips MLflow's slow inference,
     and in eval mode. With ``image_size``, also the input example and the signature of
-    :func:`model_example` (MLflow checks the example through the saved model)."""
+    :func:`model_example` (MLflow checks the example through the saved model). With
+    ``class_names``, the model's metadata holds them (:func:`logged_class_names`), so the
+    model names its classes wherever it is loaded."""
     import mlflow.pytorch
     import torch
 
@@ -303,8 +325,17 @@ def log_pytorch_model(
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm==1.0.31", "glsim"],
         registered_model_name=registered_model_name,
+        metadata={CLASS_NAMES: list(class_names)} if class_names is not None else None,
         **example,
     )
+
+
+def logged_class_names(model_uri: str) -> list[str] | None:
+    """The class names logged with the model at ``model_uri`` (None: logged without them)."""
+    from mlflow.models import get_model_info
+
+    names = (get_model_info(model_uri).metadata or {}).get(CLASS_NAMES)
+    return [str(n) for n in names] if names is not None else None
 
 
 # /proc/cpuinfo flags that select torch's, MKL's and oneDNN's kernels (and so the last bits)
@@ -385,14 +416,35 @@ def runtime_tags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, str]:
     return tags
 
 
+def is_provenance(tag: str) -> bool:
+    """Whether ``tag`` says what a run was made from (set once, when it is created)."""
+    return tag in PROVENANCE_TAGS or tag.startswith("runtime.")
+
+
+def provenance_tags(root: str | Path = ".", prefix: str = "") -> dict[str, str]:
+    """The code and machine this process runs: ``git_commit`` and :func:`runtime_tags`,
+    each under ``prefix`` (``"eval."``: what an evaluation ran on, beside the training's)."""
+    tags = {"git_commit": git_commit(root), **runtime_tags()}
+    return {f"{prefix}{k}": v for k, v in tags.items()}
+
+
 class Tracker:
     """One MLflow run, resumable: ``with Tracker(...) as t: t.log_metrics(...)``.
+
+    With a ``run_dir``, the run whose id the folder keeps (``mlflow_run_id``) is reopened if
+    its ``run_key`` tag is ``run_key`` (whatever its tags, when ``run_key`` is None).
+    Otherwise a new run is started and the folder keeps its id; a run it replaces is tagged
+    ``superseded_by=<new id>`` and the new one ``supersedes=<old id>``. A new run gets the
+    provenance of this process (:func:`provenance_tags`, under ``provenance_prefix``), the
+    ``run_key`` and ``tags``; a reopened one gets the ``tags`` that are not provenance
+    (:func:`is_provenance`), so what a run was made from is written once. An evaluation
+    passes ``provenance_prefix="eval."``: its own code and machine, beside the training's.
 
     The store is checked first (:func:`check_tracking`). If it is lost later, the Tracker goes
     :attr:`offline`: one line on stderr, no more calls to the store, and each unsent call is
     appended to :attr:`pending_path` (``<run_dir>/tracking-pending.jsonl``, or
-    ``<root>/mlruns-pending/<run_name>.jsonl`` without a run folder). Tracking never raises
-    into the caller once the run has started.
+    ``<root>/mlruns-pending/<run_name>.jsonl`` without a run folder) with the run id and
+    run key it belongs to. Tracking never raises into the caller once the run has started.
     """
 
     def __init__(
@@ -404,6 +456,8 @@ class Tracker:
         tags: dict[str, str] | None = None,
         root: str | Path = ".",
         parent_run_id: str | None = None,
+        run_key: str | None = None,
+        provenance_prefix: str = "",
     ) -> None:
         self.root = Path(root)
         self.run_dir = Path(run_dir) if run_dir else None
@@ -412,9 +466,12 @@ class Tracker:
         embedded = use_store(self.root)
         self.experiment_id = _experiment_id(experiment, self.root, embedded=embedded)
         self.run_name, self.tags, self.parent_run_id = run_name, tags or {}, parent_run_id
+        self.run_key, self.provenance_prefix = run_key, provenance_prefix
         self.run: mlflow.ActiveRun | None = None
         self._run_id: str | None = None
         self._offline = False
+        self._created = False  # started by this Tracker: no metric of it is in the store yet
+        self._steps: dict[str, set[int]] = {}  # metric key -> the steps the run holds
 
     @property
     def offline(self) -> bool:
@@ -432,7 +489,9 @@ class Tracker:
         run_id = None
         if self.run_dir and (self.run_dir / RUN_ID_FILE).is_file():
             run_id = (self.run_dir / RUN_ID_FILE).read_text().strip() or None
-        tags = {"git_commit": git_commit(self.root), **runtime_tags(), **self.tags}
+        tags = {**provenance_tags(self.root, self.provenance_prefix), **self.tags}
+        if self.run_key is not None:
+            tags["run_key"] = self.run_key
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         self._run_id = run_id
@@ -452,14 +511,30 @@ class Tracker:
             (self.run_dir / RUN_ID_FILE).write_text(self._run_id)
         return self
 
-    def _start(self, run_id: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
-        kw = dict(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags)
+    def _previous(self, run_id: str | None):
+        """The store's run ``run_id`` (None: no id, or the store no longer has that run)."""
+        if run_id is None:
+            return None
         try:
-            return mlflow.start_run(run_id=run_id, **kw)
+            run = MlflowClient().get_run(run_id)
         except mlflow.exceptions.MlflowException as err:
-            if run_id is None or describe(err)[1]:
+            if describe(err)[1]:
                 raise
-            return mlflow.start_run(**kw)  # stale id (store wiped): start afresh
+            return None  # stale id (store wiped): start afresh
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    def _start(self, run_id: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
+        old = self._previous(run_id)
+        if old is not None and self.run_key in (None, old.data.tags.get("run_key")):
+            reopened = {k: v for k, v in tags.items() if not is_provenance(k)}
+            return mlflow.start_run(run_id=old.info.run_id, tags=reopened)
+        if old is not None:  # the folder's run was of another configuration
+            tags = {**tags, SUPERSEDES: old.info.run_id}
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags)
+        self._created = True
+        if old is not None:
+            MlflowClient().set_tag(old.info.run_id, SUPERSEDED_BY, run.info.run_id)
+        return run
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FAILED" if exc_type else "FINISHED"
@@ -502,7 +577,7 @@ class Tracker:
 
     def _keep(self, call: str, args: dict[str, Any], step: int | None = None) -> None:
         line = {"call": call, "args": args, "step": step, "time": round(time.time(), 3)}
-        line["run_id"] = self._run_id
+        line.update(run_id=self._run_id, run_key=self.run_key)
         try:
             self.pending_path.parent.mkdir(parents=True, exist_ok=True)
             with self.pending_path.open("a") as f:
@@ -511,18 +586,44 @@ class Tracker:
             print(f"tracking: cannot keep {call} in {self.pending_path} ({err})", file=sys.stderr)
 
     def log_params(self, tree: dict[str, Any]) -> None:
-        # MLflow keys allow only alphanumerics, _ - . space : / (table row labels may not)
-        flat = {re.sub(r"[^\w\-. :/]", "_", k): str(v)[:6000] for k, v in flatten(tree).items()}
+        """Log :func:`param_values` of ``tree``. A reopened run keeps the values it has
+        (MLflow params are immutable); the keys this open gives other values (params outside
+        the run key, e.g. ``data.workers``) are named in the ``params_changed_on_resume`` tag."""
+        flat = param_values(tree)
 
         def send() -> None:
             existing = mlflow.get_run(self.run_id).data.params
             mlflow.log_params({k: v for k, v in flat.items() if k not in existing})  # resumed
+            changed = sorted(k for k, v in flat.items() if existing.get(k, v) != v)
+            if changed:
+                mlflow.set_tag(PARAMS_CHANGED, " ".join(changed)[:5000])
 
         self._send("log_params", flat, send)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log ``metrics`` at ``step``. A metric the run already holds at ``step`` (sent
+        before a crash, or re-sent by a resumed run) is not logged again: one value per step.
+        Without a step, MLflow's step 0, each call is logged (the latest value wins)."""
         flat = {k.replace("/", "_"): float(v) for k, v in metrics.items()}
-        self._send("log_metrics", flat, lambda: mlflow.log_metrics(flat, step=step), step=step)
+
+        def send() -> None:
+            new = flat
+            if step is not None:
+                new = {k: v for k, v in flat.items() if step not in self._steps_of(k)}
+            if new:
+                mlflow.log_metrics(new, step=step)
+            if step is not None:
+                for k in new:
+                    self._steps[k].add(step)
+
+        self._send("log_metrics", flat, send, step=step)
+
+    def _steps_of(self, key: str) -> set[int]:
+        """The steps at which the run holds metric ``key`` (read from the store once)."""
+        if key not in self._steps:
+            history = [] if self._created else MlflowClient().get_metric_history(self.run_id, key)
+            self._steps[key] = {m.step for m in history}
+        return self._steps[key]
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         args = {"path": str(Path(path).resolve()), "artifact_path": artifact_path}
@@ -538,17 +639,20 @@ class Tracker:
         registered_model_name: str | None = None,
         *,
         image_size: int | None = None,
+        class_names: list[str] | None = None,
     ):
-        """``mlflow.pytorch.log_model`` (pickled; glsim must be importable where it is loaded)
-        with explicit requirements, which skips MLflow's slow requirement inference.
-        Offline: only a note is kept (the run folder's checkpoint is the model); returns None."""
+        """:func:`log_pytorch_model` into this run. Offline: only a note is kept (the run
+        folder's checkpoint is the model, the note holds the class names); returns None."""
 
         def send():
-            return log_pytorch_model(model, name, registered_model_name, image_size=image_size)
+            return log_pytorch_model(
+                model, name, registered_model_name, image_size=image_size, class_names=class_names
+            )
 
         note = {
             "name": name,
             "registered_model_name": registered_model_name,
+            "class_names": class_names,
             "run_dir": str(self.run_dir.resolve()) if self.run_dir else None,
             "note": "model not sent; the checkpoint in the run folder is the source of truth",
         }

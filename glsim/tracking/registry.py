@@ -1,53 +1,88 @@
-"""The MLflow model registry: register the best seed of a (dataset, model), move aliases.
+"""The MLflow model registry: register one seed's model of a (dataset, model), move aliases.
 
-After the seeds of a model are evaluated, :func:`register_best` registers the model of the
-best seed's run (``runs:/<run id>/model``, the model training logged) as
-``registry.name_template`` (``glsim-<dataset>-<model>``), with version tags saying what it
-is: ``top1_mean``/``top1_std``/``seeds`` (the same numbers as ``reports/results.json``),
-``seed``, ``lr``, ``run_id``, ``run_key``, ``params_hash``, ``data_dvc_md5``,
-``git_commit`` and ``validation`` (the dataset's validation report: passed/failed/missing).
+What is registered, and how it is chosen (the test split is never read for a choice):
 
-:func:`promote` moves the alias ``champion`` to that version only if its mean test top-1
-beats the current champion's by more than ``registry.margin`` percentage points and its
-validation passed; otherwise it gets ``challenger``. :func:`rollback` gives ``champion``
-back to the version that held it before. Every alias move is appended to the registered
-model's ``alias_history`` tag (a JSON list: time, alias, version, previous holder, reason)
-and noted on the version (``promotion`` tag), so ``glsim registry show`` tells the story.
-Aliases, not stages (deprecated in MLflow): load with ``models:/<name>@champion``.
+* The seed. Final runs train on the whole train split, so no held-out data is left to
+  choose a seed by; :func:`best_candidate` takes the seed whose training converged furthest,
+  the lowest final-epoch train loss (``train.json``; ties: the earlier seed in
+  ``protocol.seeds``). That measures fit, not generalisation: it only keeps a run whose
+  training went wrong from being deployed. The test top-1 of the seed registered
+  (``seed_top1``) is therefore an unbiased estimate of the artifact's accuracy.
+* The champion. Versions are compared by ``val_top1``: the LR search's top-1 at the chosen
+  LR on the search split's val part, which the search run did not train on (one seed,
+  ``protocol.search_seed``, ``protocol.search_epochs``). It rates the configuration (model,
+  recipe, LR) on held-out data, not the artifact's own weights, which saw that val part.
+  Two versions are compared only when measured alike: the same search split (the digest of
+  its shard index, ``val_data``), seeds (``val_seeds``) and epochs (``val_epochs``);
+  otherwise, or with no LR search (``protocol.lr_grid: []``), the decision says so and the
+  version stays ``challenger``.
 
-This module sits beside the protocol layer, above train and eval: it reads their reports
-and checkpoints (imported when needed); nothing below imports it.
+A version's tags: ``seed`` with ``seed_top1`` (the test top-1 of the artifact's own seed);
+``top1_mean``/``top1_std``/``seeds`` (the test top-1 over all seeds, as in
+``reports/results.json``: reported, never compared); ``selected_by``, ``seed_train_loss``
+(every seed's final train loss) and ``val_*`` (what the choices compared); ``weights_sha256``
+(the digest of the final weights); ``validation`` (the dataset's validation report:
+passed/failed/missing); and the provenance of the MLflow run that logged the model, copied
+from that run, never computed now: ``run_id``, ``run_key``, ``params_hash``, ``git_commit``,
+``data_dvc_md5`` (when the run recorded none, the digest of the shard index in place,
+``index-sha256:...``) and every ``runtime.*`` tag.
+
+The model registered is the one logged by the MLflow run whose ``run_key`` tag is the run
+folder's checkpoint key, and only if its weights are the checkpoint's final weights
+(:class:`RegistryError` otherwise: one line).
+
+:func:`promote` moves the alias ``champion`` to a version only if its validation passed and
+its ``val_top1`` beats the current champion's by more than ``registry.margin`` percentage
+points; otherwise it gets ``challenger``. A version rolled back (:func:`rollback`) is not
+promoted again: a new result is a new version. Every alias move is appended to the
+registered model's ``alias_history`` tag (a JSON list: time, alias, version, previous holder,
+reason) and noted on the version (``promotion`` tag), so ``glsim registry show`` tells the
+story. Alias moves of one registered model are serialised by a lock (:func:`alias_lock`), so
+two sweeps promoting at once decide one after the other. Aliases, not stages (deprecated in
+MLflow): load with ``models:/<name>@champion``.
+
+The choice of the seed, its measures and the logged model are :mod:`glsim.tracking.candidate`'s;
+this module registers, moves aliases and shows. Both sit beside the protocol layer, above
+train and eval: they read their reports and checkpoints (imported when needed); nothing
+below imports them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from glsim import runs
 from glsim.config import Params, for_dataset
 from glsim.errors import RegistryError  # noqa: F401  (raised here; re-exported)
-from glsim.tracking.mlflow import (
-    RUN_ID_FILE,
-    check_tracking,
-    dvc_hash,
-    git_commit,
-    tracking_uri,
+from glsim.tracking.candidate import (  # noqa: F401  (weights_digest: re-exported)
+    SELECTED_BY,
+    best_candidate,
+    provenance,
+    source_of,
+    validation_status,
+    weights_digest,
 )
+from glsim.tracking.mlflow import check_tracking, tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "alias_history"  # registered-model tag: every alias move, oldest first
 VERSION_NOTE_TAG = "promotion"  # model-version tag: the last decision about this version
-MODEL_ARTIFACT = "model"  # the name training logs its model under (``runs:/<id>/model``)
+ROLLED_BACK_TAG = "rolled_back"  # model-version tag: when and why it lost the champion alias
 MAX_TAG_CHARS = 100_000  # MLflow's limit for a registry tag value
+LOCK_SUFFIX = ".alias-lock"  # the registered model whose existence is the lock
+LOCK_STALE_S = 600.0  # a lock older than this was left by a process that died
+LOCK_WAIT_S = 120.0
 
 
 def registry_client(client: MlflowClient | None = None) -> MlflowClient:
@@ -68,167 +103,62 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# what is registered
+# registering
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """The best seed's run of a (dataset, model) and the numbers over all its seeds."""
-
-    dataset: str
-    model: str
-    seed: int
-    lr: float
-    run_dir: Path
-    top1_mean: float
-    top1_std: float
-    seeds: dict[str, float]
-    run_key: str | None = None  # the key its eval report was written under
-
-
-def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
-    """Read every seed's eval report of ``model`` on ``dataset`` (``protocol.seeds``) and pick
-    the best seed (ties: the earlier seed in ``protocol.seeds``)."""
-    from glsim.eval.tables import aggregate, load_reports
-
-    if model not in params.protocol.models:
-        raise RegistryError(
-            f"model {model!r} is not in protocol.models {params.protocol.models}; "
-            "only the main models' final runs are registered"
-        )
-    p = for_dataset(params, dataset)
-    seeds = list(p.protocol.seeds)
-    paths = {seed: runs.eval_report(p, model, seed) for seed in seeds}
-    missing = [str(path) for path in paths.values() if not path.is_file()]
-    if missing:
-        raise RegistryError(
-            f"{dataset}/{model}: eval report(s) missing: {', '.join(missing)}; evaluate every "
-            f"seed of protocol.seeds first (dvc repro, or pipelines/evaluate.py)"
-        )
-    reports = dict(zip(paths, load_reports(paths.values()), strict=True))
-    best = max(seeds, key=lambda s: (float(reports[s]["top1"]), -seeds.index(s)))
-    entry = aggregate(reports.values())[reports[best]["dataset"]][reports[best]["model"]]
-    return Candidate(
-        dataset=dataset,
-        model=model,
-        seed=best,
-        lr=float(reports[best]["lr"]),
-        run_dir=runs.RunSpec(model=model, seed=best).run_dir(p),
-        top1_mean=float(entry["top1_mean"]),
-        top1_std=float(entry["top1_std"]),
-        seeds={str(k): float(v) for k, v in entry["seeds"].items()},
-        run_key=reports[best].get("run_key"),
-    )
-
-
-def validation_status(params: Params) -> str:
-    """``passed`` / ``failed`` from the dataset's ``validation.json`` (``missing`` if none)."""
-    path = runs.validation_report(params)
-    if not path.is_file():
-        return "missing"
+def _ensure_registered(client: MlflowClient, name: str, description: str) -> None:
     try:
-        return "passed" if json.loads(path.read_text()).get("success") else "failed"
-    except (json.JSONDecodeError, AttributeError):
-        return "failed"
-
-
-def _run_key(params: Params, cand: Candidate, run_tags: dict[str, str]) -> str:
-    """The run's key: the one its eval report was written under; for reports older than run
-    keys, its checkpoint's (loaded only then), else its MLflow tag, else recomputed."""
-    from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
-
-    if cand.run_key:
-        return cand.run_key
-    ckpt = cand.run_dir / CHECKPOINT_NAME
-    if ckpt.is_file():
-        key = read_checkpoint(ckpt).get("extra", {}).get("run_key")
-        if key:
-            return str(key)
-    if run_tags.get("run_key"):
-        return run_tags["run_key"]
-    return runs.run_key(params, runs.RunSpec(model=cand.model, seed=cand.seed, lr=cand.lr))
-
-
-def _logged_model_id(client: MlflowClient, run) -> str | None:
-    """The id of the model the run logged as ``model`` (the latest if several)."""
-    ids = [o.model_id for o in sorted(run.outputs.model_outputs, key=lambda o: o.step)]
-    for model_id in reversed(ids):
-        if client.get_logged_model(model_id).name == MODEL_ARTIFACT:
-            return model_id
-    found = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"name = '{MODEL_ARTIFACT}'"
-    )
-    mine = [m for m in found if m.source_run_id == run.info.run_id]
-    return mine[-1].model_id if mine else None
-
-
-def _run_of(client: MlflowClient, cand: Candidate):
-    id_file = cand.run_dir / RUN_ID_FILE
-    if not id_file.is_file():
-        raise RegistryError(
-            f"{id_file} missing: the run of {cand.dataset}/{cand.model} seed {cand.seed} was "
-            "not tracked; train it with tracking on, then run `glsim registry promote` again"
-        )
-    run_id = id_file.read_text().strip()
-    try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        raise RegistryError(
-            f"MLflow run {run_id} (from {id_file}) is not in the tracking store "
-            f"{client.tracking_uri} ({str(err).splitlines()[0][:120]}): if it was tracked "
-            f"while the server was down, run `glsim tracking sync {cand.run_dir}` first"
-        ) from None
+        client.get_registered_model(name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):  # another process created it meanwhile
+            client.create_registered_model(name, description=description)
 
 
 def register_best(
     params: Params, dataset: str, model: str, *, client: MlflowClient | None = None
 ) -> ModelVersion:
-    """Register the best seed's model of ``model`` on ``dataset`` (see the module docstring).
+    """Register the chosen seed's model of ``model`` on ``dataset`` (see the module docstring).
 
-    Registering the same result again (same run, key, params and accuracies) returns the
-    version already registered instead of a new one.
+    Registering the same result again (same logged model, key, measures and validation)
+    returns the version already registered instead of a new one.
     """
     client = registry_client(client)
     cand = best_candidate(params, dataset, model)
     p = for_dataset(params, dataset)
-    run = _run_of(client, cand)
-    run_id = run.info.run_id
-    model_id = _logged_model_id(client, run)
-    if model_id is None:
-        raise RegistryError(
-            f"MLflow run {run_id} ({cand.run_dir}) has no logged model {MODEL_ARTIFACT!r}: "
-            f"if its tracking server was down, run `glsim tracking sync {cand.run_dir}` first"
-        )
-    run_tags = run.data.tags
+    run, model_id, digest = source_of(client, p, cand)
     tags = {
         "dataset": dataset,
         "model": model,
         "seed": str(cand.seed),
         "lr": f"{cand.lr:g}",
-        "run_id": run_id,
+        "run_id": run.info.run_id,
+        "seed_top1": f"{cand.seed_top1:.4f}",
         "top1_mean": f"{cand.top1_mean:.4f}",
         "top1_std": f"{cand.top1_std:.4f}",
         "seeds": json.dumps(cand.seeds, sort_keys=True),
-        "run_key": _run_key(p, cand, run_tags),
-        "params_hash": p.digest(),
-        "data_dvc_md5": dvc_hash(runs.shards_dir(p)) or run_tags.get("data_dvc_md5", ""),
-        "git_commit": run_tags.get("git_commit") or git_commit(),
+        "selected_by": SELECTED_BY,
+        "seed_train_loss": json.dumps(cand.train_loss, sort_keys=True),
+        "val_top1": "" if cand.val_top1 is None else f"{cand.val_top1:.4f}",
+        **cand.val_on,
+        "weights_sha256": digest,
         "validation": validation_status(p),
+        **provenance(run, p),
     }
+    tags = {k: v for k, v in tags.items() if v != ""}  # MLflow refuses empty tag values
     name = model_name(params, dataset, model)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description=f"GLSim protocol: {model} on {dataset}, best seed of each result"
-        )
-    same = ("run_key", "params_hash", "top1_mean", "seeds", "validation")
-    for mv in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-        if all(mv.tags.get(k) == tags[k] for k in same):
-            return mv
-    return client.create_model_version(
-        name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
+    _ensure_registered(
+        client, name, f"GLSim protocol: {model} on {dataset}, one seed of each result"
     )
+    source = f"models:/{model_id}"
+    same = ("run_key", "weights_sha256", "seeds", "val_top1", "val_data", "validation")
+    with alias_lock(client, name):  # two registrations of one result give one version
+        for mv in client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'"):
+            if mv.source == source and all(mv.tags.get(k) == tags.get(k) for k in same):
+                return mv
+        return client.create_model_version(
+            name, source=source, run_id=run.info.run_id, tags=tags,
+            model_id=model_id,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,7 +168,8 @@ def register_best(
 @dataclass(frozen=True)
 class Decision:
     """What :func:`promote` / :func:`rollback` did: ``alias`` now points at ``version``
-    (``moved`` False when nothing changed); ``previous`` held that alias before."""
+    (``moved`` False when nothing changed; ``alias`` empty: the version holds none);
+    ``previous`` held that alias before."""
 
     name: str
     version: str
@@ -246,6 +177,48 @@ class Decision:
     previous: str | None
     reason: str
     moved: bool
+
+
+@contextlib.contextmanager
+def alias_lock(
+    client: MlflowClient, name: str, *, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S
+) -> Iterator[None]:
+    """Hold the lock on ``name``'s aliases and ``alias_history`` while the block runs.
+
+    The lock is a registered model ``<name>.alias-lock``: creating a registered model is
+    atomic in every MLflow store (its name is unique), local or behind a server, so of two
+    writers exactly one creates it; the other waits until it is deleted. A lock older than
+    ``stale_s`` seconds was left by a process that died, and is broken."""
+    lock = name + LOCK_SUFFIX
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={"owner": token, "since": f"{time.time():.3f}"},
+                description=f"held while glsim moves the aliases of {name}; delete it if stale",
+            )  # fmt: skip
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        with contextlib.suppress(MlflowException, ValueError):  # deleted meanwhile: retry
+            since = float(client.get_registered_model(lock).tags.get("since", "0"))
+            if time.time() - since > stale_s:
+                client.delete_registered_model(lock)
+                continue
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"{name}: another process has held the alias lock {lock!r} for over "
+                f"{wait_s:.0f} s; wait for it, or delete that registered model if it is stale"
+            )
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            if client.get_registered_model(lock).tags.get("owner") == token:
+                client.delete_registered_model(lock)
 
 
 def history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
@@ -270,20 +243,11 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in _registered(client, name).aliases.items()}
 
 
-def _top1(mv: ModelVersion) -> float:
-    try:
-        return float(mv.tags["top1_mean"])
-    except (KeyError, ValueError):
-        raise RegistryError(
-            f"{mv.name} version {mv.version} has no numeric top1_mean tag; it was not "
-            "registered by `glsim registry promote`"
-        ) from None
-
-
 def _move(
     client: MlflowClient, name: str, alias: str, version: str, reason: str, action: str
 ) -> Decision:
-    """Point ``alias`` at ``version`` and record the move (time, previous holder, reason)."""
+    """Point ``alias`` at ``version`` and record the move (time, previous holder, reason).
+    The caller holds :func:`alias_lock`."""
     previous = _aliases(client, name).get(alias)
     if previous == version:
         return Decision(name, version, alias, previous, reason, moved=False)
@@ -309,18 +273,42 @@ def _move(
     return Decision(name, version, alias, previous, reason, moved=True)
 
 
+def _val(mv: ModelVersion) -> float | None:
+    try:
+        return float(mv.tags["val_top1"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _measured_on(mv: ModelVersion) -> tuple[str | None, ...]:
+    return tuple(mv.tags.get(k) for k in ("val_data", "val_seeds", "val_epochs"))
+
+
 def decide(new: ModelVersion, champion: ModelVersion | None, margin: float) -> tuple[str, str]:
-    """The promotion rule: ``(alias, reason)`` for ``new`` against the current champion."""
-    top1 = _top1(new)
+    """The promotion rule: ``(alias, reason)`` for ``new`` against the current champion,
+    by ``val_top1`` (never the test top-1; see the module docstring)."""
+    val = _val(new)
+    shown = "no val top-1 (no LR search)" if val is None else f"val top-1 {val:.4f}"
     validation = new.tags.get("validation", "missing")
     if validation != "passed":
-        return CHALLENGER, f"dataset validation {validation} (mean test top-1 {top1:.4f})"
+        return CHALLENGER, f"dataset validation {validation} ({shown})"
     if champion is None:
-        return CHAMPION, f"first champion: mean test top-1 {top1:.4f}, validation passed"
-    best = _top1(champion)
-    diff = top1 - best
+        return CHAMPION, f"first champion: {shown}, validation passed"
+    best = _val(champion)
+    if val is None or best is None:
+        who = "it" if val is None else f"champion v{champion.version}"
+        return CHALLENGER, (f"{who} has no val top-1 (no LR search) to compare by: not promoted")
+    if _measured_on(new) != _measured_on(champion):
+        data, seeds, epochs = _measured_on(champion)
+        mine = _measured_on(new)
+        return CHALLENGER, (
+            f"val top-1 {val:.4f} vs champion v{champion.version} {best:.4f} not comparable: "
+            f"measured on {mine[0]} seeds {mine[1]} {mine[2]} epochs, the champion on {data} "
+            f"seeds {seeds} {epochs} epochs; not promoted"
+        )
+    diff = val - best
     versus = (
-        f"mean test top-1 {top1:.4f} vs champion v{champion.version} {best:.4f} "
+        f"val top-1 {val:.4f} vs champion v{champion.version} {best:.4f} "
         f"({diff:+.4f} points, margin {margin:g})"
     )
     if diff > margin:
@@ -331,19 +319,32 @@ def decide(new: ModelVersion, champion: ModelVersion | None, margin: float) -> t
 def promote(
     name: str, version: str | int, *, margin: float, client: MlflowClient | None = None
 ) -> Decision:
-    """Give ``version`` the alias ``champion`` or ``challenger`` by :func:`decide`."""
+    """Give ``version`` the alias ``champion`` or ``challenger`` by :func:`decide`; a version
+    rolled back is left as it is."""
     client = registry_client(client)
     version = str(version)
-    aliases = _aliases(client, name)
-    new = client.get_model_version(name, version)
-    if aliases.get(CHAMPION) == version:
-        return Decision(name, version, CHAMPION, version, "already the champion", moved=False)
-    champion = client.get_model_version(name, aliases[CHAMPION]) if CHAMPION in aliases else None
-    alias, reason = decide(new, champion, margin)
-    decision = _move(client, name, alias, version, reason, action="promote")
-    if alias == CHAMPION and aliases.get(CHALLENGER) == version:
-        client.delete_registered_model_alias(name, CHALLENGER)  # a champion is no challenger
-    return decision
+    with alias_lock(client, name):
+        aliases = _aliases(client, name)
+        new = client.get_model_version(name, version)
+        if "weights_sha256" not in new.tags:
+            raise RegistryError(
+                f"{name} v{version} has no weights_sha256 tag: it was not registered by "
+                "`glsim registry promote`, whose weights are checked against the run folder"
+            )
+        if aliases.get(CHAMPION) == version:
+            return Decision(name, version, CHAMPION, version, "already the champion", moved=False)
+        if ROLLED_BACK_TAG in new.tags:
+            holder = next((a for a, v in aliases.items() if v == version), "")
+            why = f"rolled back ({new.tags[ROLLED_BACK_TAG]}); a new result is a new version"
+            return Decision(name, version, holder, version if holder else None, why, moved=False)
+        champion = (
+            client.get_model_version(name, aliases[CHAMPION]) if CHAMPION in aliases else None
+        )
+        alias, reason = decide(new, champion, margin)
+        decision = _move(client, name, alias, version, reason, action="promote")
+        if alias == CHAMPION and aliases.get(CHALLENGER) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)  # a champion is no challenger
+        return decision
 
 
 def register_and_promote(
@@ -376,25 +377,23 @@ def champion_stack(entries: list[dict[str, Any]]) -> list[str]:
 def rollback(
     name: str, *, reason: str | None = None, client: MlflowClient | None = None
 ) -> Decision:
-    """Move ``champion`` back to the version that held it before the current one."""
+    """Move ``champion`` back to the version that held it before the current one; the
+    current one is tagged ``rolled_back`` and :func:`promote` leaves it alone from then on."""
     client = registry_client(client)
-    current = _aliases(client, name).get(CHAMPION)
-    if current is None:
-        raise RegistryError(f"{name} has no champion to roll back")
-    stack = champion_stack(history(client, name))
-    while stack and stack[-1] == current:
-        stack.pop()
-    stack = [v for v in stack if v != current]
-    if not stack:
-        raise RegistryError(
-            f"{name}: champion v{current} has no previous holder in the {HISTORY_TAG} tag; "
-            "nothing to roll back to"
-        )
-    target = stack[-1]
-    why = f"rollback from v{current}" + (f": {reason}" if reason else "")
-    decision = _move(client, name, CHAMPION, target, why, action="rollback")
-    client.set_model_version_tag(name, current, "rolled_back", f"{_now()}: {why}")
-    return decision
+    with alias_lock(client, name):
+        current = _aliases(client, name).get(CHAMPION)
+        if current is None:
+            raise RegistryError(f"{name} has no champion to roll back")
+        stack = [v for v in champion_stack(history(client, name)) if v != current]
+        if not stack:
+            raise RegistryError(
+                f"{name}: champion v{current} has no previous holder in the {HISTORY_TAG} "
+                "tag; nothing to roll back to"
+            )
+        why = f"rollback from v{current}" + (f": {reason}" if reason else "")
+        decision = _move(client, name, CHAMPION, stack[-1], why, action="rollback")
+        client.set_model_version_tag(name, current, ROLLED_BACK_TAG, f"{_now()}: {why}")
+        return decision
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,15 +440,14 @@ def format_model(info: dict[str, Any]) -> str:
         tags = v["tags"]
         flag = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
         lines.append(
-            f"  v{v['version']}{flag}: top1 {tags.get('top1_mean', '?')} ± "
-            f"{tags.get('top1_std', '?')} (seeds {tags.get('seeds', '?')}), "
-            f"validation {tags.get('validation', '?')}, run {v['run_id']}, {v['created']}"
+            f"  v{v['version']}{flag}: val top-1 {tags.get('val_top1', '-')}, seed "
+            f"{tags.get('seed', '?')} test top-1 {tags.get('seed_top1', '?')}, test top-1 "
+            f"{tags.get('top1_mean', '?')} ± {tags.get('top1_std', '?')} over seeds "
+            f"{tags.get('seeds', '?')}, validation {tags.get('validation', '?')}, "
+            f"run {v['run_id']}, {v['created']}"
         )
-        rest = {
-            k: val
-            for k, val in tags.items()
-            if k not in ("top1_mean", "top1_std", "seeds", "validation", "run_id")
-        }
+        shown = ("val_top1", "seed", "seed_top1", "top1_mean", "top1_std", "seeds")
+        rest = {k: val for k, val in tags.items() if k not in (*shown, "validation", "run_id")}
         lines += [f"      {k}: {val}" for k, val in rest.items()]
     lines.append("history:")
     for e in info["history"] or []:

@@ -1,16 +1,20 @@
 """``glsim tracking sync``: replay what a :class:`~glsim.tracking.mlflow.Tracker` could not
 send (its ``tracking-pending.jsonl``) to the tracking store now configured.
 
-Per run folder (or a ``mlruns-pending/<name>.jsonl`` file of a run without one), the calls
-go into the same MLflow run when that run id exists on the target store (the server came
-back), else into a new run with the same name and tags in the experiment of the run's
-``params.resolved.yaml`` (``base.experiment``); the new id is written to the run folder's
-``mlflow_run_id``, so the registry and a resumed run find it. Params already on the run
-are kept (MLflow params are immutable), metrics keep their steps and times (a metric
-already there with the same step, time and value is not sent twice, so a sync cut short can
-simply be run again), tags, artifacts (the paths recorded in the file) and the end status
-follow. An offline ``log_model`` is redone from the run folder's checkpoint
-(:func:`glsim.train.run.load_run` with the folder's ``params.resolved.yaml``).
+Each pending call names the run it belongs to: its run id and run key. Per run folder (or
+a ``mlruns-pending/<name>.jsonl`` file of a run without one), the calls go into that run
+when the target store has it (the server came back), or into the folder's current run
+(``mlflow_run_id``) when that one has the calls' run key; a run of another key never
+receives them. Otherwise they go into a new run with the same name and tags in the
+experiment of the run's ``params.resolved.yaml`` (``base.experiment``), whose id the run
+folder then records, unless the folder's current run is on the store (the calls are an
+earlier configuration's: the new run is tagged ``superseded_by`` the folder's). Params
+already on the run are kept (MLflow params are immutable), a metric keeps its step and time
+(one already there at the same step is not sent twice, nor one logged without a step with
+the same time and value, so a sync cut short can simply be run again), tags, artifacts (the
+paths recorded in the file) and the end status follow. An offline ``log_model`` is redone
+from the run folder's checkpoint (:func:`glsim.train.run.load_run` with the folder's
+``params.resolved.yaml``), with the class names the call recorded.
 
 Replayed calls move to ``tracking-pending.synced.jsonl``; a call that cannot be replayed
 yet (an artifact file gone, a checkpoint that cannot be loaded here) stays in
@@ -19,6 +23,7 @@ yet (an artifact file gone, a checkpoint that cannot be loaded here) stays in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -31,6 +36,8 @@ from glsim.errors import SyncError  # noqa: F401  (raised here; re-exported)
 from glsim.tracking.mlflow import (
     PENDING_FILE,
     RUN_ID_FILE,
+    SUPERSEDED_BY,
+    SUPERSEDES,
     check_tracking,
     describe,
     log_pytorch_model,
@@ -114,6 +121,7 @@ class _Target:
     def __init__(self, client, run_id: str) -> None:
         self.client, self.run_id = client, run_id
         self._history: dict[str, set[tuple[int, int, float]]] = {}
+        self._steps: dict[str, set[int]] = {}  # the steps each metric holds a value at
 
     def params(self, flat: dict[str, Any]) -> int:
         from mlflow.entities import Param
@@ -124,21 +132,23 @@ class _Target:
             self.client.log_batch(self.run_id, params=new[i : i + MAX_BATCH["params"]])
         return len(new)
 
-    def metrics(self, rows: list[tuple[str, float, int, int]]) -> int:
-        """``(key, value, timestamp ms, step)`` rows not already in the run's history."""
+    def metrics(self, rows: list[tuple[str, float, int, int | None]]) -> int:
+        """``(key, value, timestamp ms, step)`` rows not already in the run's history: a
+        step holds one value; a row without a step (MLflow's step 0) is new unless the same
+        time and value is there."""
         from mlflow.entities import Metric
 
         new = []
         for key, value, ts, step in rows:
             if key not in self._history:
-                self._history[key] = {
-                    (m.step, m.timestamp, m.value)
-                    for m in self.client.get_metric_history(self.run_id, key)
-                }
-            if (step, ts, value) in self._history[key]:
+                history = self.client.get_metric_history(self.run_id, key)
+                self._history[key] = {(m.step, m.timestamp, m.value) for m in history}
+                self._steps[key] = {m.step for m in history}
+            if step in self._steps[key] or (step or 0, ts, value) in self._history[key]:
                 continue
-            self._history[key].add((step, ts, value))
-            new.append(Metric(key, value, ts, step))
+            self._history[key].add((step or 0, ts, value))
+            self._steps[key].add(step or 0)
+            new.append(Metric(key, value, ts, step or 0))
         for i in range(0, len(new), MAX_BATCH["metrics"]):
             self.client.log_batch(self.run_id, metrics=new[i : i + MAX_BATCH["metrics"]])
         return len(new)
@@ -152,18 +162,25 @@ class _Target:
         return len(items)
 
 
-def _run_exists(client, run_id: str | None) -> bool:
+def _stored_run(client, run_id: str | None):
+    """The target store's run ``run_id``; None when there is no such (live) run."""
     if not run_id:
-        return False
+        return None
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as err:
         if describe(err)[1]:
             raise
-        return False
-    return True
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def _holds(run, run_key: str | None) -> bool:
+    """Whether calls of ``run_key`` belong in ``run`` (None: calls that name no key, from
+    before keys were recorded, belong in the run they name)."""
+    return run_key is None or run.data.tags.get("run_key") == run_key
 
 
 def _new_run(client, calls, run_dir, experiment, old_id) -> str:
@@ -185,8 +202,11 @@ def _new_run(client, calls, run_dir, experiment, old_id) -> str:
     return run.info.run_id
 
 
-def _log_model(uri: str, run_id: str, run_dir: Path | None, name: str) -> str | None:
-    """Log the run folder's checkpoint as the run's model; the reason when it cannot."""
+def _log_model(
+    uri: str, run_id: str, run_dir: Path | None, name: str, class_names: list[str] | None = None
+) -> str | None:
+    """Log the run folder's checkpoint as the run's model, named with ``class_names`` (the
+    run's shards' names when the call recorded none); the reason when it cannot."""
     import mlflow
 
     from glsim.errors import user_errors
@@ -203,9 +223,18 @@ def _log_model(uri: str, run_id: str, run_dir: Path | None, name: str) -> str | 
         model, _ = load_run(params, spec)
     except user_errors() as err:
         return f"the checkpoint cannot be loaded here ({str(err).splitlines()[0]})"
+    if class_names is None:
+        from glsim.data.shards import ShardError, read_class_names
+        from glsim.runs import shard_source
+        from glsim.train.run import num_classes
+
+        with contextlib.suppress(ShardError):  # no shards here: a model without names
+            class_names = read_class_names(shard_source(params, spec.kind), num_classes(params))
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        log_pytorch_model(model.cpu(), name=name, image_size=params.data.image_size)
+        log_pytorch_model(
+            model.cpu(), name=name, image_size=params.data.image_size, class_names=class_names
+        )
     return None
 
 
@@ -225,7 +254,7 @@ def sync_run(
     *,
     uri: str | None = None,
     experiment: str | None = None,
-    log_model: Callable[[str, str, Path | None, str], str | None] = _log_model,
+    log_model: Callable[..., str | None] = _log_model,
 ) -> SyncResult:
     """Replay ``target``'s pending tracking calls (see the module docstring) to ``uri``
     (default :func:`~glsim.tracking.mlflow.tracking_uri`)."""
@@ -257,30 +286,49 @@ def sync_run(
         use_store()
     client = MlflowClient(uri)
 
-    # one run per file in practice; a file of several runs replays each group in order
-    groups: dict[str | None, list[int]] = {}
+    # one run per file in practice; a file of several runs (a folder retrained under another
+    # key while the store was down) replays each group, in order, into its own run
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
     for i, call in enumerate(calls):
-        groups.setdefault(call.get("run_id"), []).append(i)
-    folder_id = None
+        groups.setdefault((call.get("run_id"), call.get("run_key")), []).append(i)
+    folder_id = folder_key = None
     if run_dir is not None and (run_dir / RUN_ID_FILE).is_file():
         folder_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
+    if run_dir is not None and (found := run_spec_for(run_dir)) is not None:
+        from glsim.runs import run_key
+
+        folder_key = run_key(*found)  # the configuration the folder was last trained under
     kept: dict[int, str] = {}  # call index -> reason
     new_ids: dict[int, str] = {}
     try:
-        for old_id, idx in groups.items():
+        for (old_id, key), idx in groups.items():
             group = [calls[i] for i in idx]
-            run_id = next((r for r in (old_id, folder_id) if _run_exists(client, r)), None)
-            if run_id is None:
+            named, folder_run = _stored_run(client, old_id), _stored_run(client, folder_id)
+            if named is not None and _holds(named, key):
+                run_id = old_id
+            elif folder_run is not None and key is not None and _holds(folder_run, key):
+                run_id = folder_id
+            else:
                 run_id = _new_run(client, group, run_dir, experiment, old_id)
                 result.created = True
-                if run_dir is not None:
+                # the folder's run from now on, when the calls are of its configuration
+                if key is None or folder_key is None:
+                    current = folder_run is None
+                else:
+                    current = key == folder_key
+                if current and run_dir is not None:
                     (run_dir / RUN_ID_FILE).write_text(run_id)
+                    if folder_run is not None:
+                        client.set_tag(folder_id, SUPERSEDED_BY, run_id)
+                        client.set_tag(run_id, SUPERSEDES, folder_id)
                     folder_id = run_id
+                elif folder_run is not None:  # an earlier configuration of the folder
+                    client.set_tag(run_id, SUPERSEDED_BY, folder_id)
             result.run_id = run_id
             run = _Target(client, run_id)
             params: dict[str, Any] = {}
             tags: dict[str, Any] = {}
-            metrics: list[tuple[str, float, int, int]] = []
+            metrics: list[tuple[str, float, int, int | None]] = []
             end = None
             for i, call in zip(idx, group, strict=True):
                 kind, args = call["call"], call.get("args") or {}
@@ -290,8 +338,9 @@ def sync_run(
                         params.setdefault(k, v)  # the first value was what the run logged
                 elif kind == "log_metrics":
                     ts = int(round((call.get("time") or time.time()) * 1000))
-                    step = call.get("step") or 0
-                    metrics += [(k, float(v), ts, int(step)) for k, v in args.items()]
+                    step = call.get("step")
+                    step = None if step is None else int(step)
+                    metrics += [(k, float(v), ts, step) for k, v in args.items()]
                 elif kind == "set_tags":
                     tags.update(args)
                 elif kind == "end_run":
@@ -315,7 +364,8 @@ def sync_run(
                     counts["artifacts"] = counts.get("artifacts", 0) + 1
                 elif call["call"] == "log_model":
                     where = Path(args["run_dir"]) if args.get("run_dir") else run_dir
-                    reason = log_model(uri, run_id, where, args.get("name") or "model")
+                    name = args.get("name") or "model"
+                    reason = log_model(uri, run_id, where, name, args.get("class_names"))
                     if reason:
                         kept[i] = f"model not logged: {reason}"
                     else:

@@ -160,12 +160,16 @@ def resume_or_start(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
+    world_size: int = 1,
 ) -> TrainState:
     """The state to continue from: ``ckpt_path``'s when it was written under ``run_key``
     (model, optimiser and scaler are restored from it).
 
     A checkpoint of another configuration is moved aside to ``last.pt.stale`` (nothing of it
     is applied) and a fresh :class:`TrainState` is returned; so is one when there is none.
+    The torchrun world size is not in the run key (a finished run is one for any N), but
+    each rank's share of a batch is: a run is resumed only with the world size it started
+    with (:class:`~glsim.errors.RunError` otherwise).
     """
     ckpt = Path(ckpt_path)
     if not ckpt.exists():
@@ -179,6 +183,16 @@ def resume_or_start(
             flush=True,
         )
         return TrainState()
+    started = int(payload.get("extra", {}).get("world_size", 1))
+    if started != world_size:
+        from glsim.errors import RunError
+
+        raise RunError(
+            f"{ckpt}: this run was started with {started} process(es) and is resumed with "
+            f"{world_size}; resume it with torchrun --nproc_per_node {started}"
+            + (" (or without torchrun)" if started == 1 else "")
+            + f", or delete {ckpt} to start it afresh"
+        )
     state, _ = restore_checkpoint(payload, model=model, optimizer=optimizer, scaler=scaler)
     return state
 
@@ -353,7 +367,9 @@ def fit(
         out_dir: where ``last.pt`` lives.
         log_metrics: ``(metrics, step) -> None`` sink (e.g. MLflow): ``train/loss_step`` and
             ``train/lr`` every ``recipe.log_every`` steps; ``train/loss``, ``train/acc`` and
-            ``train/epoch_seconds`` after each epoch's checkpoint.
+            ``train/epoch_seconds`` of each epoch before its checkpoint is written, and, on
+            resuming, those of every epoch in the checkpoint's history again (a crash may have
+            lost them). The sink keeps one value per metric and step (it ignores a repeat).
         stop_after_epochs: stop (as if killed) after this many epochs of *this call*; for
             testing resumption.
         run_key: identifies the configuration (model, recipe, data, seed); a checkpoint
@@ -380,15 +396,18 @@ def fit(
     main = dist.is_main
     log_metrics = log_metrics if main else None
     if main:  # rank 0 decides (a stale checkpoint is moved aside once) before the others read
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
     dist.barrier()
     if not main:
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler)
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
     if state.epoch and main:
         print(
             f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
             flush=True,
         )
+    if log_metrics:
+        for done in state.history:
+            log_metrics(*epoch_metrics(done, steps_per_epoch))
     # after the resume: DDP starts every rank from rank 0's weights
     net = distribute(model, criterion, dist, device)
 
@@ -408,13 +427,14 @@ def fit(
             ),
         }  # fmt: skip
         state.epoch += 1
+        metrics["step"] = float(state.step)
         state.history.append(metrics)
         if main and on_epoch_end is not None:  # before the checkpoint: a run killed in
             on_epoch_end(state)  # between redoes the epoch, so the call is never skipped
+        if log_metrics:  # sent before the checkpoint: a crash in between reruns the epoch
+            log_metrics(*epoch_metrics(metrics, steps_per_epoch))
         if main:
-            extra: dict[str, Any] = {"run_key": run_key}
-            if dist.enabled:
-                extra["world_size"] = dist.world_size
+            extra: dict[str, Any] = {"run_key": run_key, "world_size": dist.world_size}
             save_checkpoint(
                 ckpt, model=model, optimizer=optimizer, scaler=scaler, state=state, extra=extra
             )
@@ -426,12 +446,22 @@ def fit(
                 f"acc {metrics['train/acc']:.2f}% ({metrics['train/epoch_seconds']:.1f}s)",
                 flush=True,
             )
-        if log_metrics:
-            log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, state.step)
     return state
 
 
+def epoch_metrics(entry: dict[str, float], steps_per_epoch: int) -> tuple[dict[str, float], int]:
+    """An epoch's history entry as the metrics a sink logs and the step it logs them at
+    (the optimiser steps done by the end of that epoch; an entry written before the step
+    was kept in the history assumes ``steps_per_epoch`` in every epoch)."""
+    step = int(entry.get("step", entry["epoch"] * steps_per_epoch))
+    return {k: v for k, v in entry.items() if k not in ("epoch", "step")}, step
+
+
 def load_trained(model: nn.Module, out_dir: str | Path) -> dict[str, Any]:
-    """Load the final weights of a finished run into ``model``; returns the run's state."""
-    state, _ = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model=model)
-    return {"epoch": state.epoch, "step": state.step, "history": state.history}
+    """Load the final weights of a finished run into ``model``; returns the run's state and
+    the ``run_key`` it was trained under (empty for a checkpoint written without one)."""
+    state, extra = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model=model)
+    return {
+        "epoch": state.epoch, "step": state.step, "history": state.history,
+        "run_key": extra.get("run_key", ""),
+    }  # fmt: skip

@@ -23,14 +23,13 @@ from glsim.data.transforms import build_transforms
 from glsim.models import create_model
 from glsim.models.backbone import pretrained_norm
 from glsim.models.registry import check_model_name
-from glsim.runs import RunSpec, run_key, shard_source, shards_dir
+from glsim.runs import RunSpec, execution_settings, run_key, shard_source, shards_dir
 from glsim.train import distributed
 from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import (
     atomic_write_json,
     configure_determinism,
-    cpu_has_native_bf16,
     resolve_device,
     seed_everything,
 )
@@ -83,7 +82,7 @@ def recipe(params: Params, lr: float | None = None) -> Recipe:
         clip_grad=t.clip_grad,
         label_smoothing=reg.label_smoothing,
         amp=t.amp,
-        cpu_amp=t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_has_native_bf16()),
+        cpu_amp=execution_settings(params)["precision"] == "bf16",
     )
 
 
@@ -128,7 +127,7 @@ def train_run(
     with DistributedDataParallel (:mod:`glsim.train.distributed`): each rank reads every
     N-th sample and ``train.batch_size / N`` images per step, and rank 0 alone writes the
     run folder and tracks. The run key does not depend on N: a run finished by torchrun is
-    not repeated by a single process, and a killed one may be resumed with any N.
+    not repeated by a single process; a killed one resumes only with the N it started with.
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     dist, device = distributed.setup(resolve_device(params.base.device))
@@ -194,22 +193,27 @@ def train_run(
     if not track:
         state = fit(model, **kwargs)
     else:
+        from glsim.data.shards import read_class_names
         from glsim.tracking.mlflow import Tracker, dvc_hash
 
         tags = {
             "dataset": params.data.dataset, "model": spec.model, "seed": str(spec.seed),
             "lr": f"{rcp.lr:g}", "kind": spec.kind, "variant": spec.name, "stage": "train",
-            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(), "run_key": key,
+            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(),
         }  # fmt: skip
         with Tracker(
-            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out, tags=tags
-        ) as tracker:
+            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out,
+            tags=tags, run_key=key,
+        ) as tracker:  # fmt: skip
             tracker.log_params(params.model_dump(mode="json"))
             state = fit(model, log_metrics=tracker.log_metrics, **kwargs)
             tracker.log_artifact(out / "params.resolved.yaml")
             if state.epoch >= rcp.epochs:
                 tracker.log_artifact(out / "last.pt", artifact_path="checkpoint")
-                tracker.log_model(model.cpu(), name="model", image_size=params.data.image_size)
+                tracker.log_model(
+                    model.cpu(), name="model", image_size=params.data.image_size,
+                    class_names=read_class_names(src, num_classes(params)),
+                )  # fmt: skip
     atomic_write_json(
         out / "train.json",
         {"epochs_done": state.epoch, "steps": state.step, "history": state.history},

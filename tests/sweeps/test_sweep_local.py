@@ -37,6 +37,7 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
 
     info = describe_model("glsim-synthetic_fg-glsim")
     assert info["aliases"]["champion"] == first["registry"]["synthetic_fg/glsim"]["version"]
+    assert all(v["tags"]["data_dvc_md5"] and v["tags"]["val_top1"] for v in info["versions"])
 
     p = steps.resolve(path, None, "synthetic_fg")
     final = RunSpec("glsim", 1, lr=protocol.chosen_lr(p, "glsim"))

@@ -13,6 +13,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from glsim.tracking.mlflow import (  # noqa: E402
+    PARAMS_CHANGED,
     RUN_ID_FILE,
     Tracker,
     _build_versions,
@@ -102,8 +103,19 @@ def test_run_logs_params_metrics_artifact_and_resumes(store, tmp_path):
         t.log_metrics({"train/loss": 1.0}, step=3)
     run = client.get_run(run_id)
     assert run.data.params["eval.batch_size"] == "64"
+    assert PARAMS_CHANGED not in run.data.tags  # the same values: nothing changed
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+    # resumed under another value of a param: the logged one stays, the key is named
+    with Tracker(experiment=EXPERIMENT, run_name="vit-s1", run_dir=run_dir, root=root) as t:
+        t.log_params({"train": {"lr": 0.01}, "eval": {"batch_size": 32}})
+        t.log_metrics({"train/loss": 9.0}, step=3)  # step 3 holds its value already
+    run = client.get_run(run_id)
+    assert run.data.params["eval.batch_size"] == "64"
+    assert run.data.tags[PARAMS_CHANGED] == "eval.batch_size"
+    history = client.get_metric_history(run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.5), (2, 1.25), (3, 1.0)]
 
 
 def test_failed_block_marks_run_failed_and_stale_id_starts_afresh(store, tmp_path):

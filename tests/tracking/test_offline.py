@@ -152,7 +152,9 @@ def test_store_failure_mid_run_keeps_calls_without_a_run_dir(tmp_path, monkeypat
         sent.append(args)
         raise requests.ConnectionError("[Errno 111] Connection refused")
 
-    tracker = Tracker(experiment="glsim-offline", run_name="eval: vit/seed 1", root=tmp_path)
+    tracker = Tracker(
+        experiment="glsim-offline", run_name="eval: vit/seed 1", root=tmp_path, run_key="k1"
+    )
     with pytest.raises(KeyError), tracker as t:
         t.log_metrics({"test/top1": 90.0})
         monkeypatch.setattr(mlflow, "log_metrics", refused)
@@ -179,7 +181,7 @@ def test_store_failure_mid_run_keeps_calls_without_a_run_dir(tmp_path, monkeypat
     ]
     assert calls[0]["args"] == {"test_top1": 91.0} and calls[0]["step"] == 1
     assert calls[-1]["args"] == {"status": "FAILED"}
-    assert {c["run_id"] for c in calls} == {t.run_id}
+    assert {(c["run_id"], c["run_key"]) for c in calls} == {(t.run_id, "k1")}  # whose they are
     # the store was not told the run ended: it is still RUNNING there, for a later replay
     client = MlflowClient(tracking.tracking_uri(tmp_path))
     assert client.get_run(t.run_id).info.status == "RUNNING"
@@ -241,7 +243,7 @@ def test_server_killed_mid_run_does_not_stop_the_run(server, tmp_path, monkeypat
     assert calls[2]["args"] == {"path": str(artifact.resolve()), "artifact_path": "eval"}
     assert calls[3]["args"]["run_dir"] == str(run_dir.resolve())
     assert calls[4]["args"] == {"status": "FINISHED"}
-    assert {c["run_id"] for c in calls} == {t.run_id}
+    assert {(c["run_id"], c["run_key"]) for c in calls} == {(t.run_id, "k1")}  # whose they are
 
     # the next stage in this process checks again (the success was forgotten): fails at once
     with pytest.raises(TrackingUnavailable, match="connection refused"):

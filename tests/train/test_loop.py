@@ -171,7 +171,7 @@ def test_checkpoint_of_other_run_key_is_moved_aside(reference, tmp_path):
     assert losses(state) == losses(ref_state)
     assert_same_weights(model, ref_model)
     _, extra = load_checkpoint(tmp_path / CHECKPOINT_NAME, model=tiny_vit())
-    assert extra == {"run_key": "ref"}
+    assert extra == {"run_key": "ref", "world_size": 1}
 
 
 def test_restart_after_foreign_checkpoint_uses_own_recipe(reference, tmp_path):
@@ -507,6 +507,6 @@ def test_cpu_amp_param_resolves_by_the_cpu(monkeypatch, setting, native, expecte
     from glsim.config import Params
     from glsim.train import run as run_module
 
-    monkeypatch.setattr(run_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("glsim.utils.cpu_has_native_bf16", lambda: native)
     params = Params.model_validate({"train": {"cpu_amp": setting}})
     assert run_module.recipe(params).cpu_amp is expected
