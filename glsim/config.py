@@ -7,7 +7,7 @@ logged to MLflow, as timm writes ``args.yaml`` and DINOv2 writes its config.
 
 This module imports nothing of glsim but the models' torch-free choice types: loading and
 checking a params file loads no torch. What needs the model registry (is a model name
-registered?) is checked by the protocol layer (:func:`glsim.protocol.check_params`).
+registered?) is :func:`check_params`, which loads the models only when called.
 """
 
 from __future__ import annotations
@@ -515,7 +515,7 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> Params:
         """References inside the tree (model names are checked against the registry by
-        :func:`glsim.protocol.check_params`, which needs the models)."""
+        :func:`check_params`, which needs the models)."""
         for name in self.ablations.variants:
             if name in self.protocol.models:
                 raise ValueError(
@@ -690,3 +690,62 @@ def write_resolved(params: Params, out_dir: str | Path, name: str = "params.reso
     out = Path(out_dir) / name
     atomic_write_text(out, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     return out
+
+
+def _check_backbone(params: Params) -> None:
+    """``model.backbone`` builds a timm ViT (checked on the meta device: no memory, no
+    weights) whose patches tile ``data.image_size`` exactly: a size that is not a multiple
+    of the patch size leaves its last pixels unseen by every patch."""
+    import timm
+    import torch
+
+    from glsim.models.backbone import create_vit
+
+    bb, size = params.model.backbone, params.data.image_size
+    if not timm.is_model(bb.name):
+        close = difflib.get_close_matches(bb.name, timm.list_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamsError(
+            f"model.backbone.name: timm has no model {bb.name!r}; {hint}"
+            "(timm.list_models('vit_*') lists the ViTs); fix it in the params file"
+        )
+    try:
+        with torch.device("meta"):
+            model = create_vit(bb.name, image_size=size, **bb.overrides)
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    patch = model.patch_embed.patch_size[0]
+    if size % patch:
+        lower, upper = size - size % patch, size - size % patch + patch
+        sizes = f"{lower} or {upper}" if lower >= 16 else str(upper)
+        raise ParamsError(
+            f"data.image_size {size} is not a multiple of the backbone's patch size {patch} "
+            f"({bb.name}{' with model.backbone.overrides' if 'patch_size' in bb.overrides else ''}): "
+            f"the last {size % patch} px of each side would never be seen; use {sizes}"
+        )
+
+
+def check_params(params: Params) -> Params:
+    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered, and
+    when a ViT model is among them, ``model.backbone`` must build one that tiles
+    ``data.image_size`` (the checks that load the model registry and timm, so not
+    validators of the tree)."""
+    from glsim.models.registry import list_models, model_options
+
+    known = list_models()
+    for name in params.protocol.models:
+        if name not in known:
+            raise ParamsError(
+                f"protocol.models: unknown model {name!r} (registered: {', '.join(known)}); "
+                "fix it in the params file"
+            )
+    for name, variant in params.ablations.variants.items():
+        if variant.model not in known:
+            raise ParamsError(
+                f"ablations.variants.{name}.model: unknown model {variant.model!r} "
+                f"(registered: {', '.join(known)}); fix it in the params file"
+            )
+    models = set(params.protocol.models) | {v.model for v in params.ablations.variants.values()}
+    if any("backbone" in model_options(m) for m in models):
+        _check_backbone(params)
+    return params

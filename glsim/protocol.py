@@ -3,11 +3,11 @@
 or a run key. Everything here is a function of the params tree (resolved for one dataset
 with :func:`glsim.config.for_dataset`); paths and run keys come from :mod:`glsim.runs`.
 
-* :func:`check_params`: what the typed tree cannot check alone (registered model names, a
-  backbone timm can build whose patches tile ``data.image_size``).
-* The data and pretraining stages, one function each: :func:`prepare`, :func:`shard`,
-  :func:`validate`, :func:`probe`, :func:`pretrain` (:func:`pretrain_done`: finished under
-  its run key).
+* :func:`~glsim.config.check_params` (re-exported): registered model names.
+* The data and pretraining stages, one function each: :func:`validate`, :func:`probe`,
+  and re-exported :func:`~glsim.data.stage.prepare`, :func:`~glsim.data.stage.shard` and
+  :func:`~glsim.train.pretrain.pretrain` (:func:`pretrain_done`: finished under its run
+  key), which their stage scripts import from those modules, away from this one.
 * :func:`search_lr`: for one model, train every LR of ``protocol.lr_grid`` on the search
   split's train part (seed ``protocol.search_seed``), score each on its val part, keep the
   best (ties: the earlier LR in the grid). Runs are keyed, so a rerun after a kill, or
@@ -29,13 +29,13 @@ nothing in those imports it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glsim import runs
-from glsim.config import Params, ParamsError, for_dataset
+from glsim.config import Params, ParamsError, check_params, for_dataset  # noqa: F401  (re-exported)
 from glsim.data.shards import INDEX_NAME, ShardError, read_class_names, read_index
+from glsim.data.stage import prepare, shard, shard_workers  # noqa: F401  (re-exported)
 from glsim.errors import RunError
 from glsim.eval.evaluate import (
     accuracy_report,
@@ -48,8 +48,9 @@ from glsim.eval.evaluate import (
 from glsim.eval.localisation import hit_rates
 from glsim.eval.report import ablation_table, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
-from glsim.models.registry import check_model_name, list_models
+from glsim.models.registry import check_model_name
 from glsim.runs import RunSpec
+from glsim.train.pretrain import pretrain  # noqa: F401  (re-exported)
 from glsim.train.run import is_finished, load_run, num_classes, train_run
 from glsim.utils import (
     atomic_write_json,
@@ -64,101 +65,8 @@ if TYPE_CHECKING:
     from glsim.validation.suite import ValidationReport
 
 
-def _check_backbone(params: Params) -> None:
-    """``model.backbone`` builds a timm ViT (checked on the meta device: no memory, no
-    weights) whose patches tile ``data.image_size`` exactly: a size that is not a multiple
-    of the patch size leaves its last pixels unseen by every patch."""
-    import difflib
-
-    import timm
-    import torch
-
-    from glsim.models.backbone import create_vit
-
-    bb, size = params.model.backbone, params.data.image_size
-    if not timm.is_model(bb.name):
-        close = difflib.get_close_matches(bb.name, timm.list_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ParamsError(
-            f"model.backbone.name: timm has no model {bb.name!r}; {hint}"
-            "(timm.list_models('vit_*') lists the ViTs); fix it in the params file"
-        )
-    try:
-        with torch.device("meta"):
-            model = create_vit(bb.name, image_size=size, **bb.overrides)
-    except ValueError as err:
-        raise ParamsError(str(err)) from None
-    patch = model.patch_embed.patch_size[0]
-    if size % patch:
-        lower, upper = size - size % patch, size - size % patch + patch
-        sizes = f"{lower} or {upper}" if lower >= 16 else str(upper)
-        raise ParamsError(
-            f"data.image_size {size} is not a multiple of the backbone's patch size {patch} "
-            f"({bb.name}{' with model.backbone.overrides' if 'patch_size' in bb.overrides else ''}): "
-            f"the last {size % patch} px of each side would never be seen; use {sizes}"
-        )
-
-
-def check_params(params: Params) -> Params:
-    """Model names in ``protocol.models`` and ``ablations.variants`` must be registered, and
-    when a ViT model is among them, ``model.backbone`` must build one that tiles
-    ``data.image_size``."""
-    from glsim.train.run import CNN_MODELS
-
-    known = list_models()
-    for name in params.protocol.models:
-        if name not in known:
-            raise ParamsError(
-                f"protocol.models: unknown model {name!r} (registered: {', '.join(known)}); "
-                "fix it in the params file"
-            )
-    for name, variant in params.ablations.variants.items():
-        if variant.model not in known:
-            raise ParamsError(
-                f"ablations.variants.{name}.model: unknown model {variant.model!r} "
-                f"(registered: {', '.join(known)}); fix it in the params file"
-            )
-    models = set(params.protocol.models) | {v.model for v in params.ablations.variants.values()}
-    if models - set(CNN_MODELS):
-        _check_backbone(params)
-    return params
-
-
 # ---------------------------------------------------------------------------------------
-# the data stages (pipelines/prepare.py, shard.py, validate.py, probe.py)
-
-
-def prepare(params: Params) -> Path:
-    """Download/verify/extract/parse (or generate) the dataset; returns its manifest."""
-    from glsim.data.registry import prepare_dataset
-
-    d = params.data
-    return prepare_dataset(d.dataset_source, d.raw_dir, name=d.dataset, params=params, force=True)
-
-
-def shard_workers() -> int:
-    """Processes writing shards: one per core, at most 4 (and at least 1)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def shard(params: Params) -> dict[str, dict[str, Any]]:
-    """Manifest -> size-bounded shards, class map and count index (``final``), and the LR
-    search's train/val split (``lrsearch``, its val part as the ``test`` split); returns
-    both shard indices."""
-    from glsim.data.lrsearch import write_lr_search_shards
-    from glsim.data.registry import get_dataset
-    from glsim.data.shards import write_shards
-
-    d = params.data
-    manifest = runs.manifest_path(params)
-    limits = dict(max_count=d.shard_max_count, max_bytes=d.shard_max_bytes, workers=shard_workers())
-    final = write_shards(manifest, runs.shards_dir(params), **limits)
-    search = write_lr_search_shards(
-        manifest, runs.shards_dir(params, "lrsearch"), seed=params.protocol.search_seed,
-        fraction=params.protocol.search_train_fraction, large=get_dataset(d.dataset_source).large,
-        **limits,
-    )  # fmt: skip
-    return {"final": final, "lrsearch": search}
+# the data stages (pipelines/validate.py, probe.py; prepare and shard: glsim.data.stage)
 
 
 def validate(params: Params) -> ValidationReport:
@@ -203,19 +111,7 @@ def write_probe_explanations(params: Params) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------
-# pretraining (pipelines/pretrain.py)
-
-
-def pretrain(params: Params) -> dict[str, Any]:
-    """Pretrain the backbone on the upstream task into ``pretrain.output`` (work folder
-    :func:`glsim.runs.pretrain_dir`, keyed by :func:`glsim.runs.pretrain_key`); returns
-    the report also written to :func:`glsim.runs.pretrain_report`."""
-    from glsim.config import write_resolved
-    from glsim.train.pretrain import pretrain_backbone
-
-    work = runs.pretrain_dir(params)
-    write_resolved(params, work)
-    return pretrain_backbone(params, work_dir=work, report_path=runs.pretrain_report(params))
+# pretraining (the stage itself: glsim.train.pretrain.pretrain)
 
 
 def pretrain_done(params: Params) -> bool:

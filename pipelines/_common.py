@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
-from glsim.config import Params, for_dataset, load_params, parse_sets
+from glsim.config import Params, check_params, for_dataset, load_params, parse_sets
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -27,8 +27,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def params_from(args: argparse.Namespace) -> Params:
     params = load_params(args.params, parse_sets(args.set))
-    from glsim.protocol import check_params
-
     return check_params(for_dataset(params, args.dataset or params.data.dataset))
 
 

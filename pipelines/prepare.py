@@ -2,7 +2,7 @@
 
 from _common import params_from, parser, run
 
-from glsim.protocol import prepare
+from glsim.data.stage import prepare
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from _common import params_from, parser, run
 
-from glsim.protocol import pretrain
+from glsim.train.pretrain import pretrain
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ plus the LR-search train/val shards in the `lrsearch/` subfolder."""
 
 from _common import params_from, parser, run
 
-from glsim.protocol import shard
+from glsim.data.stage import shard
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ MLflow (run `<dataset>/validate`) either way.
 
 from _common import params_from, parser, run
 
-from glsim.protocol import validate
+from glsim.validation.stage import validate_and_track
 
 
 def main() -> None:
-    report = validate(params_from(parser(__doc__).parse_args()))
+    report = validate_and_track(params_from(parser(__doc__).parse_args()))
     print(f"validation passed: {report.summary()}")
 
 

@@ -261,7 +261,9 @@ def test_prepare_and_shard_write_where_runs_says(tmp_path):
 
 @pytest.mark.parametrize("cores, workers", [(None, 1), (1, 1), (3, 3), (64, 4)])
 def test_shards_are_written_by_up_to_four_processes(monkeypatch, cores, workers):
-    monkeypatch.setattr(protocol.os, "cpu_count", lambda: cores)
+    from glsim.data import stage
+
+    monkeypatch.setattr(stage.os, "cpu_count", lambda: cores)
     assert protocol.shard_workers() == workers
 
 

@@ -267,7 +267,7 @@ def test_evaluate_without_a_checkpoint_says_to_train_first(tmp_path):
 
 
 def test_unknown_model_in_params_does_not_print_the_params_tree(tmp_path):
-    from glsim.protocol import check_params
+    from glsim.config import check_params
 
     with pytest.raises(ParamsError) as info:
         check_params(params_from_dict({"protocol": {"models": ["vit", "vitt"]}}))

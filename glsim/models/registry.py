@@ -90,6 +90,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword arguments model ``name``'s builder takes (``backbone``: a ViT model)."""
+    return _options(_MODELS[check_model_name(name)])
+
+
 def create_model(name: str, *, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Build a registered model.
 

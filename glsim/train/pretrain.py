@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +16,10 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from glsim.config import Params
+from glsim.config import Params, write_resolved
 from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
-from glsim.runs import pretrain_key
+from glsim.runs import pretrain_dir, pretrain_key, pretrain_report
 from glsim.train.claim import claim
 from glsim.train.loop import Recipe, fit
 from glsim.utils import (
@@ -202,3 +203,13 @@ def _pretrain_claimed(
     if report_path:
         atomic_write_json(report_path, report)
     return report
+
+
+def pretrain(params: Params) -> dict[str, Any]:
+    """The `pretrain` stage: pretrain the backbone on the upstream task into
+    ``pretrain.output`` (work folder :func:`glsim.runs.pretrain_dir`, keyed by
+    :func:`glsim.runs.pretrain_key`); returns the report also written to
+    :func:`glsim.runs.pretrain_report`. Re-exported by :mod:`glsim.protocol`."""
+    work = pretrain_dir(params)
+    write_resolved(params, work)
+    return pretrain_backbone(params, work_dir=work, report_path=pretrain_report(params))
