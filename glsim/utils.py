@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -80,6 +82,66 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+BF16_MARGIN = 1.1  # bf16 autocast must make the probe this much faster to be chosen
+
+
+def _bf16_probe(repeats: int = 15) -> tuple[float, float]:
+    """Seconds of a small ViT block's forward + backward (batch 8, 64 tokens, dim 192, the
+    default backbone's width) in float32 and under bf16 autocast, alternating; the minimum
+    of ``repeats`` each, which load beside the process inflates least."""
+    import time
+
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(dim=192, num_heads=3)
+    x = torch.randn(8, 64, 192, requires_grad=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(repeats + 1):
+        for bf16 in (False, True):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = block(x)
+            y.float().square().mean().backward()
+            if i:  # the first round warms up
+                times[bf16].append(time.perf_counter() - t0)
+    return min(times[False]), min(times[True])
+
+
+def cpu_bf16_is_faster(cache_dir: str | Path | None = None) -> bool:
+    """Whether ``train.cpu_amp: auto`` trains in bfloat16 here: only on a CPU with native
+    bf16 where a probe (:func:`_bf16_probe`, a fraction of a second) ran at least
+    :data:`BF16_MARGIN` times faster under bf16 autocast than in float32. Some CPUs with
+    bf16 instructions run it slower than float32 (seen on an AMX host: 15 % slower), so the
+    flag alone does not decide. The decision is measured once per host and kept in
+    ``<cache>/glsim/cpu_bf16.json`` (``XDG_CACHE_HOME`` or ``~/.cache``), keyed by the CPU
+    model and flags, torch's version, CPU capability and thread count: timing is noisy,
+    so a host always decides the same, and the run key (which holds the precision) too."""
+    if not cpu_has_native_bf16():
+        return False
+    root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = root / "glsim" / "cpu_bf16.json"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    host = sorted({line for line in cpuinfo if line.startswith(("model name", "flags"))})
+    key = json.dumps(
+        [host, torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()]
+    )
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        fp32, bf16 = _bf16_probe()
+        cache[key] = {"fp32_s": fp32, "bf16_s": bf16, "bf16": fp32 / bf16 >= BF16_MARGIN}
+        with contextlib.suppress(OSError):  # a read-only home: decide again next time
+            atomic_write_json(path, cache)
+    return bool(cache[key]["bf16"])
+
+
 def set_threads(num_threads: int) -> int:
     """Pin torch's intra-op threads to ``num_threads`` (``base.num_threads``); 0 leaves
     torch's default, which is the number of cores this process may use and so differs
@@ -99,7 +161,9 @@ def set_threads(num_threads: int) -> int:
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def configure_determinism(num_threads: int, deterministic: bool, device: torch.device) -> int:
+def configure_determinism(
+    num_threads: int, deterministic: bool, device: torch.device, numerics: str = "native"
+) -> int:
     """What makes a stage bitwise repeatable on one machine, applied before it computes:
     ``num_threads`` intra-op threads (:func:`set_threads`; returned) and, with
     ``deterministic`` (``base.deterministic``), torch's deterministic algorithms (a warning,
@@ -108,7 +172,11 @@ def configure_determinism(num_threads: int, deterministic: bool, device: torch.d
     training step at ViT-B/16 224 took 1.8x as long for ViT, 2.1x for GLSim on an H100;
     BENCHMARKS section 14). On a CPU the ops glsim uses are already deterministic at a fixed
     thread count; the flag matters on CUDA (atomics in scatter/index_add backward, cuDNN's
-    and cuBLAS's algorithm choice)."""
+    and cuBLAS's algorithm choice). A process not running under its ``numerics`` profile
+    (``base.numerics``) is refused (:func:`glsim.numerics.check_profile`)."""
+    from glsim.numerics import check_profile
+
+    check_profile(numerics)
     threads = set_threads(num_threads)
     if deterministic:
         if device.type == "cuda":

@@ -131,7 +131,9 @@ def train_run(
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     dist, device = distributed.setup(resolve_device(params.base.device))
-    configure_determinism(params.base.num_threads, params.base.deterministic, device)
+    configure_determinism(
+        params.base.num_threads, params.base.deterministic, device, params.base.numerics
+    )
     out = spec.run_dir(params)
     key = run_key(params, spec)
     if is_finished(out, key, recipe(params, spec.lr).epochs):
