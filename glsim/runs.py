@@ -357,8 +357,8 @@ def execution_settings(params: Params) -> dict[str, object]:
     elif params.base.numerics == "portable":
         precision = "fp32"  # bf16 rounds differently on AMX and AVX-512 BF16
     else:
-        bf16 = t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_bf16_is_faster())
-        precision = "bf16" if bf16 else "fp32"
+        auto = t.cpu_amp == "auto" and cpu_bf16_is_faster(params.base.num_threads)
+        precision = "bf16" if t.cpu_amp == "bf16" or auto else "fp32"
     return {
         "numerics": params.base.numerics,
         "num_threads": params.base.num_threads,
