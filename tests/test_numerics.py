@@ -117,3 +117,26 @@ def test_a_stage_script_re_executes_with_the_pins_before_torch_loads(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["portable", "AVX2", "COMPATIBLE"]
+
+
+def test_the_glsim_command_applies_the_profile_of_its_params_file(tmp_path):
+    """A ``glsim`` subcommand with ``--params`` re-executes under that file's profile."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("base:\n  numerics: portable\n")
+    code = (
+        "import argparse, os, sys; from glsim import cli\n"
+        "def parser():\n"
+        "    p = argparse.ArgumentParser(); p.add_argument('--params'); p.add_argument('--debug')\n"
+        "    p.set_defaults(func=lambda a: print(os.environ['ONEDNN_MAX_CPU_ISA'],"
+        " __import__('torch').backends.cpu.get_cpu_capability()))\n"
+        "    return p\n"
+        "cli.build_parser = parser\n"
+        "sys.exit(cli.main(['--params', sys.argv[1]]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(params_file)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["AVX2", "AVX2"]
