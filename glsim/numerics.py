@@ -35,17 +35,6 @@ PORTABLE_ENV = {
 PORTABLE_CAPABILITY = "AVX2"
 
 
-def _conflicts(profile: str, environ: dict[str, str] | os._Environ) -> list[str]:
-    """The pins of ``profile`` that ``environ`` sets to another value, as ``VAR=value``."""
-    if profile != "portable":
-        return []
-    return [
-        f"{var}={environ[var]}"
-        for var, value in PORTABLE_ENV.items()
-        if var in environ and environ[var].strip().lower() != value.lower()
-    ]
-
-
 def _check_name(profile: str) -> None:
     if profile not in PROFILES:
         from glsim.config import ParamsError
@@ -53,14 +42,25 @@ def _check_name(profile: str) -> None:
         raise ParamsError(f"base.numerics is {profile!r}; use one of {', '.join(PROFILES)}")
 
 
-def _refuse(profile: str, what: str) -> None:
+def _refuse(profile: str, what: str, fix: str | None = None) -> None:
     from glsim.config import ParamsError
 
     pins = " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
-    raise ParamsError(
-        f"base.numerics is {profile} but {what}; unset them (the profile sets {pins}) "
-        "or set base.numerics: native"
-    )
+    fix = fix or f"unset them (the profile sets {pins})"
+    raise ParamsError(f"base.numerics is {profile} but {what}; {fix} or set base.numerics: native")
+
+
+def _refuse_conflicts(profile: str) -> None:
+    """Refuse a pin of ``profile`` that the environment sets to another value."""
+    if profile != "portable":
+        return
+    conflicts = [
+        f"{var}={os.environ[var]}"
+        for var, value in PORTABLE_ENV.items()
+        if var in os.environ and os.environ[var].strip().lower() != value.lower()
+    ]
+    if conflicts:
+        _refuse(profile, f"the environment sets {' '.join(conflicts)}")
 
 
 def profile_env(profile: str) -> dict[str, str]:
@@ -77,9 +77,7 @@ def apply_profile(profile: str) -> None:
     overridden silently. Call it before torch is imported: the re-executed process loads
     torch with the pins."""
     env = profile_env(profile)
-    conflicts = _conflicts(profile, os.environ)
-    if conflicts:
-        _refuse(profile, f"the environment sets {' '.join(conflicts)}")
+    _refuse_conflicts(profile)
     missing = {k: v for k, v in env.items() if k not in os.environ}
     if not missing:
         return
@@ -114,22 +112,21 @@ def check_profile(profile: str) -> None:
     _check_name(profile)
     if profile == "native":
         return
-    conflicts = _conflicts(profile, os.environ)
-    if conflicts:
-        _refuse(profile, f"the environment sets {' '.join(conflicts)}")
+    _refuse_conflicts(profile)
     missing = [k for k in PORTABLE_ENV if k not in os.environ]
     if missing:
         _refuse(
             profile,
             f"this process started without {', '.join(missing)} (torch loaded before the "
-            "profile was applied: run it through a stage script, the glsim command or "
-            f"python -m glsim.numerics {profile} -- CMD)",
+            "profile was applied)",
+            "run it through a stage script, the glsim command or "
+            f"python -m glsim.numerics {profile} -- CMD,",
         )
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != PORTABLE_CAPABILITY:
-        _refuse(profile, f"torch runs its {capability} kernels, not AVX2 (a CPU without AVX2?)")
+        _refuse(profile, f"torch runs its {capability} kernels, not AVX2", "use a CPU with AVX2")
 
 
 def host_fingerprint() -> str:
@@ -151,9 +148,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
         raise SystemExit("usage: python -m glsim.numerics {native,portable} -- CMD [ARG ...]")
     env = profile_env(argv[0])
-    conflicts = _conflicts(argv[0], os.environ)
-    if conflicts:
-        _refuse(argv[0], f"the environment sets {' '.join(conflicts)}")
+    _refuse_conflicts(argv[0])
     os.environ.update(env)
     os.execvp(argv[2], argv[2:])
 
