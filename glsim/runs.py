@@ -357,7 +357,7 @@ def execution_settings(params: Params) -> dict[str, object]:
     elif params.base.numerics == "portable":
         precision = "fp32"  # bf16 rounds differently on AMX and AVX-512 BF16
     else:
-        auto = t.cpu_amp == "auto" and cpu_bf16_is_faster(params.base.num_threads)
+        auto = t.cpu_amp == "auto" and cpu_bf16_is_faster()
         precision = "bf16" if t.cpu_amp == "bf16" or auto else "fp32"
     return {
         "numerics": params.base.numerics,

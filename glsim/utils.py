@@ -83,42 +83,50 @@ def cpu_has_native_bf16() -> bool:
 
 
 BF16_MARGIN = 1.1  # bf16 autocast must make the probe this much faster to be chosen
-PROBE_DIM = 128  # the default backbone's width (params.yaml model.backbone.overrides)
+# a default training step's tokens: batch 32, 8 x 8 patches + CLS, width 128 (params.yaml)
+PROBE_SHAPE = (32, 65, 128)
 
 
-def _bf16_probe(repeats: int = 15) -> tuple[float, float]:
-    """Seconds of a ViT block's forward + backward at the default backbone's width (dim 128,
-    4 heads, 64 tokens; batch 8) in float32 and under bf16 autocast, alternating; the
-    minimum of ``repeats`` each, which load beside the process inflates least."""
+def _bf16_probe(repeats: int = 10) -> tuple[float, float]:
+    """CPU seconds of a ViT block's forward + backward at :data:`PROBE_SHAPE` in float32
+    and under bf16 autocast, alternating, on one thread; the minimum of ``repeats`` each.
+    The calling thread's CPU time (one intra-op thread does all the work) is what the
+    kernels cost: unlike wall time, other processes on the machine barely change it."""
     import time
 
     from timm.models.vision_transformer import Block
 
+    batch, tokens, dim = PROBE_SHAPE
     torch.manual_seed(0)
-    block = Block(dim=PROBE_DIM, num_heads=4)
-    x = torch.randn(8, 64, PROBE_DIM, requires_grad=True)
+    block = Block(dim=dim, num_heads=4)
+    x = torch.randn(batch, tokens, dim, requires_grad=True)
     times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(repeats + 1):
-        for bf16 in (False, True):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                y = block(x)
-            y.float().square().mean().backward()
-            if i:  # the first round warms up
-                times[bf16].append(time.perf_counter() - t0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in range(repeats + 1):
+            for bf16 in (False, True):
+                t0 = time.thread_time()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    y = block(x)
+                y.float().square().mean().backward()
+                if i:  # the first round warms up
+                    times[bf16].append(time.thread_time() - t0)
+    finally:
+        torch.set_num_threads(before)
     return min(times[False]), min(times[True])
 
 
-def cpu_bf16_is_faster(num_threads: int = 0, cache_dir: str | Path | None = None) -> bool:
+def cpu_bf16_is_faster(cache_dir: str | Path | None = None) -> bool:
     """Whether ``train.cpu_amp: auto`` trains in bfloat16 here: only on a CPU with native
-    bf16 where a probe (:func:`_bf16_probe`, a fraction of a second) ran at least
+    bf16 where a probe (:func:`_bf16_probe`, about a second) ran at least
     :data:`BF16_MARGIN` times faster under bf16 autocast than in float32. Some CPUs with
     bf16 instructions run it slower than float32 (seen on an AMX host: 15 % slower), so the
     flag alone does not decide. The decision is measured once per host and kept in
     ``<cache>/glsim/cpu_bf16.json`` (``XDG_CACHE_HOME`` or ``~/.cache``), keyed by the CPU
-    model and flags, torch's version, CPU capability and ``num_threads`` (``base.num_threads``,
-    which the probe runs at; 0: torch's count): timing is noisy, so a host always decides
-    the same, and the run key (which holds the precision) too, whichever process asks."""
+    model and flags and torch's version and CPU capability: timing varies from one probe to
+    the next, so a host decides once and always the same, and so does the run key, which
+    holds the precision. Delete the file to measure again."""
     if not cpu_has_native_bf16():
         return False
     root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -130,7 +138,7 @@ def cpu_bf16_is_faster(num_threads: int = 0, cache_dir: str | Path | None = None
     host = sorted({line for line in cpuinfo if line.startswith(("model name", "flags"))})
     key = json.dumps([
         host, torch.__version__, torch.backends.cpu.get_cpu_capability(),
-        num_threads or torch.get_num_threads(), PROBE_DIM, BF16_MARGIN,
+        PROBE_SHAPE, BF16_MARGIN,
     ])  # fmt: skip
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     try:
@@ -138,12 +146,7 @@ def cpu_bf16_is_faster(num_threads: int = 0, cache_dir: str | Path | None = None
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        before = torch.get_num_threads()
-        set_threads(num_threads)
-        try:
-            fp32, bf16 = _bf16_probe()
-        finally:
-            torch.set_num_threads(before)
+        fp32, bf16 = _bf16_probe()
         cache[key] = {"fp32_s": fp32, "bf16_s": bf16, "bf16": fp32 / bf16 >= BF16_MARGIN}
         with contextlib.suppress(OSError):  # a read-only home: decide again next time
             atomic_write_json(path, cache)

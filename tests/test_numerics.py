@@ -74,7 +74,7 @@ def test_check_profile_refuses_a_process_without_the_pins(monkeypatch):
 
 
 def test_the_profile_is_in_the_run_key_and_portable_trains_float32(tmp_path, monkeypatch):
-    monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda threads: True)
+    monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda: True)
     native = tiny_params(tmp_path, train={"cpu_amp": "auto"})
     portable = native.with_overrides({"base.numerics": "portable"})
     assert runs.run_key(native, SPEC) != runs.run_key(portable, SPEC)
@@ -91,14 +91,14 @@ def test_cpu_amp_auto_decides_by_a_measurement_kept_per_host(tmp_path, monkeypat
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
     probes = []
     monkeypatch.setattr(utils, "_bf16_probe", lambda: probes.append(1) or (1.05, 1.0))
-    assert not utils.cpu_bf16_is_faster(1, tmp_path)  # 1.05x is under the margin
+    assert not utils.cpu_bf16_is_faster(tmp_path)  # 1.05x is under the margin
     monkeypatch.setattr(utils, "_bf16_probe", lambda: probes.append(1) or (2.0, 1.0))
-    assert not utils.cpu_bf16_is_faster(1, tmp_path)  # the kept decision, not a new timing
+    assert not utils.cpu_bf16_is_faster(tmp_path)  # the kept decision, not a new timing
     assert len(probes) == 1
     (tmp_path / "glsim" / "cpu_bf16.json").unlink()
-    assert utils.cpu_bf16_is_faster(1, tmp_path)
+    assert utils.cpu_bf16_is_faster(tmp_path)
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
-    assert not utils.cpu_bf16_is_faster(1, tmp_path)  # emulated bf16 is never measured
+    assert not utils.cpu_bf16_is_faster(tmp_path)  # emulated bf16 is never measured
 
 
 def test_a_stage_script_re_executes_with_the_pins_before_torch_loads(tmp_path):
