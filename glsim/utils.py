@@ -97,12 +97,14 @@ def _bf16_probe(repeats: int = 10) -> tuple[float, float]:
     from timm.models.vision_transformer import Block
 
     batch, tokens, dim = PROBE_SHAPE
-    torch.manual_seed(0)
-    block = Block(dim=dim, num_heads=4)
-    x = torch.randn(batch, tokens, dim, requires_grad=True)
     times: dict[bool, list[float]] = {False: [], True: []}
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    # its own random numbers: the caller's generator state (a seeded run's) stays as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        block = Block(dim=dim, num_heads=4)
+        x = torch.randn(batch, tokens, dim, requires_grad=True)
     try:
         for i in range(repeats + 1):
             for bf16 in (False, True):

@@ -140,3 +140,15 @@ def test_the_glsim_command_applies_the_profile_of_its_params_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["AVX2", "AVX2"]
+
+
+def test_the_bf16_probe_leaves_the_random_state_alone():
+    import torch
+
+    from glsim import utils
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    utils._bf16_probe(repeats=1)
+    assert torch.equal(torch.rand(3), expected)  # a seeded run draws what it would have
