@@ -180,11 +180,13 @@ def _torchrun_main(argv: list[str]) -> None:
     import json
 
     from glsim.errors import guarded
+    from glsim.numerics import apply_profile
     from glsim.train.distributed import teardown
 
     def body() -> None:
         r = json.loads(argv[0])
         params = resolve(r["params_file"], r.get("overrides"), r.get("dataset"))
+        apply_profile(params.base.numerics)  # a rank started without the pins re-executes
         try:
             train(params, r["kind"], r["name"], int(r.get("seed", 0)), r.get("lr"),
                   track=bool(r.get("track", True)))  # fmt: skip

@@ -51,6 +51,7 @@ from flows.train_one import (
 )
 from glsim import protocol
 from glsim.config import ParamsError, load_params, parse_sets
+from glsim.numerics import apply_profile_of
 
 RETRIES = 2
 RETRY_DELAY_S = 10
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         overrides = parse_sets(args.set)
+        # under base.numerics: portable, re-executes with the CPU code paths pinned; the
+        # tasks run here (--local) or in the processes they start inherit the pins
+        apply_profile_of(args.params, args.set)
     except ParamsError as err:
         p.error(str(err))
     print(

@@ -10,6 +10,7 @@ from glsim.errors import debug_requested, guarded
 from glsim.explain import add_explain_command
 from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
+from glsim.numerics import apply_profile_of
 from glsim.plan import add_plan_command
 from glsim.tracking.cli import add_tracking_commands
 
@@ -32,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return guarded(lambda: args.func(args), debug=args.debug or debug_requested([]))
+
+    def command() -> int | None:
+        if getattr(args, "params", None) is not None:  # computes under base.numerics
+            apply_profile_of(args.params, getattr(args, "set", None))
+        return args.func(args)
+
+    return guarded(command, debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,13 @@ class BaseParams(_Strict):
         description="torch.use_deterministic_algorithms (warn only), and on CUDA cuDNN without "
         "autotuning and a fixed cuBLAS workspace; CPU runs are repeatable without it",
     )
+    numerics: Literal["native", "portable"] = Field(
+        "native",
+        description="CPU code paths: native = the fastest this CPU has (weights differ between "
+        "CPU generations); portable = torch, oneDNN and MKL pinned to AVX2 and float32 "
+        "training, so every x86-64 host with AVX2 gives the same bits, at a cost in speed "
+        "(README Reproducibility, glsim/numerics.py)",
+    )
     experiment: str = "glsim"
     reports_dir: Path = Path("reports")
     runs_dir: Path = Path("runs")

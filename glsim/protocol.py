@@ -82,7 +82,9 @@ def probe(params: Params) -> dict[str, Any]:
     """Where the pretrained backbone's GLS and CLS-attention boxes land on the test split
     before fine-tuning, against the shuffled-box baseline; written to the probe report."""
     from glsim.eval.localisation import probe_backbone
+    from glsim.numerics import check_profile
 
+    check_profile(params.base.numerics)
     set_threads(params.base.num_threads)  # the probe runs on the CPU; its rates depend on it
     report = probe_backbone(params)
     write_probe_explanations(params)
@@ -283,7 +285,9 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
     device = resolve_device(params.base.device)
-    configure_determinism(params.base.num_threads, params.base.deterministic, device)
+    configure_determinism(
+        params.base.num_threads, params.base.deterministic, device, params.base.numerics
+    )
     model, state = load_run(params, spec)
     key = runs.run_key(params, spec)
     if state["run_key"] != key:

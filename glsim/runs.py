@@ -349,21 +349,25 @@ def data_digest(params: Params, kind: RunKind = "final") -> str:
 
 
 def execution_settings(params: Params) -> dict[str, object]:
-    """The settings outside the recipe that change a run's bits: the thread count, the
+    """The settings outside the recipe that change a run's bits: the numerics profile
+    (``base.numerics``; ``portable`` trains in float32 on the CPU), the thread count, the
     deterministic switch, the loader's worker count (which sample streams a batch mixes),
     the resolved device type and the precision actually used. The torchrun world size is
     not among them: a finished run is not repeated for another N, and a killed run resumes
     only with the N it started with (:func:`glsim.train.loop.resume_or_start`)."""
-    from glsim.utils import cpu_has_native_bf16, resolve_device
+    from glsim.utils import cpu_bf16_is_faster, resolve_device
 
     t = params.train
     device = resolve_device(params.base.device).type
     if device == "cuda":
         precision = "fp16" if t.amp else "fp32"
+    elif params.base.numerics == "portable":
+        precision = "fp32"  # bf16 rounds differently on AMX and AVX-512 BF16
     else:
-        bf16 = t.cpu_amp == "bf16" or (t.cpu_amp == "auto" and cpu_has_native_bf16())
-        precision = "bf16" if bf16 else "fp32"
+        auto = t.cpu_amp == "auto" and cpu_bf16_is_faster()
+        precision = "bf16" if t.cpu_amp == "bf16" or auto else "fp32"
     return {
+        "numerics": params.base.numerics,
         "num_threads": params.base.num_threads,
         "deterministic": params.base.deterministic,
         "workers": params.data.workers,
@@ -407,9 +411,9 @@ def pretrain_key(params: Params) -> str:
     """Hash of everything that determines the pretrained backbone: the ``pretrain`` section
     (but :data:`PRETRAIN_KEY_EXCLUDES`), the backbone's architecture, the image size,
     ``base.seed``, the code pretraining executes (:func:`pretrain_code_digest`) and the
-    thread count, deterministic switch and device. A key added to ``pretrain`` is part of
-    the key automatically. The backbone's ``weights`` are not: pretraining starts from
-    random weights."""
+    numerics profile, thread count, deterministic switch and device. A key added to
+    ``pretrain`` is part of the key automatically. The backbone's ``weights`` are not:
+    pretraining starts from random weights."""
     from glsim.utils import resolve_device
 
     bb = params.model.backbone
@@ -420,6 +424,7 @@ def pretrain_key(params: Params) -> str:
         "seed": params.base.seed,
         "code": pretrain_code_digest(),
         "execution": {
+            "numerics": params.base.numerics,
             "num_threads": params.base.num_threads,
             "deterministic": params.base.deterministic,
             "device": resolve_device(params.base.device).type,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -94,6 +96,79 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+BF16_MARGIN = 1.1  # bf16 autocast must make the probe this much faster to be chosen
+# a default training step's tokens: batch 32, 8 x 8 patches + CLS, width 128 (params.yaml)
+PROBE_SHAPE = (32, 65, 128)
+
+
+def _bf16_probe(repeats: int = 10) -> tuple[float, float]:
+    """CPU seconds of a ViT block's forward + backward at :data:`PROBE_SHAPE` in float32
+    and under bf16 autocast, alternating, on one thread; the minimum of ``repeats`` each.
+    The calling thread's CPU time (one intra-op thread does all the work) is what the
+    kernels cost: unlike wall time, other processes on the machine barely change it."""
+    import time
+
+    from timm.models.vision_transformer import Block
+
+    batch, tokens, dim = PROBE_SHAPE
+    times: dict[bool, list[float]] = {False: [], True: []}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    # its own random numbers: the caller's generator state (a seeded run's) stays as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        block = Block(dim=dim, num_heads=4)
+        x = torch.randn(batch, tokens, dim, requires_grad=True)
+    try:
+        for i in range(repeats + 1):
+            for bf16 in (False, True):
+                t0 = time.thread_time()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    y = block(x)
+                y.float().square().mean().backward()
+                if i:  # the first round warms up
+                    times[bf16].append(time.thread_time() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return min(times[False]), min(times[True])
+
+
+def cpu_bf16_is_faster(cache_dir: str | Path | None = None) -> bool:
+    """Whether ``train.cpu_amp: auto`` trains in bfloat16 here: only on a CPU with native
+    bf16 where a probe (:func:`_bf16_probe`, about a second) ran at least
+    :data:`BF16_MARGIN` times faster under bf16 autocast than in float32. Some CPUs with
+    bf16 instructions run it slower than float32 (seen on an AMX host: 15 % slower), so the
+    flag alone does not decide. The decision is measured once per host and kept in
+    ``<cache>/glsim/cpu_bf16.json`` (``XDG_CACHE_HOME`` or ``~/.cache``), keyed by the CPU
+    model and flags and torch's version and CPU capability: timing varies from one probe to
+    the next, so a host decides once and always the same, and so does the run key, which
+    holds the precision. Delete the file to measure again."""
+    if not cpu_has_native_bf16():
+        return False
+    root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = root / "glsim" / "cpu_bf16.json"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    host = sorted({line for line in cpuinfo if line.startswith(("model name", "flags"))})
+    key = json.dumps([
+        host, torch.__version__, torch.backends.cpu.get_cpu_capability(),
+        PROBE_SHAPE, BF16_MARGIN,
+    ])  # fmt: skip
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        fp32, bf16 = _bf16_probe()
+        cache[key] = {"fp32_s": fp32, "bf16_s": bf16, "bf16": fp32 / bf16 >= BF16_MARGIN}
+        with contextlib.suppress(OSError):  # a read-only home: decide again next time
+            atomic_write_json(path, cache)
+    return bool(cache[key]["bf16"])
+
+
 def set_threads(num_threads: int) -> int:
     """Pin torch's intra-op threads to ``num_threads`` (``base.num_threads``); 0 leaves
     torch's default, which is the number of cores this process may use and so differs
@@ -113,7 +188,9 @@ def set_threads(num_threads: int) -> int:
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def configure_determinism(num_threads: int, deterministic: bool, device: torch.device) -> int:
+def configure_determinism(
+    num_threads: int, deterministic: bool, device: torch.device, numerics: str = "native"
+) -> int:
     """What makes a stage bitwise repeatable on one machine, applied before it computes:
     ``num_threads`` intra-op threads (:func:`set_threads`; returned) and, with
     ``deterministic`` (``base.deterministic``), torch's deterministic algorithms (a warning,
@@ -122,7 +199,11 @@ def configure_determinism(num_threads: int, deterministic: bool, device: torch.d
     training step at ViT-B/16 224 took 1.8x as long for ViT, 2.1x for GLSim on an H100;
     BENCHMARKS section 14). On a CPU the ops glsim uses are already deterministic at a fixed
     thread count; the flag matters on CUDA (atomics in scatter/index_add backward, cuDNN's
-    and cuBLAS's algorithm choice)."""
+    and cuBLAS's algorithm choice). A process not running under its ``numerics`` profile
+    (``base.numerics``) is refused (:func:`glsim.numerics.check_profile`)."""
+    from glsim.numerics import check_profile
+
+    check_profile(numerics)
     threads = set_threads(num_threads)
     if deterministic:
         if device.type == "cuda":

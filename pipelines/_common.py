@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
 from glsim.config import Params, check_params, for_dataset, load_params, parse_sets
+from glsim.numerics import apply_profile
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -26,7 +27,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def params_from(args: argparse.Namespace) -> Params:
+    """The params of ``--params``/``--set``/``--dataset``, checked; under ``base.numerics:
+    portable`` the process first re-executes itself with the CPU code paths pinned, before
+    torch loads (:func:`glsim.numerics.apply_profile`)."""
     params = load_params(args.params, parse_sets(args.set))
+    apply_profile(params.base.numerics)
     return check_params(for_dataset(params, args.dataset or params.data.dataset))
 
 

@@ -2,19 +2,26 @@
 tests/test_reproducibility.py): prints one JSON line with a digest of every weight tensor
 and the metrics, so two processes can be compared bit for bit.
 
-Usage: ``python tests/repro_run.py DATA_ROOT OUT_DIR NUM_THREADS``; DATA_ROOT holds the
-prepared and sharded tiny dataset (``tiny_params(DATA_ROOT)``).
+Usage: ``python tests/repro_run.py DATA_ROOT OUT_DIR NUM_THREADS [NUMERICS]``; DATA_ROOT
+holds the prepared and sharded tiny dataset (``tiny_params(DATA_ROOT)``); NUMERICS is
+``base.numerics`` (default ``native``), applied before torch loads as a stage script does.
 """
 
 from __future__ import annotations
 
-# ruff: noqa: I001  (glsim before torch, as in a stage script)
+# ruff: noqa: I001, E402  (glsim and the numerics profile before torch, as in a stage script)
 
 import glsim  # noqa: F401  (sets the MKL/OpenMP switches before torch loads)
 
+import sys
+
+from glsim.numerics import apply_profile
+
+NUMERICS = sys.argv[4] if len(sys.argv) > 4 else "native"
+apply_profile(NUMERICS)
+
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -35,12 +42,12 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def main(data_root: str, out_dir: str, num_threads: str) -> None:
+def main(data_root: str, out_dir: str, num_threads: str, numerics: str = "native") -> None:
     root, out = Path(data_root), Path(out_dir)
     params = tiny_params(
         root,
         base={"runs_dir": str(out / "runs"), "reports_dir": str(out / "reports"),
-              "num_threads": int(num_threads)},
+              "num_threads": int(num_threads), "numerics": numerics},
         pretrain={"output": str(out / "backbone.safetensors"), "images_per_epoch": 64},
     )  # fmt: skip
     pretrained = pretrain_backbone(params, work_dir=out / "pretrain")
@@ -53,6 +60,7 @@ def main(data_root: str, out_dir: str, num_threads: str) -> None:
         json.dumps(
             {
                 "threads": torch.get_num_threads(),
+                "capability": torch.backends.cpu.get_cpu_capability(),
                 "backbone": digest(load_file(str(params.pretrain.output))),
                 "model": digest(finetuned["model"]),
                 "upstream_test_acc": pretrained["upstream_test_acc"],

@@ -105,9 +105,9 @@ def test_settings_that_change_the_bits_are_in_the_key(tmp_path, override):
 def test_precision_is_keyed_as_resolved_not_as_written(tmp_path, monkeypatch):
     """``cpu_amp: auto`` is bf16 on one host and float32 on another: two keys."""
     params = tiny_params(tmp_path, train={"cpu_amp": "auto"})
-    monkeypatch.setattr("glsim.utils.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda: True)
     native = runs.run_key(params, SPEC)
-    monkeypatch.setattr("glsim.utils.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda: False)
     assert runs.run_key(params, SPEC) != native
     assert runs.execution_settings(params)["precision"] == "fp32"
 

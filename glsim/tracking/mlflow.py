@@ -414,14 +414,18 @@ def _build_versions(config: str) -> dict[str, str]:
 def runtime_tags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, str]:
     """Tags (``runtime.*``) naming what a run's last bits depend on besides code, params and
     data: the CPU and the instruction sets torch dispatches on, the library versions, the
-    thread counts and the knobs that pin them (README "Reproducibility"). Two runs with the
-    same params and different values here need not agree bit for bit."""
+    thread counts and the knobs that pin them, and the numerics profile the process runs
+    under (``portable``: every pin of :mod:`glsim.numerics` set; README "Reproducibility").
+    Two runs with the same params and different values here need not agree bit for bit."""
     import numpy
     import timm
     import torch
 
+    from glsim.numerics import active_profile
+
     model, flags = _cpuinfo(cpuinfo)
     tags = {
+        "runtime.numerics": active_profile(),
         "runtime.cpu_model": model or "unknown",
         "runtime.cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "runtime.cpu_isa_flags": " ".join(f for f in ISA_FLAGS if f in flags) or "none",

@@ -142,7 +142,9 @@ def _pretrain_claimed(
     cfg, bb, size = params.pretrain, params.model.backbone, params.data.image_size
     device = resolve_device(params.base.device)
     # the thread count changes the weights: fixed by params, never by the machine's cores
-    configure_determinism(params.base.num_threads, params.base.deterministic, device)
+    configure_determinism(
+        params.base.num_threads, params.base.deterministic, device, params.base.numerics
+    )
     seed_everything(params.base.seed)  # the initial weights depend on the seed only
     model = create_vit(bb.name, image_size=size, num_classes=cfg.num_classes, **bb.overrides)
     mean, std = pretrained_norm(model)

@@ -145,7 +145,9 @@ def train_run(
     """
     check_model_name(spec.model)  # before anything is written into the run folder
     dist, device = distributed.setup(resolve_device(params.base.device))
-    configure_determinism(params.base.num_threads, params.base.deterministic, device)
+    configure_determinism(
+        params.base.num_threads, params.base.deterministic, device, params.base.numerics
+    )
     with claim_run(spec.run_dir(params), dist, root=params.base.runs_dir):
         return _train_claimed(
             params, spec, dist, device, track=track, stop_after_epochs=stop_after_epochs

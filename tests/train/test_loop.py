@@ -507,6 +507,6 @@ def test_cpu_amp_param_resolves_by_the_cpu(monkeypatch, setting, native, expecte
     from glsim.config import Params
     from glsim.train import run as run_module
 
-    monkeypatch.setattr("glsim.utils.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda: native)
     params = Params.model_validate({"train": {"cpu_amp": setting}})
     assert run_module.recipe(params).cpu_amp is expected
