@@ -162,7 +162,10 @@ def test_glsim_needs_a_cls_token():
         global_pool="avg",
     )
     with pytest.raises(ValueError, match="CLS token"):
-        GLSim(enc, 3)
+        GLSim(
+            enc, 3, top_k=1, metric="cosine", selector="gls", aggregator=True, min_box=0,
+            align_corners=True, aggregator_drop_path=0.0, token_drop=0.0,
+        )  # fmt: skip
 
 
 def test_token_drop_zeroes_the_crop_cls_in_training_only(tiny_backbone):
