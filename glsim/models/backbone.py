@@ -16,8 +16,12 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+# The builders' defaults are the params schema's (``model.backbone.name``, and the drop-path
+# rate the fine-tuning recipe gives every ViT model: ``train.drop_path`` at augreg "strong"),
+# so that ``create_model(name)`` builds the model the pipeline trains; the models layer
+# cannot import the schema, so tests/models/test_defaults.py checks the two agree.
 DEFAULT_BACKBONE = "vit_base_patch16_224"
-DEFAULT_DROP_PATH_RATE = 0.0
+DEFAULT_DROP_PATH_RATE = 0.1
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 MAX_KEYS_IN_MESSAGE = 8
 

@@ -59,7 +59,7 @@ class GLSimOutput(ModelOutput):
 class GLSim(nn.Module):
     """GLSim on a timm ViT encoder whose weights are shared by both passes.
 
-    Every knob is given: their defaults are :func:`build_glsim`'s.
+    Every knob is given: their defaults are :func:`build_glsim`'s (the params schema's).
 
     Args:
         encoder: a timm ``VisionTransformer`` with a CLS token (its own head is unused).
@@ -271,15 +271,16 @@ def build_glsim(
     selector: Selector = "gls",
     aggregator: bool = True,
     min_box: int = 0,
-    align_corners: bool = False,
-    aggregator_drop_path: bool = False,
-    token_drop: float = 0.0,
+    align_corners: bool = True,
+    aggregator_drop_path: bool = True,
+    token_drop: float = 0.2,
 ) -> GLSim:
     """GLSim on the timm ViT ``backbone`` (``backbone_overrides``: its constructor arguments)
     with an optional local ``weights`` file. ``aggregator_drop_path``: the aggregator gets
     stochastic depth at ``drop_path_rate``, as the reference code does.
 
-    The other arguments are :class:`GLSim`'s.
+    The defaults are the params schema's (``model.glsim``, the reference code's behaviour),
+    so this builds the model the pipeline trains; the other arguments are :class:`GLSim`'s.
     """
     encoder = create_encoder(
         backbone,
