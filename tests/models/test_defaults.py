@@ -47,10 +47,11 @@ def test_builder_defaults_are_what_the_pipeline_passes_on_default_params(name):
     assert {k: defaults.get(k, "<no default>") for k in passed} == passed
 
 
-def hyper_attributes(model: torch.nn.Module) -> dict[str, str]:
-    """Every module's type and repr (its hyperparameters: drop rates, sizes) and plain attributes."""
+def hyper_attributes(model: torch.nn.Module) -> dict[str, tuple[str, str]]:
+    """Per module: its repr (type and hyperparameters: sizes, drop rates) and its plain
+    attributes (``top_k``, ``align_corners``...)."""
     return {
-        name: f"{module!r} {({k: v for k, v in vars(module).items() if not k.startswith('_')})}"
+        name: (repr(module), repr({k: v for k, v in vars(module).items() if k[0] != "_"}))
         for name, module in model.named_modules()
     }
 
