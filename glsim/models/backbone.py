@@ -4,6 +4,10 @@ Nothing here downloads: ``pretrained=True`` would need the hub, so weights come 
 file named in params (``.safetensors``, ``.pth``/``.pt``/``.bin`` or big_vision ``.npz``)
 and are adapted to the model with timm's own ``checkpoint_filter_fn`` (position embedding
 and patch embedding resampling), as timm's ``pretrained_cfg_overlay=dict(file=...)`` does.
+
+The ViT models' builders share :func:`create_encoder` (their ViT, from their common
+arguments and defaults), :func:`block_like` (an extra block shaped as the encoder's) and
+:func:`zeroed` (the zero-initialised head).
 """
 
 from __future__ import annotations
