@@ -31,13 +31,10 @@ from torch import Tensor, nn
 
 from glsim.errors import CommandError
 from glsim.inference import (
+    ImagePass,
     Predictor,
-    batches,
-    collect_images,
+    add_image_command,
     load_predictor,
-    progress_bar,
-    read_batch,
-    report_failure,
     top_predictions,
 )
 from glsim.models.output import ModelOutput
@@ -427,43 +424,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if any(size is not None and size < 1 for size in sizes):
         raise CommandError("--top-k, --batch-size, --tokens and --image-size must be at least 1")
     dfsm = parse_dfsm(args.dfsm)
-    paths, folder = collect_images(args.inputs)
-    if not paths:
-        raise CommandError(f"no image files under {', '.join(args.inputs)}")
+    images = ImagePass(args.inputs)
     predictor = load_explainer(
         args.model, image_size=args.image_size, weights=args.weights, device=args.device
     )
     vit_encoder(predictor.model)  # a CNN is refused before any file is written
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = output_names(paths)
-    progress = progress_bar(len(paths), folder)
-    failures = 0
-    try:
-        for chunk in batches(paths, args.batch_size):
-            images, ok, failed = read_batch(predictor, chunk)
+    names = output_names(images.paths)
+    with images:
+        for chunk, batch, ok, failed in images.batches(predictor, args.batch_size):
             for path in chunk:
                 if path in failed:
-                    failures += 1
-                    report_failure(f"{path}: {failed[path]}", progress)
-            if images is not None:
-                explanations = explain_images(
-                    predictor, images, top_k=args.top_k, crop_tokens=args.tokens, dfsm=dfsm
-                )
-                for path, explanation in zip(ok, explanations, strict=True):
-                    target = out_dir / names[path]
-                    explanation_figure(explanation, title=path.name).savefig(target)
-                    print(target)
-            if progress is not None:
-                progress.update(len(chunk))
-    finally:
-        if progress is not None:
-            progress.close()
-    return 1 if failures else 0
+                    images.fail(path, failed[path])
+            if batch is None:
+                continue
+            explanations = explain_images(
+                predictor, batch, top_k=args.top_k, crop_tokens=args.tokens, dfsm=dfsm
+            )
+            for path, explanation in zip(ok, explanations, strict=True):
+                target = out_dir / names[path]
+                explanation_figure(explanation, title=path.name).savefig(target)
+                print(target)
+    return images.exit_status
 
 
 def add_explain_command(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_image_command(
+        subparsers,
         "explain",
         help="picture what a ViT looks at: GLS heatmap, crop box, crop, prediction",
         description=(
@@ -471,13 +459,10 @@ def add_explain_command(subparsers) -> None:
             "similarity heatmap, the crop, other mechanisms' heatmaps (--dfsm) and the "
             "predicted classes (paper Figs. 2, 3, 5)."
         ),
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="a run folder (runs/<dataset>/<model>/seed<S>), an MLflow URI (runs:/<id>/model, "
-        "models:/<name>@<alias>) or a timm ViT name with a CLS token (no classes then)",
+        model_help="a run folder (runs/<dataset>/<model>/seed<S>), an MLflow URI "
+        "(runs:/<id>/model, models:/<name>@<alias>) or a timm ViT name with a CLS token "
+        "(no classes then)",
+        func=cmd_explain,
     )
     p.add_argument("--out", required=True, help="folder for the PNGs (<image stem>.png)")
     p.add_argument(
@@ -496,4 +481,3 @@ def add_explain_command(subparsers) -> None:
     p.add_argument("--weights", default=None, help="local weights file (timm name only)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the run's)")
-    p.set_defaults(func=cmd_explain)

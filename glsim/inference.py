@@ -322,28 +322,64 @@ def top_predictions(logits, class_names: list[str], top_k: int) -> list[list[dic
     ]
 
 
-def predict_paths(
-    predictor: Predictor, paths: list[Path], *, top_k: int, batch_size: int, progress=None
-) -> Iterator[tuple[Path, list[dict] | None, str | None]]:
-    """Per path: ``(path, predictions, None)`` or ``(path, None, why it failed)``, in order."""
+def predict_batch(
+    predictor: Predictor, images, paths: list[Path], *, top_k: int
+) -> dict[Path, list[dict]]:
+    """The ``top_k`` classes of each preprocessed image (B, 3, S, S) by the path it came
+    from (``{}`` when ``images`` is None: none of the batch was readable)."""
     import torch
 
-    for chunk in batches(paths, max(1, batch_size)):
-        images, ok, failed = read_batch(predictor, chunk)
-        results: dict[Path, list[dict]] = {}
-        if images is not None:
-            with torch.inference_mode():
-                out = predictor.model(images)
-            logits = getattr(out, "logits", out)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            results = dict(
-                zip(ok, top_predictions(logits, predictor.class_names, top_k), strict=True)
-            )
-        for path in chunk:
-            yield path, results.get(path), failed.get(path)
-        if progress is not None:
-            progress.update(len(chunk))
+    if images is None:
+        return {}
+    with torch.inference_mode():
+        out = predictor.model(images)
+    logits = getattr(out, "logits", out)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return dict(zip(paths, top_predictions(logits, predictor.class_names, top_k), strict=True))
+
+
+class ImagePass:
+    """One command's pass over the user's images (``glsim predict``, ``glsim explain``): the
+    image files named or under named folders, read in batches as the run's evaluation does
+    (:meth:`batches`), a progress bar while the pass is entered (``with``) when a folder was
+    walked, and each unreadable file named on stderr (:meth:`fail`; exit status 1).
+
+    Raises:
+        CommandError: no image file under ``inputs``.
+    """
+
+    def __init__(self, inputs: list[str]) -> None:
+        self.paths, self.folder = collect_images(inputs)
+        if not self.paths:
+            raise CommandError(f"no image files under {', '.join(inputs)}")
+        self.failures = 0
+        self.progress = None
+
+    def __enter__(self) -> ImagePass:
+        self.progress = progress_bar(len(self.paths), self.folder)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def batches(self, predictor: Predictor, batch_size: int) -> Iterator[tuple]:
+        """Per batch of paths: ``(paths, images, ok, failed)`` (:func:`read_batch`); the bar
+        advances once the caller is done with the batch."""
+        for chunk in batches(self.paths, batch_size):
+            yield (chunk, *read_batch(predictor, chunk))
+            if self.progress is not None:
+                self.progress.update(len(chunk))
+
+    def fail(self, path: Path, why: str) -> None:
+        """Name a file that could not be read (above the bar) and count it."""
+        self.failures += 1
+        report_failure(f"{path}: {why}", self.progress)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failures else 0
 
 
 def report_failure(line: str, progress=None) -> None:
@@ -369,52 +405,52 @@ def _reason(err: Exception) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise CommandError("--top-k and --batch-size must be at least 1")
-    paths, folder = collect_images(args.inputs)
-    if not paths:
-        raise CommandError(f"no image files under {', '.join(args.inputs)}")
+    images = ImagePass(args.inputs)
     predictor = load_predictor(args.model, device=args.device)
-    progress = progress_bar(len(paths), folder)
-    rows, failures = [], 0
-    try:
-        for path, preds, why in predict_paths(
-            predictor, paths, top_k=args.top_k, batch_size=args.batch_size, progress=progress
-        ):
-            if preds is None:
-                failures += 1
-                report_failure(f"{path}: {why}", progress)
-                continue
-            if args.json:
-                rows.append({"path": str(path), "predictions": preds})
-            else:
-                print(str(path))
-                for p in preds:
-                    print(f"  {p['label']} (p={p['prob']:.3f})")
-    finally:
-        if progress is not None:
-            progress.close()
+    rows = []
+    with images:
+        for chunk, batch, ok, failed in images.batches(predictor, args.batch_size):
+            results = predict_batch(predictor, batch, ok, top_k=args.top_k)
+            for path in chunk:
+                if path in failed:
+                    images.fail(path, failed[path])
+                elif args.json:
+                    rows.append({"path": str(path), "predictions": results[path]})
+                else:
+                    print(str(path))
+                    for p in results[path]:
+                        print(f"  {p['label']} (p={p['prob']:.3f})")
     if args.json:
         print(json.dumps(rows, indent=2))
-    return 1 if failures else 0
+    return images.exit_status
+
+
+def add_image_command(
+    subparsers, name: str, *, help: str, description: str, model_help: str, func
+) -> argparse.ArgumentParser:
+    """The parser of a command over images and a model (``predict``, ``explain``): the
+    inputs and ``--model``; the caller adds its own options."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--model", required=True, help=model_help)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_predict_command(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_image_command(
+        subparsers,
         "predict",
         help="classify images with a trained run",
         description=(
             "Classify images (files, or folders walked for image files) with a trained run "
             "folder; preprocessing comes from the run's own params."
         ),
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="a run folder (runs/<dataset>/<model>/seed<S>) or an MLflow URI "
+        model_help="a run folder (runs/<dataset>/<model>/seed<S>) or an MLflow URI "
         "(runs:/<id>/model, models:/<name>@<alias>)",
+        func=cmd_predict,
     )
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="a JSON list instead of text")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the run's)")
-    p.set_defaults(func=cmd_predict)

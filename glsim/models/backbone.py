@@ -4,6 +4,10 @@ Nothing here downloads: ``pretrained=True`` would need the hub, so weights come 
 file named in params (``.safetensors``, ``.pth``/``.pt``/``.bin`` or big_vision ``.npz``)
 and are adapted to the model with timm's own ``checkpoint_filter_fn`` (position embedding
 and patch embedding resampling), as timm's ``pretrained_cfg_overlay=dict(file=...)`` does.
+
+The ViT models' builders share :func:`create_encoder` (their ViT, from their common
+arguments and defaults), :func:`block_like` (an extra block shaped as the encoder's) and
+:func:`zeroed` (the zero-initialised head).
 """
 
 from __future__ import annotations
@@ -13,8 +17,15 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+from torch import nn
 
+# The builders' defaults are the params schema's (``model.backbone.name``, and the drop-path
+# rate the fine-tuning recipe gives every ViT model: ``train.drop_path`` at augreg "strong"),
+# so that ``create_model(name)`` builds the model the pipeline trains; the models layer
+# cannot import the schema, so tests/models/test_defaults.py checks the two agree.
+DEFAULT_BACKBONE = "vit_base_patch16_224"
+DEFAULT_DROP_PATH_RATE = 0.1
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 MAX_KEYS_IN_MESSAGE = 8
 
@@ -61,6 +72,48 @@ def create_vit(
     if weights is not None:
         load_vit_weights(model, weights)
     return model
+
+
+def create_encoder(
+    backbone: str,
+    backbone_overrides: dict[str, Any] | None,
+    *,
+    image_size: int,
+    weights: str | Path | None,
+    drop_path_rate: float,
+    num_classes: int = 0,
+) -> VisionTransformer:
+    """The ViT a model builder wraps: :func:`create_vit` from the builder's common arguments
+    (``backbone_overrides``: the timm constructor arguments, ``None`` for none)."""
+    return create_vit(
+        backbone,
+        image_size=image_size,
+        num_classes=num_classes,
+        weights=weights,
+        drop_path_rate=drop_path_rate,
+        **(backbone_overrides or {}),
+    )
+
+
+def block_like(encoder: VisionTransformer, **kwargs: Any) -> Block:
+    """A new transformer block with ``encoder``'s width, heads, MLP ratio and QKV bias
+    (``kwargs``: further :class:`~timm.models.vision_transformer.Block` arguments)."""
+    dim, block0 = encoder.embed_dim, encoder.blocks[0]
+    return Block(
+        dim,
+        num_heads=block0.attn.num_heads,
+        mlp_ratio=block0.mlp.fc1.out_features / dim,
+        qkv_bias=block0.attn.qkv.bias is not None,
+        **kwargs,
+    )
+
+
+def zeroed(head: nn.Linear) -> nn.Linear:
+    """``head`` with zero weight and bias, in place: every model starts its classifier at zero
+    (the GLSim and TransFG reference code), so all share one recipe."""
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

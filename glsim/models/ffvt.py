@@ -17,13 +17,12 @@ from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor, nn
+from torch import Tensor
 
 from glsim.models.attention import block_with_attention, maws_scores
-from glsim.models.backbone import create_vit
-from glsim.models.gls import explain_with_encoder
-from glsim.models.output import ModelOutput
+from glsim.models.backbone import DEFAULT_BACKBONE, DEFAULT_DROP_PATH_RATE, create_encoder
 from glsim.models.registry import register_model
+from glsim.models.vit import SelectedTokensViT
 
 
 def select_tokens(x: Tensor, scores: Tensor, top_k: int) -> Tensor:
@@ -33,24 +32,17 @@ def select_tokens(x: Tensor, scores: Tensor, top_k: int) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
 
 
-class FFVT(nn.Module):
+class FFVT(SelectedTokensViT):
     """ViT whose last block fuses the MAWS-selected tokens of every earlier layer."""
 
     def __init__(self, vit: VisionTransformer, *, num_classes: int, tokens_per_layer: int) -> None:
-        super().__init__()
+        super().__init__(vit, num_classes=num_classes)
         num_patches = vit.patch_embed.num_patches
-        if vit.num_prefix_tokens != 1 or len(vit.blocks) < 2:
-            raise ValueError("FFVT needs a ViT with one CLS token, no registers, and >= 2 blocks")
         if not 1 <= tokens_per_layer <= num_patches:
             raise ValueError(
                 f"FFVT tokens_per_layer must be in [1, {num_patches}] (the patch count), got {tokens_per_layer}"
             )
-        self.encoder = vit
-        self.encoder.reset_classifier(0)
         self.tokens_per_layer = tokens_per_layer
-        self.head = nn.Linear(vit.embed_dim, num_classes)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) -> normalised (B, 1 + (L-1) K, D): CLS and fused tokens."""
@@ -65,35 +57,25 @@ class FFVT(nn.Module):
         fused = torch.cat([x[:, :1], *selected], dim=1)  # (B, 1 + (L-1) K, D)
         return enc.norm(enc.blocks[-1](fused))
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features[:, 0])  # (B, K)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(images))
-
-    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
-        """Logits and, with ``top_k``, the encoder's GLS scores and boxes (a second pass)."""
-        return explain_with_encoder(self.encoder, images, self(images), top_k=top_k)
-
 
 @register_model("ffvt")
 def build_ffvt(
     *,
     num_classes: int,
     image_size: int,
-    backbone: str = "vit_base_patch16_224",
+    backbone: str = DEFAULT_BACKBONE,
     backbone_overrides: dict[str, Any] | None = None,
     weights: str | Path | None = None,
-    drop_path_rate: float = 0.0,
+    drop_path_rate: float = DEFAULT_DROP_PATH_RATE,
     tokens_per_layer: int = 12,
 ) -> FFVT:
     """FFVT on the configured ViT; ``tokens_per_layer`` is the paper's K (12 in the
     reference's default config)."""
-    vit = create_vit(
+    vit = create_encoder(
         backbone,
+        backbone_overrides,
         image_size=image_size,
         weights=weights,
         drop_path_rate=drop_path_rate,
-        **(backbone_overrides or {}),
     )
     return FFVT(vit, num_classes=num_classes, tokens_per_layer=tokens_per_layer)

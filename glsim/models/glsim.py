@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from glsim.models.attention import attention_rollout, cls_attention, forward_blocks_with_attention
-from glsim.models.backbone import create_vit
+from glsim.models.backbone import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DROP_PATH_RATE,
+    block_like,
+    create_encoder,
+    zeroed,
+)
 from glsim.models.choices import METRICS, SELECTORS, Metric, Selector
 from glsim.models.gls import (
     crop_and_resize,
@@ -53,6 +59,8 @@ class GLSimOutput(ModelOutput):
 class GLSim(nn.Module):
     """GLSim on a timm ViT encoder whose weights are shared by both passes.
 
+    Every knob is given: their defaults are :func:`build_glsim`'s (the params schema's).
+
     Args:
         encoder: a timm ``VisionTransformer`` with a CLS token (its own head is unused).
         num_classes: classifier width.
@@ -79,14 +87,14 @@ class GLSim(nn.Module):
         encoder: VisionTransformer,
         num_classes: int,
         *,
-        top_k: int = 8,
-        metric: Metric = "cosine",
-        selector: Selector = "gls",
-        aggregator: bool = True,
-        min_box: int = 0,
-        align_corners: bool = False,
-        aggregator_drop_path: float = 0.0,
-        token_drop: float = 0.0,
+        top_k: int,
+        metric: Metric,
+        selector: Selector,
+        aggregator: bool,
+        min_box: int,
+        align_corners: bool,
+        aggregator_drop_path: float,
+        token_drop: float,
     ) -> None:
         super().__init__()
         if metric not in METRICS:
@@ -116,13 +124,9 @@ class GLSim(nn.Module):
 
         # A separate learnable CLS token for crops, initialised from the backbone's (Sec. 3.2).
         self.crop_cls_token = nn.Parameter(encoder.cls_token.detach().clone())  # (1, 1, D)
-        block0 = encoder.blocks[0]
         self.aggregator = (
-            Block(
-                dim,
-                num_heads=block0.attn.num_heads,
-                mlp_ratio=block0.mlp.fc1.out_features / dim,
-                qkv_bias=block0.attn.qkv.bias is not None,
+            block_like(
+                encoder,
                 drop_path=aggregator_drop_path,
                 norm_layer=type(encoder.norm)
                 if isinstance(encoder.norm, nn.LayerNorm)
@@ -134,9 +138,7 @@ class GLSim(nn.Module):
         # zeroes whole tokens: (B, T, D) is read as T channels of length D
         self.token_drop = nn.Dropout1d(token_drop) if aggregator and token_drop > 0 else None
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
-        nn.init.zeros_(self.head.weight)  # as the reference code
-        nn.init.zeros_(self.head.bias)
+        self.head = zeroed(nn.Linear(dim, num_classes))
 
     # --- Sec. 3.1: the encoder, with a chosen CLS token ----------------------------------
     def encode(self, images: Tensor, cls_token: Tensor, *, return_attention: bool = False):
@@ -260,28 +262,32 @@ def build_glsim(
     *,
     num_classes: int,
     image_size: int,
-    backbone: str = "vit_base_patch16_224",
+    backbone: str = DEFAULT_BACKBONE,
     backbone_overrides: dict[str, Any] | None = None,
     weights: str | Path | None = None,
-    drop_path_rate: float = 0.0,
+    drop_path_rate: float = DEFAULT_DROP_PATH_RATE,
     top_k: int = 8,
     metric: Metric = "cosine",
     selector: Selector = "gls",
     aggregator: bool = True,
     min_box: int = 0,
-    align_corners: bool = False,
-    aggregator_drop_path: bool = False,
-    token_drop: float = 0.0,
+    align_corners: bool = True,
+    aggregator_drop_path: bool = True,
+    token_drop: float = 0.2,
 ) -> GLSim:
     """GLSim on the timm ViT ``backbone`` (``backbone_overrides``: its constructor arguments)
     with an optional local ``weights`` file. ``aggregator_drop_path``: the aggregator gets
-    stochastic depth at ``drop_path_rate``, as the reference code does."""
-    encoder = create_vit(
+    stochastic depth at ``drop_path_rate``, as the reference code does.
+
+    The defaults are the params schema's (``model.glsim``, the reference code's behaviour),
+    so this builds the model the pipeline trains; the other arguments are :class:`GLSim`'s.
+    """
+    encoder = create_encoder(
         backbone,
+        backbone_overrides,
         image_size=image_size,
         weights=weights,
         drop_path_rate=drop_path_rate,
-        **(backbone_overrides or {}),
     )
     return GLSim(
         encoder,

@@ -26,10 +26,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from glsim.models.attention import forward_blocks_with_attention, psm_scores
-from glsim.models.backbone import create_vit
-from glsim.models.gls import explain_with_encoder
-from glsim.models.output import ModelOutput
+from glsim.models.backbone import DEFAULT_BACKBONE, DEFAULT_DROP_PATH_RATE, create_encoder
 from glsim.models.registry import register_model
+from glsim.models.vit import SelectedTokensViT
 
 
 def overlap_patch_embed(vit: VisionTransformer, stride: int) -> None:
@@ -70,21 +69,12 @@ def contrastive_loss(features: Tensor, targets: Tensor, *, margin: float = 0.4) 
     return loss.mean()
 
 
-class TransFG(nn.Module):
+class TransFG(SelectedTokensViT):
     """ViT + overlapping patches + part selection + contrastive loss."""
 
     def __init__(self, vit: VisionTransformer, *, num_classes: int, stride: int) -> None:
-        super().__init__()
-        if vit.num_prefix_tokens != 1 or len(vit.blocks) < 2:
-            raise ValueError(
-                "TransFG needs a ViT with one CLS token, no registers, and >= 2 blocks"
-            )
-        overlap_patch_embed(vit, stride)
-        self.encoder = vit
-        self.encoder.reset_classifier(0)
-        self.head = nn.Linear(vit.embed_dim, num_classes)
-        nn.init.zeros_(self.head.weight)  # as the TransFG / GLSim references
-        nn.init.zeros_(self.head.bias)
+        super().__init__(vit, num_classes=num_classes)
+        overlap_patch_embed(self.encoder, stride)
 
     def embed(self, images: Tensor) -> Tensor:
         """Overlapping patches + CLS + position: (B, 3, S, S) -> (B, 1+N, D)."""
@@ -114,16 +104,6 @@ class TransFG(nn.Module):
         x = self.encoder.blocks[-1](self.select_parts(x, attns))  # (B, 1+H, D)
         return self.encoder.norm(x)
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features[:, 0])  # (B, K)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(images))
-
-    def forward_explain(self, images: Tensor, *, top_k: int | None = None) -> ModelOutput:
-        """Logits and, with ``top_k``, the encoder's GLS scores and boxes (a second pass)."""
-        return explain_with_encoder(self.encoder, images, self(images), top_k=top_k)
-
     def training_loss(
         self, images: Tensor, targets: Tensor, criterion: nn.Module
     ) -> tuple[Tensor, Tensor]:
@@ -139,20 +119,20 @@ def build_transfg(
     *,
     num_classes: int,
     image_size: int,
-    backbone: str = "vit_base_patch16_224",
+    backbone: str = DEFAULT_BACKBONE,
     backbone_overrides: dict[str, Any] | None = None,
     weights: str | Path | None = None,
-    drop_path_rate: float = 0.0,
+    drop_path_rate: float = DEFAULT_DROP_PATH_RATE,
     stride: int | None = None,
 ) -> TransFG:
     """TransFG on the configured ViT. ``stride`` defaults to 3/4 of the patch size (TransFG's
     slide step of 12 for P = 16)."""
-    vit = create_vit(
+    vit = create_encoder(
         backbone,
+        backbone_overrides,
         image_size=image_size,
         weights=weights,
         drop_path_rate=drop_path_rate,
-        **(backbone_overrides or {}),
     )
     if stride is None:
         stride = max(1, 3 * vit.patch_embed.patch_size[0] // 4)

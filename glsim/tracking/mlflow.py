@@ -49,7 +49,7 @@ for _key, _value in HTTP_DEFAULTS.items():
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from glsim.errors import TrackingUnavailable  # noqa: E402,F401  (raised here; re-exported)
+from glsim.errors import SyncError, TrackingUnavailable  # noqa: E402,F401  (TrackingUnavailable: re-exported)
 
 RUN_ID_FILE = "mlflow_run_id"
 PENDING_FILE = "tracking-pending.jsonl"
@@ -167,23 +167,35 @@ def check_tracking(uri: str | None = None, timeout: float = 5.0) -> None:
     _CHECKED.add(uri)
 
 
-def pending_calls(path: str | Path) -> list[dict[str, Any]]:
+def read_pending(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     """The tracking calls a :class:`Tracker` could not send, in order, from its pending file
     (``{"call", "args", "step", "time", "run_id", "run_key"}`` per line: the run id and run
-    key of the run they belong to; ``[]`` when there is none).
-    A torn last line (the process died mid-write) is skipped."""
+    key of the run they belong to), and how many lines they were read from. A torn last
+    line (the process died mid-write) is counted and skipped; no file: ``([], 0)``.
+
+    Raises:
+        SyncError: a line other than the last is not JSON (naming it).
+    """
     path = Path(path)
     if not path.is_file():
-        return []
+        return [], 0
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     calls = []
-    for i, line in enumerate(lines):
+    for n, line in enumerate(lines, 1):
         try:
             calls.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return calls
+        except json.JSONDecodeError as err:
+            if n != len(lines):
+                raise SyncError(
+                    f"{path}: line {n} is not JSON ({err.msg}); repair or remove that line "
+                    "and run the sync again"
+                ) from None
+    return calls, len(lines)
+
+
+def pending_calls(path: str | Path) -> list[dict[str, Any]]:
+    """The calls of a pending file (:func:`read_pending`); ``[]`` when there is none."""
+    return read_pending(path)[0]
 
 
 # urllib3 warns on every retry; a lost server is reported once, by the Tracker. Set once

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glsim.errors import SyncError  # noqa: F401  (raised here; re-exported)
+from glsim.errors import SyncError
 from glsim.tracking.mlflow import (
     PENDING_FILE,
     RUN_ID_FILE,
@@ -41,6 +41,7 @@ from glsim.tracking.mlflow import (
     check_tracking,
     describe,
     log_pytorch_model,
+    read_pending,
     tracking_uri,
     use_store,
 )
@@ -118,8 +119,17 @@ def _experiment_of(run_dir: Path | None, experiment: str | None) -> str:
 class _Target:
     """The run on the target store that a group of pending calls goes into."""
 
-    def __init__(self, client, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(
+        self,
+        client,
+        run_id: str,
+        *,
+        uri: str = "",
+        run_dir: Path | None = None,
+        log_model: Callable[..., str | None] | None = None,
+    ) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.run_dir, self.log_model = run_dir, log_model  # the folder, to redo log_model
         self._history: dict[str, set[tuple[int, int, float]]] = {}
         self._steps: dict[str, set[int]] = {}  # the steps each metric holds a value at
 
@@ -249,148 +259,141 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def sync_run(
-    target: str | Path,
-    *,
-    uri: str | None = None,
-    experiment: str | None = None,
-    log_model: Callable[..., str | None] = _log_model,
-) -> SyncResult:
-    """Replay ``target``'s pending tracking calls (see the module docstring) to ``uri``
-    (default :func:`~glsim.tracking.mlflow.tracking_uri`)."""
-    from mlflow.tracking import MlflowClient
+@dataclass
+class _Folder:
+    """The run folder's own run: the id it records (``mlflow_run_id``) and the run key of the
+    configuration it was last trained under (None where either is unknown)."""
 
-    target = Path(target)
-    if not target.exists():
-        raise SyncError(f"{target}: no such run folder or pending file")
-    pending, synced, run_dir = _paths(target)
-    result = SyncResult(source=pending)
-    raw = [ln for ln in pending.read_text().splitlines() if ln.strip()] if pending.is_file() else []
-    calls = []
-    for n, text in enumerate(raw, 1):
-        try:
-            calls.append(json.loads(text))
-        except json.JSONDecodeError as err:
-            if n == len(raw):  # torn: the process died mid-write (as pending_calls reads it)
+    run_dir: Path | None
+    run_id: str | None = None
+    run_key: str | None = None
+
+    @classmethod
+    def read(cls, run_dir: Path | None) -> _Folder:
+        folder = cls(run_dir)
+        if run_dir is not None and (run_dir / RUN_ID_FILE).is_file():
+            folder.run_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
+        if run_dir is not None and (found := run_spec_for(run_dir)) is not None:
+            from glsim.runs import run_key
+
+            folder.run_key = run_key(*found)
+        return folder
+
+
+def _target_run(
+    client,
+    folder: _Folder,
+    group: list[dict],
+    old_id: str | None,
+    key: str | None,
+    experiment: str | None,
+) -> tuple[str, bool]:
+    """The run a group of calls (of run ``old_id`` and run key ``key``) goes into, and
+    whether it is new: the named run or the folder's run when it holds the key, else a new
+    run, which becomes the folder's run when the calls are of the folder's configuration."""
+    named, folder_run = _stored_run(client, old_id), _stored_run(client, folder.run_id)
+    if named is not None and _holds(named, key):
+        return old_id, False
+    if folder_run is not None and key is not None and _holds(folder_run, key):
+        return folder.run_id, False
+    run_id = _new_run(client, group, folder.run_dir, experiment, old_id)
+    known = key is not None and folder.run_key is not None
+    current = key == folder.run_key if known else folder_run is None
+    if current and folder.run_dir is not None:
+        (folder.run_dir / RUN_ID_FILE).write_text(run_id)
+        if folder_run is not None:
+            client.set_tag(folder.run_id, SUPERSEDED_BY, run_id)
+            client.set_tag(run_id, SUPERSEDES, folder.run_id)
+        folder.run_id = run_id
+    elif folder_run is not None:  # an earlier configuration of the folder
+        client.set_tag(run_id, SUPERSEDED_BY, folder.run_id)
+    return run_id, True
+
+
+def _add(counts: dict[str, int], kind: str, n: int = 1) -> None:
+    counts[kind] = counts.get(kind, 0) + n
+
+
+def _gather(calls: dict[int, dict]):
+    """``(params, metrics, tags, end, unknown)`` of ``calls`` (index -> call): the values to
+    send as batches, the end status (or None) and the unknown calls (index -> reason)."""
+    params: dict[str, Any] = {}
+    tags: dict[str, Any] = {}
+    metrics: list[tuple[str, float, int, int | None]] = []
+    end: tuple[str, float | None] | None = None
+    unknown: dict[int, str] = {}
+    for i, call in calls.items():
+        kind, args = call["call"], call.get("args") or {}
+        if kind == "log_params":
+            for k, v in args.items():
+                params.setdefault(k, v)  # the first value was what the run logged
+        elif kind == "log_metrics":
+            ts = int(round((call.get("time") or time.time()) * 1000))
+            step = call.get("step")
+            step = None if step is None else int(step)
+            metrics += [(k, float(v), ts, step) for k, v in args.items()]
+        elif kind == "set_tags":
+            tags.update(args)
+        elif kind == "end_run":
+            end = (args.get("status", "FINISHED"), call.get("time"))
+        elif kind not in ("log_artifact", "log_model", "start_run"):
+            unknown[i] = f"unknown call {kind!r}"
+    return params, metrics, tags, end, unknown
+
+
+def _replay_files(run: _Target, calls: dict[int, dict], counts: dict[str, int]) -> dict[int, str]:
+    """Send the artifacts and models of ``calls``; the calls that cannot be replayed yet
+    are returned (index -> reason)."""
+    kept: dict[int, str] = {}
+    for i, call in calls.items():
+        args = call.get("args") or {}
+        if call["call"] == "log_artifact":
+            path = Path(args["path"])
+            if not path.exists():
+                kept[i] = f"artifact {path} no longer exists"
                 continue
-            raise SyncError(
-                f"{pending}: line {n} is not JSON ({err.msg}); repair or remove that line "
-                "and run the sync again"
-            ) from None
-    if not calls:
-        result.nothing = True
-        return result
-    if uri is None:
-        uri = tracking_uri()
-        check_tracking(uri)
-        use_store()
-    client = MlflowClient(uri)
-
-    # one run per file in practice; a file of several runs (a folder retrained under another
-    # key while the store was down) replays each group, in order, into its own run
-    groups: dict[tuple[str | None, str | None], list[int]] = {}
-    for i, call in enumerate(calls):
-        groups.setdefault((call.get("run_id"), call.get("run_key")), []).append(i)
-    folder_id = folder_key = None
-    if run_dir is not None and (run_dir / RUN_ID_FILE).is_file():
-        folder_id = (run_dir / RUN_ID_FILE).read_text().strip() or None
-    if run_dir is not None and (found := run_spec_for(run_dir)) is not None:
-        from glsim.runs import run_key
-
-        folder_key = run_key(*found)  # the configuration the folder was last trained under
-    kept: dict[int, str] = {}  # call index -> reason
-    new_ids: dict[int, str] = {}
-    try:
-        for (old_id, key), idx in groups.items():
-            group = [calls[i] for i in idx]
-            named, folder_run = _stored_run(client, old_id), _stored_run(client, folder_id)
-            if named is not None and _holds(named, key):
-                run_id = old_id
-            elif folder_run is not None and key is not None and _holds(folder_run, key):
-                run_id = folder_id
+            run.client.log_artifact(run.run_id, str(path), args.get("artifact_path"))
+            _add(counts, "artifacts")
+        elif call["call"] == "log_model":
+            where = Path(args["run_dir"]) if args.get("run_dir") else run.run_dir
+            name = args.get("name") or "model"
+            reason = run.log_model(run.uri, run.run_id, where, name, args.get("class_names"))
+            if reason:
+                kept[i] = f"model not logged: {reason}"
             else:
-                run_id = _new_run(client, group, run_dir, experiment, old_id)
-                result.created = True
-                # the folder's run from now on, when the calls are of its configuration
-                if key is None or folder_key is None:
-                    current = folder_run is None
-                else:
-                    current = key == folder_key
-                if current and run_dir is not None:
-                    (run_dir / RUN_ID_FILE).write_text(run_id)
-                    if folder_run is not None:
-                        client.set_tag(folder_id, SUPERSEDED_BY, run_id)
-                        client.set_tag(run_id, SUPERSEDES, folder_id)
-                    folder_id = run_id
-                elif folder_run is not None:  # an earlier configuration of the folder
-                    client.set_tag(run_id, SUPERSEDED_BY, folder_id)
-            result.run_id = run_id
-            run = _Target(client, run_id)
-            params: dict[str, Any] = {}
-            tags: dict[str, Any] = {}
-            metrics: list[tuple[str, float, int, int | None]] = []
-            end = None
-            for i, call in zip(idx, group, strict=True):
-                kind, args = call["call"], call.get("args") or {}
-                new_ids[i] = run_id
-                if kind == "log_params":
-                    for k, v in args.items():
-                        params.setdefault(k, v)  # the first value was what the run logged
-                elif kind == "log_metrics":
-                    ts = int(round((call.get("time") or time.time()) * 1000))
-                    step = call.get("step")
-                    step = None if step is None else int(step)
-                    metrics += [(k, float(v), ts, step) for k, v in args.items()]
-                elif kind == "set_tags":
-                    tags.update(args)
-                elif kind == "end_run":
-                    end = (args.get("status", "FINISHED"), call.get("time"))
-                elif kind in ("log_artifact", "log_model", "start_run"):
-                    continue  # below, after the run's params/metrics
-                else:
-                    kept[i] = f"unknown call {kind!r}"
-            counts = result.replayed
-            counts["params"] = counts.get("params", 0) + run.params(params)
-            counts["metrics"] = counts.get("metrics", 0) + run.metrics(metrics)
-            counts["tags"] = counts.get("tags", 0) + run.tags(tags)
-            for i, call in zip(idx, group, strict=True):
-                args = call.get("args") or {}
-                if call["call"] == "log_artifact":
-                    path = Path(args["path"])
-                    if not path.exists():
-                        kept[i] = f"artifact {path} no longer exists"
-                        continue
-                    client.log_artifact(run_id, str(path), args.get("artifact_path"))
-                    counts["artifacts"] = counts.get("artifacts", 0) + 1
-                elif call["call"] == "log_model":
-                    where = Path(args["run_dir"]) if args.get("run_dir") else run_dir
-                    name = args.get("name") or "model"
-                    reason = log_model(uri, run_id, where, name, args.get("class_names"))
-                    if reason:
-                        kept[i] = f"model not logged: {reason}"
-                    else:
-                        counts["models"] = counts.get("models", 0) + 1
-            if end is not None:
-                status, when = end
-                end_ms = int(when * 1000) if when else None
-                client.set_terminated(run_id, status=status, end_time=end_ms)
-                counts["end_run"] = counts.get("end_run", 0) + 1
-    except Exception as err:
-        from mlflow.exceptions import MlflowException
+                _add(counts, "models")
+    return kept
 
-        reason, unreachable = describe(err)
-        if unreachable or isinstance(err, MlflowException):
-            raise SyncError(
-                f"{pending}: sync to {uri} stopped ({reason}); nothing is lost: run "
-                "`glsim tracking sync` again (what was sent is not sent twice)"
-            ) from err
-        raise
 
-    # move what was replayed to the synced file; keep the rest (and any line written
-    # meanwhile by a Tracker still running) in the pending file
-    result.kept = [f"{calls[i]['call']}: {why}" for i, why in sorted(kept.items())]
+def _replay(run: _Target, calls: dict[int, dict], counts: dict[str, int]) -> dict[int, str]:
+    """Replay ``calls`` (index -> call) into ``run``: params, metrics and tags as batches, then
+    artifacts and models, then the end status; adds to ``counts`` what was sent and returns
+    the calls kept for a later sync (index -> reason)."""
+    params, metrics, tags, end, kept = _gather(calls)
+    _add(counts, "params", run.params(params))
+    _add(counts, "metrics", run.metrics(metrics))
+    _add(counts, "tags", run.tags(tags))
+    kept.update(_replay_files(run, calls, counts))
+    if end is not None:
+        status, when = end
+        end_ms = int(when * 1000) if when else None
+        run.client.set_terminated(run.run_id, status=status, end_time=end_ms)
+        _add(counts, "end_run")
+    return kept
+
+
+def _settle(
+    pending: Path,
+    synced: Path,
+    calls: list[dict],
+    lines_read: int,
+    kept: dict[int, str],
+    new_ids: dict[int, str],
+) -> None:
+    """Move what was replayed to the synced file (with the run id it went into); keep the
+    rest, and any line written meanwhile by a Tracker still running, in the pending file."""
     now = [ln for ln in pending.read_text().splitlines() if ln.strip()]
-    extra = now[len(raw) :]
+    extra = now[lines_read:]
 
     def line(i: int) -> str:
         call = dict(calls[i])
@@ -408,4 +411,67 @@ def sync_run(
             _rewrite(pending, left)
         else:
             pending.unlink()
+
+
+def _client(uri: str | None):
+    """``(uri, client)`` of the target store (default: the configured one, checked)."""
+    from mlflow.tracking import MlflowClient
+
+    if uri is None:
+        uri = tracking_uri()
+        check_tracking(uri)
+        use_store()
+    return uri, MlflowClient(uri)
+
+
+def sync_run(
+    target: str | Path,
+    *,
+    uri: str | None = None,
+    experiment: str | None = None,
+    log_model: Callable[..., str | None] = _log_model,
+) -> SyncResult:
+    """Replay ``target``'s pending tracking calls (see the module docstring) to ``uri``
+    (default :func:`~glsim.tracking.mlflow.tracking_uri`)."""
+    target = Path(target)
+    if not target.exists():
+        raise SyncError(f"{target}: no such run folder or pending file")
+    pending, synced, run_dir = _paths(target)
+    result = SyncResult(source=pending)
+    calls, lines_read = read_pending(pending)
+    if not calls:
+        result.nothing = True
+        return result
+    uri, client = _client(uri)
+
+    # one run per file in practice; a file of several runs (a folder retrained under another
+    # key while the store was down) replays each group, in order, into its own run
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault((call.get("run_id"), call.get("run_key")), []).append(i)
+    folder = _Folder.read(run_dir)
+    kept: dict[int, str] = {}  # call index -> reason
+    new_ids: dict[int, str] = {}
+    try:
+        for (old_id, key), idx in groups.items():
+            group = {i: calls[i] for i in idx}
+            run_id, created = _target_run(
+                client, folder, list(group.values()), old_id, key, experiment
+            )
+            result.run_id, result.created = run_id, result.created or created
+            new_ids.update(dict.fromkeys(idx, run_id))
+            run = _Target(client, run_id, uri=uri, run_dir=run_dir, log_model=log_model)
+            kept.update(_replay(run, group, result.replayed))
+    except Exception as err:
+        from mlflow.exceptions import MlflowException
+
+        reason, unreachable = describe(err)
+        if unreachable or isinstance(err, MlflowException):
+            raise SyncError(
+                f"{pending}: sync to {uri} stopped ({reason}); nothing is lost: run "
+                "`glsim tracking sync` again (what was sent is not sent twice)"
+            ) from err
+        raise
+    result.kept = [f"{calls[i]['call']}: {why}" for i, why in sorted(kept.items())]
+    _settle(pending, synced, calls, lines_read, kept, new_ids)
     return result

@@ -395,16 +395,7 @@ def fit(
     ckpt = out_dir / CHECKPOINT_NAME
     main = dist.is_main
     log_metrics = log_metrics if main else None
-    if main:  # rank 0 decides (a stale checkpoint is moved aside once) before the others read
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
-    dist.barrier()
-    if not main:
-        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
-    if state.epoch and main:
-        print(
-            f"resuming from {ckpt}: epoch {state.epoch}/{recipe.epochs}, step {state.step}",
-            flush=True,
-        )
+    state = _resume_every_rank(ckpt, run_key, model, optimizer, scaler, dist, recipe.epochs)
     if log_metrics:
         for done in state.history:
             log_metrics(*epoch_metrics(done, steps_per_epoch))
@@ -441,12 +432,34 @@ def fit(
         dist.barrier()  # no rank starts an epoch its resume could not reproduce
         epochs_run += 1
         if main:
+            print(_epoch_line(metrics, state.epoch, recipe.epochs), flush=True)
+    return state
+
+
+def _resume_every_rank(
+    ckpt: Path, run_key: str, model: nn.Module, optimizer, scaler, dist: Dist, epochs: int
+) -> TrainState:
+    """:func:`resume_or_start` on every rank: rank 0 first, which decides (a stale checkpoint
+    is moved aside once) and says where it resumes, then the others, after a barrier."""
+    state = None
+    if dist.is_main:
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
+        if state.epoch:
             print(
-                f"epoch {state.epoch}/{recipe.epochs} loss {metrics['train/loss']:.4f} "
-                f"acc {metrics['train/acc']:.2f}% ({metrics['train/epoch_seconds']:.1f}s)",
+                f"resuming from {ckpt}: epoch {state.epoch}/{epochs}, step {state.step}",
                 flush=True,
             )
+    dist.barrier()
+    if not dist.is_main:
+        state = resume_or_start(ckpt, run_key, model, optimizer, scaler, dist.world_size)
     return state
+
+
+def _epoch_line(metrics: dict[str, float], epoch: int, epochs: int) -> str:
+    return (
+        f"epoch {epoch}/{epochs} loss {metrics['train/loss']:.4f} "
+        f"acc {metrics['train/acc']:.2f}% ({metrics['train/epoch_seconds']:.1f}s)"
+    )
 
 
 def epoch_metrics(entry: dict[str, float], steps_per_epoch: int) -> tuple[dict[str, float], int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -175,27 +176,51 @@ def _train_claimed(
             )
             write_curve(load_history(out), spec.curve_path(params))
         return out
-    bs = distributed.per_rank_batch(params.train.batch_size, dist)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_resolved(params, out)
     seed_everything(spec.seed)  # the fresh aggregator/head init depends on the seed only
     model = build(params, spec.model)
+    loader_for_epoch, steps = train_data(params, spec, model, dist)
+    kwargs = dict(
+        loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=recipe(params, spec.lr),
+        out_dir=out, seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs,
+        run_key=key, dist=dist,
+    )  # fmt: skip
+    if not dist.is_main:  # rank 0 alone tracks and writes the run folder
+        fit(model, **kwargs)
+        return out
+    state = _fit_tracked(params, spec, model, **kwargs) if track else fit(model, **kwargs)
+    atomic_write_json(
+        out / "train.json",
+        {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
+    )
+    write_curve(state.history, spec.curve_path(params))
+    return out
+
+
+def train_data(
+    params: Params, spec: RunSpec, model: nn.Module, dist: distributed.Dist
+) -> tuple[Callable[[int], Iterable], int]:
+    """``(loader_for_epoch, steps per epoch)`` of a run: its shards, shuffled per
+    ``(seed, epoch)``, augmented as ``train.augreg`` says and normalised as ``model``'s
+    backbone was pretrained; under torchrun this rank's share, every rank taking the fewest
+    batches any rank has."""
+    bs = distributed.per_rank_batch(params.train.batch_size, dist)
     mean, std = pretrained_norm(getattr(model, "encoder", model))
-    reg = params.train.regularisation()
     transform = build_transforms(
         image_size=params.data.image_size,
         resize_ratio=params.data.resize_ratio,
         train=True,
         augreg=params.train.augreg,
-        erasing_prob=reg.erasing_prob,
+        erasing_prob=params.train.regularisation().erasing_prob,
         mean=mean,
         std=std,
     )
     src = shard_source(params, spec.kind)  # data.shards_url when set
+    sample_root = images_root(params, spec.kind)  # names a bad image by the user's file
 
     def epoch_steps(epoch: int) -> int:
-        """Batches per epoch; under torchrun every rank takes the fewest any rank has."""
         return min(
             num_batches(
                 src, "train", batch_size=bs, workers=params.data.workers, drop_last=True,
@@ -204,11 +229,7 @@ def _train_claimed(
             for r in range(dist.world_size)
         )
 
-    steps = epoch_steps(0)
-
-    sample_root = images_root(params, spec.kind)  # names a bad image by the user's file
-
-    def loader_for_epoch(epoch: int):
+    def loader_for_epoch(epoch: int) -> Iterable:
         loader = make_loader(
             src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
@@ -216,45 +237,37 @@ def _train_claimed(
         )  # fmt: skip
         return itertools.islice(loader, epoch_steps(epoch)) if dist.enabled else loader
 
-    rcp = recipe(params, spec.lr)
-    kwargs = dict(
-        loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=rcp, out_dir=out,
-        seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs, run_key=key,
-        dist=dist,
-    )  # fmt: skip
-    if not dist.is_main:  # rank 0 alone tracks and writes the run folder
-        fit(model, **kwargs)
-        return out
-    if not track:
-        state = fit(model, **kwargs)
-    else:
-        from glsim.data.shards import read_class_names
-        from glsim.tracking.mlflow import Tracker, dvc_hash
+    return loader_for_epoch, epoch_steps(0)
 
-        tags = {
-            "dataset": params.data.dataset, "model": spec.model, "seed": str(spec.seed),
-            "lr": f"{rcp.lr:g}", "kind": spec.kind, "variant": spec.name, "stage": "train",
-            "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(),
-        }  # fmt: skip
-        with Tracker(
-            experiment=params.base.experiment, run_name=spec.label(params), run_dir=out,
-            tags=tags, run_key=key,
-        ) as tracker:  # fmt: skip
-            tracker.log_params(params.model_dump(mode="json"))
-            state = fit(model, log_metrics=tracker.log_metrics, **kwargs)
-            tracker.log_artifact(out / "params.resolved.yaml")
-            if state.epoch >= rcp.epochs:
-                tracker.log_artifact(out / "last.pt", artifact_path="checkpoint")
-                tracker.log_model(
-                    model.cpu(), name="model", image_size=params.data.image_size,
-                    class_names=read_class_names(src, num_classes(params)),
-                )  # fmt: skip
-    atomic_write_json(
-        out / "train.json",
-        {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
-    )
-    write_curve(state.history, spec.curve_path(params))
-    return out
+
+def _fit_tracked(params: Params, spec: RunSpec, model: nn.Module, **fit_kwargs: Any):
+    """:func:`~glsim.train.loop.fit` inside an MLflow run (:class:`~glsim.tracking.mlflow.Tracker`):
+    the params, the metrics of every epoch, the resolved params and, once finished, the
+    checkpoint and the model with the dataset's class names."""
+    from glsim.data.shards import read_class_names
+    from glsim.tracking.mlflow import Tracker, dvc_hash
+
+    rcp = fit_kwargs["recipe"]
+    tags = {
+        "dataset": params.data.dataset, "model": spec.model, "seed": str(spec.seed),
+        "lr": f"{rcp.lr:g}", "kind": spec.kind, "variant": spec.name, "stage": "train",
+        "data_dvc_md5": dvc_hash(shards_dir(params)), "params_hash": params.digest(),
+    }  # fmt: skip
+    out = fit_kwargs["out_dir"]
+    with Tracker(
+        experiment=params.base.experiment, run_name=spec.label(params), run_dir=out,
+        tags=tags, run_key=fit_kwargs["run_key"],
+    ) as tracker:  # fmt: skip
+        tracker.log_params(params.model_dump(mode="json"))
+        state = fit(model, log_metrics=tracker.log_metrics, **fit_kwargs)
+        tracker.log_artifact(out / "params.resolved.yaml")
+        if state.epoch >= rcp.epochs:
+            tracker.log_artifact(out / "last.pt", artifact_path="checkpoint")
+            tracker.log_model(
+                model.cpu(), name="model", image_size=params.data.image_size,
+                class_names=read_class_names(shard_source(params, spec.kind), num_classes(params)),
+            )  # fmt: skip
+    return state
 
 
 def curve_rows(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -162,7 +162,10 @@ def test_glsim_needs_a_cls_token():
         global_pool="avg",
     )
     with pytest.raises(ValueError, match="CLS token"):
-        GLSim(enc, 3)
+        GLSim(
+            enc, 3, top_k=1, metric="cosine", selector="gls", aggregator=True, min_box=0,
+            align_corners=True, aggregator_drop_path=0.0, token_drop=0.0,
+        )  # fmt: skip
 
 
 def test_token_drop_zeroes_the_crop_cls_in_training_only(tiny_backbone):
@@ -201,6 +204,6 @@ def test_reference_regularisation_params_reach_the_model():
     plain = build_glsim(
         num_classes=3, image_size=32, backbone="vit_tiny_patch16_224",
         backbone_overrides={"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
-        drop_path_rate=0.1,
+        drop_path_rate=0.1, align_corners=False, aggregator_drop_path=False, token_drop=0.0,
     )  # fmt: skip
     assert plain.token_drop is None and isinstance(plain.aggregator.drop_path1, nn.Identity)

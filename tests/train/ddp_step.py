@@ -18,10 +18,12 @@ BATCH, CLASSES, SIZE = 8, 5, 32
 
 
 def tiny(name: str) -> nn.Module:
+    """Without randomness in training (drop-path, GLSim's token drop): both sides step alike."""
     torch.manual_seed(0)
+    no_token_drop = {"token_drop": 0.0} if name == "glsim" else {}
     return create_model(
         name, num_classes=CLASSES, image_size=SIZE, backbone="vit_tiny_patch16_224",
-        backbone_overrides=TINY_VIT, weights=None, drop_path_rate=0.0,
+        backbone_overrides=TINY_VIT, weights=None, drop_path_rate=0.0, **no_token_drop,
     )  # fmt: skip
 
 
