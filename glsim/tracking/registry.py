@@ -200,7 +200,8 @@ def alias_lock(
             )  # fmt: skip
             break
         except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            # held by another writer, or deleted by its holder while this create ran
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         with contextlib.suppress(MlflowException, ValueError):  # deleted meanwhile: retry
             since = float(client.get_registered_model(lock).tags.get("since", "0"))

@@ -201,7 +201,8 @@ def test_server_killed_mid_run_does_not_stop_the_run(server, tmp_path, monkeypat
     artifact.write_text("{}")
 
     with Tracker(
-        experiment="glsim-offline", run_name="vit-s1", run_dir=run_dir, root=tmp_path
+        experiment="glsim-offline", run_name="vit-s1", run_dir=run_dir, root=tmp_path,
+        run_key="k1",
     ) as t:
         t.log_params({"train": {"lr": 0.01}})
         t.log_metrics({"train/loss": 1.0}, step=1)

@@ -209,10 +209,11 @@ def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
             capture_output=True, text=True, env=stage_env(path), cwd=path.parent, timeout=300,
         )  # fmt: skip
     assert out.returncode != 0
-    # each rank's line (the two may interleave on the shared stderr)
-    assert out.stderr.count(f"error: {run_dir} is being trained by pid {first.pid} ") == 2, (
-        out.stderr
-    )
+    # each rank's line (the two may interleave on the shared stderr), and torchrun's summary
+    # names each as its root cause (the rank leaves it in torchelastic's error file)
+    refusal = f"error: {run_dir} is being trained by pid {first.pid} "
+    assert out.stderr.count(f"traceback : {refusal}") == 2, out.stderr
+    assert out.stderr.count(refusal) == 4, out.stderr
     assert not run_dir.exists()
     # the holder gone, the same command trains the run: rank 0 claims, the others follow
     out = subprocess.run(
