@@ -50,7 +50,7 @@ from flows.train_one import (
     train_one,
 )
 from glsim import protocol
-from glsim.config import ParamsError, load_params, parse_sets
+from glsim.config import ParamsError, load_params, params_parser, parse_sets
 from glsim.numerics import apply_profile_of
 
 RETRIES = 2
@@ -300,9 +300,7 @@ def _ok(future: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
     p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable)")
     p.add_argument("--local", action="store_true", help="train here, not through workers")
     p.add_argument("--no-track", action="store_true")
@@ -317,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(err))
     print(
         sweep(
-            params_file=args.params,
+            params_file=str(args.params),
             overrides=overrides,
             datasets=args.dataset,
             use_deployments=not args.local,

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_profile_of(args.params, getattr(args, "set", None))
         return args.func(args)
 
-    return guarded(command, debug=args.debug or debug_requested([]))
+    return guarded(command, debug=debug_requested(argv))  # --debug before or after the command
 
 
 if __name__ == "__main__":

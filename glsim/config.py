@@ -12,6 +12,7 @@ registered?) is :func:`check_params`, which loads the models only when called.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import json
@@ -688,6 +689,28 @@ def for_dataset(params: Params, name: str) -> Params:
         **entry,
     }
     return params.with_overrides(overrides, source=f"data.datasets.{name}")
+
+
+def params_parser() -> argparse.ArgumentParser:
+    """The options every command that reads a params file takes, spelled and parsed the same
+    way everywhere (``parents=[params_parser()]``): ``--params FILE`` (default
+    ``params.yaml``), ``--set KEY=VALUE`` (repeatable, :func:`parse_sets`) and ``--debug``
+    (the traceback of an input error instead of its one line)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, e.g. train.lr=0.03 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
+    return p
+
+
+def params_of_args(args: argparse.Namespace) -> Params:
+    """The params tree of :func:`params_parser`'s options."""
+    return load_params(args.params, parse_sets(args.set))
 
 
 def write_resolved(params: Params, out_dir: str | Path, name: str = "params.resolved.yaml") -> Path:

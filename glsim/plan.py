@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from glsim.config import Params, for_dataset
+from glsim.config import Params, for_dataset, params_parser
 from glsim.errors import CommandError, RunError
 from glsim.runs import RunKind, RunSpec
 
@@ -420,9 +420,9 @@ def write_and_log_plan(
 
 
 def cmd_plan(args) -> int:
-    from glsim.config import load_params, parse_sets
+    from glsim.config import params_of_args
 
-    params = load_params(args.params, parse_sets(args.set))
+    params = params_of_args(args)
     plan = plan_runs(params, args.dataset)
     table = read_throughput(args.throughput) if args.throughput else None
     if args.json:
@@ -448,10 +448,7 @@ def add_plan_command(subparsers) -> None:
         "final seeds, ablation variants, per dataset), skip those finished under their run "
         "key, and total the images to train and the GPU-hours from a throughput table "
         "(`glsim cost bench --train-step` on the target GPU).",
-    )
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+        parents=[params_parser()],
     )
     p.add_argument(
         "--dataset", action="append", help="a data.datasets entry (repeatable; default: all)"

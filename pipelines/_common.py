@@ -7,22 +7,13 @@ import sys
 from collections.abc import Callable
 
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
-from glsim.config import Params, check_params, for_dataset, load_params, parse_sets
+from glsim.config import Params, check_params, for_dataset, params_of_args, params_parser
 from glsim.numerics import apply_profile
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p = argparse.ArgumentParser(description=description, parents=[params_parser()])
     p.add_argument("--dataset", help="a data.datasets entry (default: data.dataset)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, e.g. train.lr=0.03",
-    )
     return p
 
 
@@ -30,7 +21,7 @@ def params_from(args: argparse.Namespace) -> Params:
     """The params of ``--params``/``--set``/``--dataset``, checked; under ``base.numerics:
     portable`` the process first re-executes itself with the CPU code paths pinned, before
     torch loads (:func:`glsim.numerics.apply_profile`)."""
-    params = load_params(args.params, parse_sets(args.set))
+    params = params_of_args(args)
     apply_profile(params.base.numerics)
     return check_params(for_dataset(params, args.dataset or params.data.dataset))
 

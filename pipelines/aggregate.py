@@ -2,7 +2,7 @@
 
 from _common import parser, run
 
-from glsim.config import load_params, parse_sets
+from glsim.config import params_of_args
 from glsim.protocol import aggregate_reports, check_params
 
 
@@ -10,7 +10,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     # the root tree, not one dataset's: each dataset is resolved from it with its own
     # overrides (protocol.seeds among them)
-    params = check_params(load_params(args.params, parse_sets(args.set)))
+    params = check_params(params_of_args(args))
     paths = aggregate_reports(params)
     print("\n".join(str(p) for p in paths))
 

@@ -10,6 +10,8 @@ import pytest
 
 from glsim.cli import build_parser, main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def closed_port_uri() -> str:
     with socket.socket() as s:
@@ -46,3 +48,60 @@ def test_a_down_tracking_server_is_one_line(argv, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: MLflow tracking server {uri} is not reachable")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+
+def _params_options(parser) -> dict[str, tuple]:
+    """What a parser says of --params, --set and --debug (flags, default, help)."""
+    return {
+        a.option_strings[0]: (tuple(a.option_strings), a.default, a.help)
+        for a in parser._actions
+        if a.option_strings and a.option_strings[0] in ("--params", "--set", "--debug")
+    }
+
+
+def _subparsers(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_command_that_reads_params_takes_params_set_and_debug_the_same_way(capsys):
+    """One parent parser (glsim.config.params_parser) for --params/--set/--debug: the same
+    spelling, default and help in every glsim command, stage script and the sweep."""
+    import ast
+    import sys
+
+    from flows import sweep
+    from glsim.cli import build_parser
+    from glsim.config import params_parser
+
+    want = _params_options(params_parser())
+    readers = {p: _params_options(sub) for p, sub in _subparsers(build_parser())}
+    readers = {p: opts for p, opts in readers.items() if "--params" in opts}
+    assert {("plan",), ("cost", "bench"), ("data", "prepare"), ("registry", "promote")} <= set(readers)
+    assert all(opts == want for opts in readers.values()), readers
+
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import _common
+    finally:
+        sys.path.pop(0)
+    assert _params_options(_common.parser("a stage")) == want
+    for script in sorted((ROOT / "pipelines").glob("*.py")):
+        if script.name == "_common.py":
+            continue
+        tree = ast.parse(script.read_text())
+        flags = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert not flags & set(want), f"{script.name} declares its own {flags & set(want)}"
+        assert "parser" in {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                            for a in n.names}, f"{script.name} does not use _common.parser"  # fmt: skip
+
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert all(" ".join(h.split()) in helped for _, _, h in want.values())

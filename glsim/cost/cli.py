@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glsim.config import params_parser
 from glsim.errors import CommandError
 
 
@@ -52,13 +53,13 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def cmd_train_step(args: argparse.Namespace) -> int:
     """``glsim cost bench --train-step``: the training-step throughput table."""
-    from glsim.config import load_params, parse_sets
+    from glsim.config import params_of_args
     from glsim.cost.measure import format_rows
     from glsim.cost.train_step import train_step_rows, write_train_step
     from glsim.models import check_model_name
     from glsim.utils import set_threads
 
-    params = load_params(args.params, parse_sets(args.set))
+    params = params_of_args(args)
     cost = params.cost
     models = [check_model_name(m) for m in (args.models or cost.models)]
     sizes = args.image_size or [params.data.image_size]
@@ -83,7 +84,7 @@ def cmd_train_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from glsim.config import load_params, parse_sets
+    from glsim.config import params_of_args
     from glsim.cost.report import format_bench
     from glsim.cost.stage import bench_settings, run_bench
     from glsim.runs import cost_files, results_paths
@@ -91,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.train_step:
         return cmd_train_step(args)
-    params = load_params(args.params, parse_sets(args.set))
+    params = params_of_args(args)
     chosen = {
         "models": args.models, "image_sizes": args.image_size, "batch_sizes": args.batch_sizes,
         "repeats": args.repeats, "warmup": args.warmup, "min_time": args.min_time,
@@ -179,12 +180,8 @@ def add_cost_commands(subparsers) -> None:
         "fresh process per model over its after-import peak) per model, image size and batch "
         "size; the best batch per model; CSV, JSON and accuracy trade-off plots. Defaults "
         "come from the `cost` section of the params file.",
+        parents=[params_parser()],
     )
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a param, e.g. model.backbone.name=vit_base_patch16_224",
-    )  # fmt: skip
     p.add_argument("--models", nargs="+", help="registered model names (default: cost.models)")
     p.add_argument("--image-size", type=int, nargs="+", help="default: cost.image_sizes")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="default: cost.batch_sizes")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from glsim.config import params_of_args, params_parser
 from glsim.data.registry import (
     dataset_status,
     default_name,
@@ -59,10 +60,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Errors propagate to :func:`glsim.errors.guarded` (one ``error:`` line, exit 2)."""
     params = None
-    if args.params and Path(args.params).is_file():
-        from glsim.config import load_params
-
-        params = load_params(args.params)
+    if Path(args.params).is_file():  # for generated datasets and data.raw_dir
+        params = params_of_args(args)
     root = args.root or (params.data.raw_dir if params is not None else DEFAULT_ROOT)
     name = args.name or default_name(args.source)
     if args.name:
@@ -92,7 +91,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="raw-data root (params data.raw_dir)")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("prepare", help="download -> verify -> extract -> manifest")
+    p = sub.add_parser(
+        "prepare", help="download -> verify -> extract -> manifest", parents=[params_parser()]
+    )
     p.add_argument("source", help="registered name, or imagefolder:PATH / csv:FILE")
     p.add_argument(
         "--name",
@@ -102,7 +103,6 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     p.add_argument("--root", default=None, help="raw-data root (default: params data.raw_dir)")
     p.add_argument("--overrides", default=None, help="registry overrides YAML (mirrors, checksums)")
-    p.add_argument("--params", default="params.yaml", help="params file (for generated datasets)")
     p.add_argument("--force", action="store_true", help="parse again even if manifest.csv exists")
     p.add_argument(
         "--allowed-root",

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from glsim.config import params_of_args, params_parser
+
 
 def cmd_show(args: argparse.Namespace) -> int:
     from glsim.tracking.registry import describe_model, format_model
@@ -22,10 +24,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from glsim.config import load_params
     from glsim.tracking.registry import register_and_promote
 
-    mv, decision = register_and_promote(load_params(args.params), args.dataset, args.model)
+    mv, decision = register_and_promote(params_of_args(args), args.dataset, args.model)
     tags = mv.tags
     print(
         f"{mv.name} v{mv.version}: seed {tags.get('seed')} (lowest final train loss of "
@@ -84,10 +85,10 @@ def add_tracking_commands(subparsers: argparse._SubParsersAction) -> None:
         "val top-1, measured on the same split and seeds as the champion's, beats the "
         "champion's by more than registry.margin and validation passed. The test top-1 is "
         "recorded, never compared. A rolled-back version is not promoted again.",
+        parents=[params_parser()],
     )
     promote.add_argument("dataset")
     promote.add_argument("model")
-    promote.add_argument("--params", type=Path, default=Path("params.yaml"))
     promote.set_defaults(func=cmd_promote)
 
     back = reg.add_parser("rollback", help="move `champion` back to its previous holder")
