@@ -413,8 +413,11 @@ def pretrain_key(params: Params) -> str:
     from glsim.utils import resolve_device
 
     bb = params.model.backbone
+    exclude = set(PRETRAIN_KEY_EXCLUDES)
+    if params.pretrain.task != "self_distillation":  # its section changes nothing then
+        exclude.add("self_distillation")
     blob = {
-        "pretrain": params.pretrain.model_dump(mode="json", exclude=set(PRETRAIN_KEY_EXCLUDES)),
+        "pretrain": params.pretrain.model_dump(mode="json", exclude=exclude),
         "backbone": {"name": bb.name, "overrides": dict(bb.overrides)},
         "image_size": params.data.image_size,
         "seed": params.base.seed,
