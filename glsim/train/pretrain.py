@@ -100,7 +100,7 @@ def upstream_accuracy(
 def upstream_knn_accuracy(
     backbone: VisionTransformer, *, seed: int, count: int, num_classes: int, size: int, mean,
     std, device, task: str, k: int,
-) -> float:
+) -> float:  # fmt: skip
     """Top-1 (%) of a ``k``-NN vote on ``backbone``'s CLS feature: ``count`` labelled
     generated images as the bank, the upstream test images of :func:`upstream_accuracy` as
     the queries (the labels are used here only)."""
@@ -242,8 +242,7 @@ def _pretrain_claimed(
     save_vit_weights(kept, cfg.output)
     report = {
         "task": cfg.task,
-        **({"upstream_eval": f"{cfg.self_distillation.knn_k}-NN on the teacher's CLS feature, "
-            f"{images_task} labels"} if distil else {}),
+        **({"upstream_eval": f"{cfg.self_distillation.knn_k}-NN, CLS feature"} if distil else {}),
         "upstream_test_acc": round(acc, 2),
         "epochs": state.epoch,
         "steps": state.step,

@@ -180,7 +180,8 @@ class SelfDistillation(nn.Module):
             )  # (L*B, 3, s, s)
             local = self.student_head(self.student(local_views))  # (L*B, K)
             student = torch.cat([student, local])  # (V*B, K)
-        student = F.log_softmax(student.float() / self.student_temp, dim=-1).view(-1, b, student.shape[-1])
+        student = F.log_softmax(student.float() / self.student_temp, dim=-1)
+        student = student.view(-1, b, student.shape[-1])  # (V, B, K)
         with torch.no_grad():
             teacher_out = self.teacher_head(self.teacher(global_views)).float()  # (G*B, K)
             teacher = F.softmax((teacher_out - self.centre) / self.teacher_temp, dim=-1)
@@ -223,7 +224,7 @@ class SelfDistillation(nn.Module):
 def knn_classify(
     bank: Tensor, bank_labels: Tensor, queries: Tensor, *, num_classes: int, k: int = 20,
     temperature: float = 0.07,
-) -> Tensor:
+) -> Tensor:  # fmt: skip
     """DINO's weighted k-NN classifier: each query's ``k`` most cosine-similar bank features
     vote for their labels with weight exp(similarity / temperature); returns the (Q,)
     predicted labels.
