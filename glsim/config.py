@@ -500,13 +500,25 @@ class CostParams(_Strict):
 
 class CurveParams(_Strict):
     """The localisation curve (``curve/dvc.yaml``): the upstream pretraining repeated with
-    each of ``seeds`` (as ``base.seed``) for ``epochs`` epochs, the weights kept after every
-    epoch and each snapshot probed (:mod:`glsim.eval.curve`). The rest of the recipe is
-    ``pretrain``'s."""
+    each of ``tasks`` (as ``pretrain.task``) and each of ``seeds`` (as ``base.seed``) for
+    ``epochs`` epochs, the weights kept after every epoch and each snapshot probed
+    (:mod:`glsim.eval.curve`). The rest of the recipe is ``pretrain``'s."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int = Field(12, ge=1, description="pretraining epochs along the curve")
     every: int = Field(1, ge=1, description="probe every this many epochs (and at 0 and the end)")
+    tasks: list[PretrainTask] = Field(
+        default_factory=lambda: ["colour", "self_distillation"],
+        min_length=1,
+        description="the upstream tasks (as pretrain.task), each pretrained and probed",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"curve.tasks {value}: name each task once")
+        return value
 
 
 class RegistryParams(_Strict):

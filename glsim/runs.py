@@ -123,10 +123,12 @@ def pretrain_report(params: Params) -> Path:
     return params.base.reports_dir / "pretrain.json"
 
 
-def localisation_curve_dir(params: Params, seed: int) -> Path:
-    """The localisation curve's pretraining of seed ``seed``: checkpoint, weights of every
-    epoch (``snapshots/``) and their upstream accuracies."""
-    return params.base.runs_dir / "localisation_curve" / f"seed{seed}"
+def localisation_curve_dir(params: Params, seed: int, task: str | None = None) -> Path:
+    """The localisation curve's pretraining of seed ``seed`` on upstream ``task`` (default
+    ``pretrain.task``): checkpoint, weights of every epoch (``snapshots/``) and their
+    upstream accuracies."""
+    root = params.base.runs_dir / "localisation_curve"
+    return root / (task or params.pretrain.task) / f"seed{seed}"
 
 
 def localisation_curve_paths(params: Params) -> dict[str, Path]:
