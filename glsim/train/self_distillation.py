@@ -189,8 +189,7 @@ class SelfDistillation(nn.Module):
         loss = distillation_loss(student, teacher)
         with torch.no_grad():
             self._update_centre(teacher_out)
-            other = 1 if student.shape[0] > 1 else 0
-            agree = student[other].argmax(-1) == teacher[0].argmax(-1)  # (B,)
+            agree = student[1].argmax(-1) == teacher[0].argmax(-1)  # (B,): V >= 2 views
             agreement = torch.stack([agree, ~agree], dim=-1).float()  # (B, 2)
         return loss, agreement
 
