@@ -287,10 +287,56 @@ class ModelParams(_Strict):
     cal: CALParams = CALParams()
 
 
+PretrainTask = Literal["shape_colour", "colour", "self_distillation"]
+
+
+class SelfDistillationParams(_Strict):
+    """``pretrain.task: self_distillation`` (DINO, :mod:`glsim.train.self_distillation`):
+    no labels; defaults sized for the small built-in backbone at 64 px."""
+
+    images: Literal["shape_colour", "colour"] = Field(
+        "colour",
+        description="the generated task whose images it trains on; its labels serve the "
+        "k-NN evaluation only",
+    )
+    global_crops: int = Field(2, ge=1)
+    local_crops: int = Field(4, ge=0)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    local_size: int = Field(32, ge=1, description="local crops' side, px (a multiple of the patch)")
+    out_dim: int = Field(1024, ge=2, description="K, the projection head's output width")
+    hidden_dim: int = Field(256, ge=1)
+    bottleneck_dim: int = Field(64, ge=1)
+    teacher_temp: float = Field(0.04, gt=0)
+    student_temp: float = Field(0.1, gt=0)
+    momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA, cosine to 1 over the run")
+    centre_momentum: float = Field(0.9, ge=0, lt=1)
+    knn_k: int = Field(20, ge=1, description="neighbours of the k-NN upstream accuracy")
+
+    @model_validator(mode="after")
+    def _views(self) -> SelfDistillationParams:
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(
+                    f"pretrain.self_distillation.{name} {[lo, hi]}: needs 0 < low <= high <= 1"
+                )
+        if self.global_crops + self.local_crops < 2:
+            raise ValueError(
+                "pretrain.self_distillation: global_crops + local_crops must be at least 2 "
+                "(the loss compares a teacher view with another student view)"
+            )
+        return self
+
+
 class PretrainParams(_Strict):
     """Upstream pretraining of the backbone on a generated task (stand-in for IN-21k)."""
 
-    task: Literal["shape_colour", "colour"] = "colour"
+    task: PretrainTask = Field(
+        "colour",
+        description="supervised on a generated label (colour, shape_colour) or "
+        "self_distillation (no labels; see self_distillation)",
+    )
     num_classes: int = Field(12, ge=2)
     images_per_epoch: int = Field(8192, ge=1)
     epochs: int = Field(10, ge=1)
@@ -301,6 +347,7 @@ class PretrainParams(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     test_images: int = Field(1024, ge=1)
     output: Path = Path("models/pretrained/backbone.safetensors")
+    self_distillation: SelfDistillationParams = Field(default_factory=SelfDistillationParams)
     stages: list[Literal["backbone"]] = Field(
         default_factory=lambda: ["backbone"],
         description="DVC generates the pretrain stage per item: [] skips it (real weights file)",
@@ -469,13 +516,25 @@ class CostParams(_Strict):
 
 class CurveParams(_Strict):
     """The localisation curve (``curve/dvc.yaml``): the upstream pretraining repeated with
-    each of ``seeds`` (as ``base.seed``) for ``epochs`` epochs, the weights kept after every
-    epoch and each snapshot probed (:mod:`glsim.eval.curve`). The rest of the recipe is
-    ``pretrain``'s."""
+    each of ``tasks`` (as ``pretrain.task``) and each of ``seeds`` (as ``base.seed``) for
+    ``epochs`` epochs, the weights kept after every epoch and each snapshot probed
+    (:mod:`glsim.eval.curve`). The rest of the recipe is ``pretrain``'s."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int = Field(12, ge=1, description="pretraining epochs along the curve")
     every: int = Field(1, ge=1, description="probe every this many epochs (and at 0 and the end)")
+    tasks: list[PretrainTask] = Field(
+        default_factory=lambda: ["colour", "self_distillation"],
+        min_length=1,
+        description="the upstream tasks (as pretrain.task), each pretrained and probed",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"curve.tasks {value}: name each task once")
+        return value
 
 
 class RegistryParams(_Strict):

@@ -123,10 +123,12 @@ def pretrain_report(params: Params) -> Path:
     return params.base.reports_dir / "pretrain.json"
 
 
-def localisation_curve_dir(params: Params, seed: int) -> Path:
-    """The localisation curve's pretraining of seed ``seed``: checkpoint, weights of every
-    epoch (``snapshots/``) and their upstream accuracies."""
-    return params.base.runs_dir / "localisation_curve" / f"seed{seed}"
+def localisation_curve_dir(params: Params, seed: int, task: str | None = None) -> Path:
+    """The localisation curve's pretraining of seed ``seed`` on upstream ``task`` (default
+    ``pretrain.task``): checkpoint, weights of every epoch (``snapshots/``) and their
+    upstream accuracies."""
+    root = params.base.runs_dir / "localisation_curve"
+    return root / (task or params.pretrain.task) / f"seed{seed}"
 
 
 def localisation_curve_paths(params: Params) -> dict[str, Path]:
@@ -417,8 +419,11 @@ def pretrain_key(params: Params) -> str:
     from glsim.utils import resolve_device
 
     bb = params.model.backbone
+    exclude = set(PRETRAIN_KEY_EXCLUDES)
+    if params.pretrain.task != "self_distillation":  # its section changes nothing then
+        exclude.add("self_distillation")
     blob = {
-        "pretrain": params.pretrain.model_dump(mode="json", exclude=set(PRETRAIN_KEY_EXCLUDES)),
+        "pretrain": params.pretrain.model_dump(mode="json", exclude=exclude),
         "backbone": {"name": bb.name, "overrides": dict(bb.overrides)},
         "image_size": params.data.image_size,
         "seed": params.base.seed,

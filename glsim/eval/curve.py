@@ -2,7 +2,9 @@
 GLS find the object?
 
 The upstream pretraining of the backbone (``pretrain``, :mod:`glsim.train.pretrain`) is run
-once per seed of ``curve.seeds`` (as ``base.seed``) for ``curve.epochs`` epochs, keeping the
+once per task of ``curve.tasks`` (as ``pretrain.task``: supervised on a generated label, or
+self-distillation without labels) and seed of ``curve.seeds`` (as ``base.seed``) for
+``curve.epochs`` epochs, keeping the
 weights before the first step and after every epoch, with their upstream test accuracy.
 Every ``curve.every``-th snapshot is probed as the ``probe`` stage probes the default
 backbone (:func:`glsim.eval.localisation.probe_backbone`): GLS, last-layer CLS attention,
@@ -15,8 +17,11 @@ deviation over seeds of the selector is above the mean plus the standard deviati
 of its three controls (the bands do not overlap); "localises" without a measure means on
 both the IoU and the pointing game.
 
-    rows    = [(seed, epoch, step, upstream acc, selector, measure, value, controls)]
-    summary = mean, std over seeds per (epoch, selector, measure) + the verdicts
+    rows    = [(task, seed, epoch, step, upstream acc, selector, measure, value, controls)]
+    summary = per task: mean, std over seeds per (epoch, selector, measure) + the verdicts
+
+The upstream accuracy is the linear head's top-1 for a supervised task and a k-NN top-1
+on the CLS feature for self-distillation (the generated labels used for evaluation only).
 """
 
 from __future__ import annotations
@@ -38,13 +43,18 @@ MEASURES = ("iou", "pointing", "hit_rate", "object_share")
 VERDICT_MEASURES = ("iou", "pointing")  # what "localises" asks of a selector
 
 
-def seed_params(params: Params, seed: int) -> Params:
-    """``params`` for the curve's pretraining of ``seed``: ``base.seed`` is ``seed``,
-    ``pretrain.epochs`` is ``curve.epochs`` and the weights go to its own folder."""
-    work = runs.localisation_curve_dir(params, seed)
+def seed_params(params: Params, seed: int, task: str) -> Params:
+    """``params`` for the curve's pretraining of ``seed`` on ``task``: ``base.seed`` is
+    ``seed``, ``pretrain.task`` is ``task``, ``pretrain.epochs`` is ``curve.epochs`` and the
+    weights go to its own folder."""
+    work = runs.localisation_curve_dir(params, seed, task)
     base = params.base.model_copy(update={"seed": seed})
     pretrain = params.pretrain.model_copy(
-        update={"epochs": params.curve.epochs, "output": work / "backbone.safetensors"}
+        update={
+            "task": task,
+            "epochs": params.curve.epochs,
+            "output": work / "backbone.safetensors",
+        }
     )
     return params.model_copy(update={"base": base, "pretrain": pretrain})
 
@@ -55,13 +65,14 @@ def probed_epochs(params: Params) -> list[int]:
     return sorted({*range(0, last + 1, params.curve.every), last})
 
 
-def pretrain_seed(params: Params, seed: int) -> Path:
-    """Pretrain (or resume, or find finished) the curve's backbone of ``seed``; returns the
-    snapshot folder, which also holds ``epoch<E>.json`` (step and upstream accuracy)."""
+def pretrain_seed(params: Params, seed: int, task: str) -> Path:
+    """Pretrain (or resume, or find finished) the curve's backbone of ``seed`` on ``task``;
+    returns the snapshot folder, which also holds ``epoch<E>.json`` (step and upstream
+    accuracy)."""
     from glsim.train.pretrain import pretrain_backbone
 
-    p = seed_params(params, seed)
-    work = runs.localisation_curve_dir(params, seed)
+    p = seed_params(params, seed, task)
+    work = runs.localisation_curve_dir(params, seed, task)
     snapshots = work / "snapshots"
     pretrain_backbone(
         p, work_dir=work, report_path=work / "pretrain.json", snapshot_dir=snapshots,
@@ -70,7 +81,7 @@ def pretrain_seed(params: Params, seed: int) -> Path:
     return snapshots
 
 
-def probe_rows(params: Params, seed: int, snapshots: Path, data) -> list[dict[str, Any]]:
+def probe_rows(params: Params, task: str, seed: int, snapshots: Path, data) -> list[dict[str, Any]]:
     """One row per probed snapshot, selector and measure; ``data``: the test split as
     :func:`glsim.eval.localisation.probe_data` read it (once for every snapshot)."""
     from glsim.eval.localisation import probe_backbone
@@ -86,7 +97,7 @@ def probe_rows(params: Params, seed: int, snapshots: Path, data) -> list[dict[st
             for measure in MEASURES:
                 rows.append(
                     {
-                        "seed": seed, "epoch": epoch, "step": info["step"],
+                        "task": task, "seed": seed, "epoch": epoch, "step": info["step"],
                         "upstream_acc": info["upstream_test_acc"], "selector": selector,
                         "measure": measure, "value": r[measure],
                         **{c: r[f"{measure}_{c}"] for c in CONTROLS},
@@ -146,9 +157,11 @@ def verdicts(summary: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _table(summary: list[dict[str, Any]], verdict: dict[str, Any], params: Params) -> str:
-    """The markdown table: per probed epoch, upstream accuracy and, for GLS and rollout,
-    IoU and pointing game beside the best control (mean +- std over seeds)."""
+def _table(
+    summary: list[dict[str, Any]], verdict: dict[str, Any], params: Params, task: str
+) -> str:
+    """One task's markdown section: per probed epoch, upstream accuracy and, for GLS and
+    rollout, IoU and pointing game beside the best control (mean +- std over seeds)."""
     cell: dict[tuple, dict[str, Any]] = {
         (i["epoch"], i["selector"], i["measure"]): i for i in summary
     }
@@ -164,12 +177,19 @@ def _table(summary: list[dict[str, Any]], verdict: dict[str, Any], params: Param
             f"{i[f'{best}_std'] * scale:.{digits}f})"
         )
 
+    upstream = (
+        f"Upstream top-1: {params.pretrain.self_distillation.knn_k}-NN on the CLS feature "
+        "(self-distillation trains without labels). "
+        if task == "self_distillation"
+        else ""
+    )
     lines = [
-        f"# Localisation vs pretraining ({params.data.dataset}, {seeds} pretraining seeds "
-        f"{params.curve.seeds}, {params.curve.epochs} epochs)",
+        f"# Localisation vs pretraining, upstream task `{task}` ({params.data.dataset}, "
+        f"{seeds} pretraining seeds {params.curve.seeds}, {params.curve.epochs} epochs)",
         "",
-        "Mean ± std over pretraining seeds; ** = beyond every control's band (mean - std above "
-        "mean + std of the shuffled, centred and random control). Pointing game in %.",
+        f"{upstream}Mean ± std over pretraining seeds; ** = beyond every control's band "
+        "(mean - std above mean + std of the shuffled, centred and random control). "
+        "Pointing game in %.",
         "",
         "| epoch | step | upstream top-1 (%) | GLS IoU | GLS pointing | rollout IoU | rollout pointing |",
         "|---|---|---|---|---|---|---|",
@@ -189,39 +209,48 @@ def _table(summary: list[dict[str, Any]], verdict: dict[str, Any], params: Param
     return "\n".join(lines) + "\n"
 
 
-def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
-    """IoU, pointing game and upstream accuracy against pretraining steps: each selector's
-    mean ± std over seeds, and GLS's centred and shuffled controls dashed."""
+def _plot(summaries: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """One row per task: IoU, pointing game and upstream accuracy against pretraining
+    steps, each selector's mean ± std over seeds, and GLS's centred and shuffled controls
+    dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, measure, label in (
-        (axes[0], "iou", "IoU with the object box"),
-        (axes[1], "pointing", "pointing game (%)"),
-    ):
-        for selector in SELECTORS:
-            items = [i for i in summary if i["selector"] == selector and i["measure"] == measure]
-            x = [i["step"] for i in items]
-            m = [i["mean"] for i in items]
-            s = [i["std"] for i in items]
-            (line,) = ax.plot(x, m, marker="o", ms=3, label=selector)
-            lo = [a - b for a, b in zip(m, s, strict=True)]
-            hi = [a + b for a, b in zip(m, s, strict=True)]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
-            if selector == "gls":
-                for c, style in (("centred", "--"), ("shuffled", ":")):
-                    ax.plot(x, [i[f"{c}_mean"] for i in items], style, color="grey",
-                            label=f"gls {c} control")  # fmt: skip
-        ax.set_xlabel("pretraining steps")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    items = [i for i in summary if i["selector"] == "gls" and i["measure"] == "iou"]
-    axes[2].plot([i["step"] for i in items], [i["upstream_acc_mean"] for i in items], marker="o")
-    axes[2].set_xlabel("pretraining steps")
-    axes[2].set_ylabel("upstream test top-1 (%)")
+    fig, grid = plt.subplots(len(summaries), 3, figsize=(15, 4.2 * len(summaries)), squeeze=False)
+    for axes, (task, summary) in zip(grid, summaries.items(), strict=True):
+        for ax, measure, label in (
+            (axes[0], "iou", "IoU with the object box"),
+            (axes[1], "pointing", "pointing game (%)"),
+        ):
+            for selector in SELECTORS:
+                items = [
+                    i for i in summary if i["selector"] == selector and i["measure"] == measure
+                ]
+                x = [i["step"] for i in items]
+                m = [i["mean"] for i in items]
+                s = [i["std"] for i in items]
+                (line,) = ax.plot(x, m, marker="o", ms=3, label=selector)
+                lo = [a - b for a, b in zip(m, s, strict=True)]
+                hi = [a + b for a, b in zip(m, s, strict=True)]
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+                if selector == "gls":
+                    for c, style in (("centred", "--"), ("shuffled", ":")):
+                        ax.plot(x, [i[f"{c}_mean"] for i in items], style, color="grey",
+                                label=f"gls {c} control")  # fmt: skip
+            ax.set_title(f"{task}: {label}", fontsize=9)
+            ax.set_xlabel("pretraining steps")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+        items = [i for i in summary if i["selector"] == "gls" and i["measure"] == "iou"]
+        axes[2].plot(
+            [i["step"] for i in items], [i["upstream_acc_mean"] for i in items], marker="o"
+        )
+        axes[2].set_title(f"{task}: upstream", fontsize=9)
+        axes[2].set_xlabel("pretraining steps")
+        knn = " (k-NN)" if task == "self_distillation" else ""
+        axes[2].set_ylabel(f"upstream test top-1 (%){knn}")
     fig.tight_layout()
     atomic_write_with(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
@@ -229,33 +258,37 @@ def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
 
 
 def write_outputs(params: Params, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The csv of every row, the summary json, the markdown table and the plot; returns
-    the summary, the verdicts and the paths."""
+    """The csv of every row (a ``task`` column), the summary json (keyed by task), the
+    markdown tables and the plot (one section and one row per task); returns the summaries,
+    the verdicts (both by task) and the paths."""
     paths = runs.localisation_curve_paths(params)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue())
-    summary = summarise(rows)
-    verdict = verdicts(summary)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))  # in curve.tasks order
+    summary = {t: summarise([r for r in rows if r["task"] == t]) for t in tasks}
+    verdict = {t: verdicts(summary[t]) for t in tasks}
     atomic_write_json(
         paths["json"],
         {
             "dataset": params.data.dataset, "seeds": params.curve.seeds,
             "epochs": params.curve.epochs, "top_k": params.model.glsim.top_k,
-            "verdicts": verdict, "summary": summary,
+            "tasks": {t: {"verdicts": verdict[t], "summary": summary[t]} for t in tasks},
         },
     )  # fmt: skip
-    atomic_write_text(paths["md"], _table(summary, verdict, params))
+    sections = [_table(summary[t], verdict[t], params, t) for t in tasks]
+    atomic_write_text(paths["md"], "\n".join(sections))
     _plot(summary, paths["png"])
     return {"summary": summary, "verdicts": verdict, "paths": paths}
 
 
 def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
-    """Pretrain every seed (keyed and resumable), probe its snapshots, write the outputs
-    (:func:`glsim.runs.localisation_curve_paths`) and log them, with the mean curves as
-    metrics at their pretraining steps, to one MLflow run. Returns the verdicts.
+    """Pretrain every task and seed (keyed and resumable), probe the snapshots, write the
+    outputs (:func:`glsim.runs.localisation_curve_paths`) and log them, with the mean
+    curves as metrics at their pretraining steps, to one MLflow run. Returns the verdicts
+    by task.
 
     The dataset must carry object boxes (the built-in one does); one without is refused
     before any pretraining."""
@@ -271,11 +304,12 @@ def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
             "cannot be measured on it; run the curve on the built-in synthetic_fg"
         )
     rows = []
-    for seed in params.curve.seeds:
-        snapshots = pretrain_seed(params, seed)
-        set_threads(params.base.num_threads)  # the probe's rates depend on it
-        rows += probe_rows(params, seed, snapshots, data)
-        print(f"seed {seed}: {len(probed_epochs(params))} snapshots probed", flush=True)
+    for task in params.curve.tasks:
+        for seed in params.curve.seeds:
+            snapshots = pretrain_seed(params, seed, task)
+            set_threads(params.base.num_threads)  # the probe's rates depend on it
+            rows += probe_rows(params, task, seed, snapshots, data)
+            print(f"{task} seed {seed}: {len(probed_epochs(params))} snapshots probed", flush=True)
     out = write_outputs(params, rows)
     if track:
         from glsim.tracking.mlflow import Tracker
@@ -288,14 +322,15 @@ def localisation_curve(params: Params, *, track: bool = True) -> dict[str, Any]:
         ) as tracker:
             tracker.log_params({"curve": params.curve.model_dump(mode="json"),
                                 "pretrain": params.pretrain.model_dump(mode="json")})  # fmt: skip
-            for item in out["summary"]:
-                if item["measure"] in VERDICT_MEASURES:
-                    name = f"{item['selector']}/{item['measure']}"
-                    tracker.log_metrics(
-                        {name: item["mean"], f"{name}_std": item["std"],
-                         **{f"{name}_{c}": item[f"{c}_mean"] for c in CONTROLS}},
-                        step=int(item["step"]),
-                    )  # fmt: skip
+            for task, summary in out["summary"].items():
+                for item in summary:
+                    if item["measure"] in VERDICT_MEASURES:
+                        name = f"{task}/{item['selector']}/{item['measure']}"
+                        tracker.log_metrics(
+                            {name: item["mean"], f"{name}_std": item["std"],
+                             **{f"{name}_{c}": item[f"{c}_mean"] for c in CONTROLS}},
+                            step=int(item["step"]),
+                        )  # fmt: skip
             for path in out["paths"].values():
                 tracker.log_artifact(path, artifact_path="localisation_curve")
     return out["verdicts"]

@@ -128,6 +128,15 @@ def _forward(
     return compute_loss(net, images, targets, criterion)
 
 
+def after_optimizer_step(net: nn.Module) -> None:
+    """A model's own ``after_optimizer_step`` when it has one (self-distillation's EMA
+    teacher update), also under :func:`distribute`'s wrapping."""
+    model = net.module.model if isinstance(net, DistributedDataParallel) else net
+    hook = getattr(model, "after_optimizer_step", None)
+    if hook is not None:
+        hook()
+
+
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """timm's optimiser named by ``recipe.optimizer`` (momentum only for the SGD family)."""
     return create_optimizer_v2(
@@ -234,6 +243,7 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
+    after_optimizer_step(model)
     with torch.no_grad():
         correct = (logits.argmax(-1) == targets).sum()
     return loss.detach(), correct

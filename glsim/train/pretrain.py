@@ -1,5 +1,9 @@
 """Upstream pretraining of the backbone on the generated task (the stand-in for ImageNet-21k).
 
+``pretrain.task`` is supervised (``colour`` or ``shape_colour``: a linear head on the
+generated label) or ``self_distillation`` (DINO on the same images without their labels,
+:mod:`glsim.train.self_distillation`; the teacher's backbone is kept).
+
 The result is a plain ``.safetensors`` weights file that ``vit`` and ``glsim`` load through
 the same local-weights path a real ImageNet-21k file takes.
 """
@@ -22,6 +26,7 @@ from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
 from glsim.runs import pretrain_dir, pretrain_key, pretrain_report
 from glsim.train.claim import claim
 from glsim.train.loop import Recipe, fit
+from glsim.train.self_distillation import AGREE, SelfDistillation, knn_classify
 from glsim.utils import (
     _atomic,
     atomic_torch_save,
@@ -92,6 +97,32 @@ def upstream_accuracy(
     return 100.0 * correct / count
 
 
+@torch.no_grad()
+def upstream_knn_accuracy(
+    backbone: VisionTransformer, *, seed: int, count: int, num_classes: int, size: int, mean,
+    std, device, task: str, k: int,
+) -> float:  # fmt: skip
+    """Top-1 (%) of a ``k``-NN vote on ``backbone``'s CLS feature: ``count`` labelled
+    generated images as the bank, the upstream test images of :func:`upstream_accuracy` as
+    the queries (the labels are used here only)."""
+    backbone.eval()
+
+    def features(stream_seed: list[int]) -> tuple[Tensor, Tensor]:
+        images, labels = upstream_batch(
+            stream_seed, count, num_classes=num_classes, size=size, task=task
+        )
+        feats = [
+            backbone(_to_tensor(images[i : i + 256], mean, std).to(device)).cpu()
+            for i in range(0, count, 256)
+        ]  # (B, D) each: the CLS feature (no head)
+        return torch.cat(feats), torch.from_numpy(labels)
+
+    bank, bank_labels = features([seed, 10**6 + 1])
+    queries, labels = features([seed, 10**6])
+    predicted = knn_classify(bank, bank_labels, queries, num_classes=num_classes, k=k)
+    return 100.0 * (predicted == labels).float().mean().item()
+
+
 def snapshot_path(snapshot_dir: str | Path, epoch: int) -> Path:
     """The weights file of pretraining epoch ``epoch`` (0: the initial weights)."""
     return Path(snapshot_dir) / f"epoch{epoch:03d}.safetensors"
@@ -146,9 +177,23 @@ def _pretrain_claimed(
         params.base.num_threads, params.base.deterministic, device, params.base.numerics
     )
     seed_everything(params.base.seed)  # the initial weights depend on the seed only
-    model = create_vit(bb.name, image_size=size, num_classes=cfg.num_classes, **bb.overrides)
-    mean, std = pretrained_norm(model)
     steps = max(1, cfg.images_per_epoch // cfg.batch_size)
+    distil = cfg.task == "self_distillation"
+    if distil:
+        sd = cfg.self_distillation
+        # the local views are smaller than the global ones: position embeddings resampled
+        backbone = create_vit(
+            bb.name, image_size=size, num_classes=0, **{**bb.overrides, "dynamic_img_size": True}
+        )
+        model = SelfDistillation(
+            backbone, total_steps=cfg.epochs * steps,
+            **sd.model_dump(exclude={"images", "knn_k"}),
+        )  # fmt: skip
+        kept, images_task = model.teacher, sd.images
+    else:
+        model = create_vit(bb.name, image_size=size, num_classes=cfg.num_classes, **bb.overrides)
+        kept, images_task = model, cfg.task
+    mean, std = pretrained_norm(kept)
     recipe = Recipe(
         epochs=cfg.epochs,
         lr=cfg.lr,
@@ -162,19 +207,24 @@ def _pretrain_claimed(
     key = pretrain_key(params)
 
     def loader_for_epoch(epoch: int):
-        return upstream_stream(
+        stream = upstream_stream(
             seed=seed, epoch=epoch, steps=steps, batch_size=cfg.batch_size,
-            num_classes=cfg.num_classes, size=size, mean=mean, std=std, task=cfg.task,
+            num_classes=cfg.num_classes, size=size, mean=mean, std=std, task=images_task,
         )  # fmt: skip
+        if distil:  # no labels: the targets only count teacher-student agreement
+            return ((x, torch.full_like(y, AGREE)) for x, y in stream)
+        return stream
 
     def accuracy() -> float:
-        return upstream_accuracy(
-            model, seed=seed, count=cfg.test_images, num_classes=cfg.num_classes, size=size,
-            mean=mean, std=std, device=device, task=cfg.task,
+        evaluate = upstream_knn_accuracy if distil else upstream_accuracy
+        extra = {"k": cfg.self_distillation.knn_k} if distil else {}
+        return evaluate(
+            kept, seed=seed, count=cfg.test_images, num_classes=cfg.num_classes, size=size,
+            mean=mean, std=std, device=device, task=images_task, **extra,
         )  # fmt: skip
 
     def snapshot(epoch: int, step: int) -> None:
-        path = save_vit_weights(model, snapshot_path(snapshot_dir, epoch))
+        path = save_vit_weights(kept, snapshot_path(snapshot_dir, epoch))
         if snapshot_info:
             info = {"epoch": epoch, "step": step, "upstream_test_acc": round(accuracy(), 2)}
             atomic_write_json(path.with_suffix(".json"), info)
@@ -192,9 +242,10 @@ def _pretrain_claimed(
         out_dir=work_dir, seed=seed, device=device, run_key=key, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     acc = accuracy()
-    save_vit_weights(model, cfg.output)
+    save_vit_weights(kept, cfg.output)
     report = {
         "task": cfg.task,
+        **({"upstream_eval": f"{cfg.self_distillation.knn_k}-NN, CLS feature"} if distil else {}),
         "upstream_test_acc": round(acc, 2),
         "epochs": state.epoch,
         "steps": state.step,

@@ -12,6 +12,7 @@ from tiny import tiny_params
 
 from glsim import protocol, runs
 from glsim.eval import curve
+from glsim.eval.localisation import probe_data
 from glsim.train.pretrain import pretrain_backbone, snapshot_path
 
 
@@ -19,7 +20,9 @@ from glsim.train.pretrain import pretrain_backbone, snapshot_path
 def sharded(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    params = tiny_params(tmp_path, curve={"seeds": [0, 1], "epochs": 3, "every": 2})
+    params = tiny_params(
+        tmp_path, curve={"seeds": [0, 1], "epochs": 3, "every": 2, "tasks": ["colour"]}
+    )
     protocol.prepare(params)
     protocol.shard(params)
     return params
@@ -55,9 +58,9 @@ def test_curve_end_to_end(sharded):
         rows = list(csv.DictReader(f))
     # 2 seeds x 3 snapshots x 4 selectors x 4 measures
     assert len(rows) == 2 * 3 * 4 * 4
-    assert {r["seed"] for r in rows} == {"0", "1"}
-    summary = json.loads(paths["json"].read_text())
-    assert set(summary["verdicts"]) == set(curve.SELECTORS) == set(verdict)
+    assert {r["seed"] for r in rows} == {"0", "1"} and {r["task"] for r in rows} == {"colour"}
+    summary = json.loads(paths["json"].read_text())["tasks"]["colour"]
+    assert set(summary["verdicts"]) == set(curve.SELECTORS) == set(verdict["colour"])
     assert len(summary["summary"]) == 3 * 4 * 4
     assert "| epoch | step |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
@@ -75,7 +78,39 @@ def test_curve_end_to_end(sharded):
         experiment_names=[params.base.experiment],
         filter_string="tags.stage = 'localisation_curve'",
     )
-    assert len(found) == 1 and "metrics.gls_iou" in found.columns  # the tracker writes / as _
+    assert len(found) == 1 and "metrics.colour_gls_iou" in found.columns  # the tracker: / as _
+
+
+def test_curve_of_two_tasks_side_by_side(sharded, tmp_path):
+    # the supervised task's rows are those of a curve of that task alone; self-distillation's
+    # sit beside them in the csv, the json, the markdown and the plot
+    params = sharded.model_copy(deep=True)
+    params.curve.seeds, params.curve.epochs, params.curve.every = [0], 2, 2
+    params.pretrain.self_distillation.local_size = 16
+    params.pretrain.self_distillation.out_dim = 64
+    alone = curve.write_outputs(
+        params, curve.probe_rows(params, "colour", 0, curve.pretrain_seed(params, 0, "colour"),
+                                 probe_data(params)),
+    )  # fmt: skip
+    params.curve.tasks = ["colour", "self_distillation"]
+    verdict = curve.localisation_curve(params, track=False)
+    assert list(verdict) == ["colour", "self_distillation"]
+    paths = runs.localisation_curve_paths(params)
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["task"] for r in rows] == ["colour"] * 2 * 16 + ["self_distillation"] * 2 * 16
+    summary = json.loads(paths["json"].read_text())["tasks"]
+    assert summary["colour"]["summary"] == json.loads(json.dumps(alone["summary"]["colour"]))
+    assert summary["colour"]["verdicts"] == verdict["colour"]
+    distil = [r for r in rows if r["task"] == "self_distillation"]
+    assert [r["value"] for r in distil] != [r["value"] for r in rows if r["task"] == "colour"]
+    md = paths["md"].read_text()
+    assert "upstream task `colour`" in md and "upstream task `self_distillation`" in md
+    assert "20-NN on the CLS feature" in md
+    pretrained = json.loads(
+        (runs.localisation_curve_dir(params, 0, "self_distillation") / "pretrain.json").read_text()
+    )
+    assert pretrained["task"] == "self_distillation"
 
 
 def test_verdict_needs_bands_apart_on_both_measures():
