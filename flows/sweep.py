@@ -27,7 +27,7 @@ Retries: only what may be transient (I/O, tracking, a crashed or lost worker): t
 after a delay. A diverged run (``TrainingDiverged``) and bad input fail at once.
 
     python -m flows.sweep --local                 # this machine, in-process
-    prefect deployment run glsim-sweep/sweep      # on the cluster (README)
+    prefect deployment run glsim-sweep/sweep      # on the cluster (docs/operations.md)
 """
 
 from __future__ import annotations
