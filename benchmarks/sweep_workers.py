@@ -1,4 +1,4 @@
-"""Wall time of the tiny cluster sweep (README, "Cluster sweeps with Prefect", on one
+"""Wall time of the tiny cluster sweep (docs/operations.md, "Cluster sweeps with Prefect", on one
 machine) with 1 worker and with N workers of one GPU slot each, measured in one run.
 
 Each trial is the README's loopback set-up from scratch: a fresh ``prefect server``, a

@@ -27,12 +27,13 @@ Retries: only what may be transient (I/O, tracking, a crashed or lost worker): t
 after a delay. A diverged run (``TrainingDiverged``) and bad input fail at once.
 
     python -m flows.sweep --local                 # this machine, in-process
-    prefect deployment run glsim-sweep/sweep      # on the cluster (README)
+    prefect deployment run glsim-sweep/sweep      # on the cluster (docs/operations.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -158,17 +159,52 @@ def train(
         logger.info("%s: finished under its run key and evaluated; not submitted", run)
         return "skipped"
     if use_deployments:
-        from prefect.deployments import run_deployment
-
-        flow_run = run_deployment(
-            deployment, parameters=req, flow_run_name=run, timeout=None, poll_interval=poll_s,
-            tags=["glsim", req["kind"]],
-        )  # fmt: skip
-        state = flow_run.state
+        state = run_on_a_worker(run, req, deployment, poll_s)
     else:  # in this process, one run at a time: no GPU limit to hold
+        logger.info("%s: started here", run)
+        start = time.monotonic()
         state = train_one(**req, gpu_limit=False, return_state=True)
+        logger.info("%s", ended(run, state, "here", time.monotonic() - start))
     raise_for_state(state, run)
     return "trained"
+
+
+def run_on_a_worker(run: str, req: dict[str, Any], deployment: str, poll_s: float):
+    """Submit one run to ``deployment`` and wait for its flow run to end; its final state.
+
+    Says when a worker starts it and when it ends, with the worker's name (Prefect's
+    ``--name``), how long it ran and, when it did not complete, why: one line each in the
+    sweep's log, so the sweep's shell shows every run's progress."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    submitted = run_deployment(
+        deployment, parameters=req, flow_run_name=run, timeout=0, tags=["glsim", req["kind"]]
+    )
+    seen_running = False
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(submitted.id)
+            state = flow_run.state
+            worker = flow_run.labels.get("prefect.worker.name", "a worker")
+            if not seen_running and flow_run.start_time:
+                seen_running = True
+                logger.info("%s: started on %s", run, worker)
+            if state.is_final():
+                took = None
+                if flow_run.start_time and flow_run.end_time:
+                    took = (flow_run.end_time - flow_run.start_time).total_seconds()
+                logger.info("%s", ended(run, state, f"on {worker}", took))
+                return state
+            time.sleep(poll_s)
+
+
+def ended(run: str, state, where: str, seconds: float | None) -> str:
+    """``<run>: <state> <where> after <s> s[: <why>]``: one run's end, one line."""
+    took = f" after {seconds:.0f} s" if seconds is not None else ""
+    why = "" if state.is_completed() or not state.message else f": {state.message}"
+    return f"{run}: {state.name} {where}{took}{why}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,7 +219,7 @@ def sweep(
     use_deployments: bool = True,
     deployment: str = DEPLOYMENT,
     track: bool = True,
-    poll_s: float = 10.0,
+    poll_s: float = 5.0,
     register_models: bool = True,
     throughput: str | None = None,
 ) -> dict[str, Any]:

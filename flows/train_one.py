@@ -11,14 +11,20 @@ A finished run (same run key) is skipped by ``train_run``; a killed one resumes 
 ``last.pt``. A diverged run ends in a ``Failed`` state named ``Diverged``, and bad input
 (params, data, a missing LR-search report) in one named ``BadInput``: the sweep retries
 neither (nor a cancelled run), only what may be transient (a crash, a lost node, I/O).
+Every error of :func:`glsim.errors.user_errors` (a tracking server that does not answer
+among them) and a full disk end the flow run in a ``Failed`` state and one ``error:`` line
+in its log, as the stage scripts print it, not a traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.exceptions import FailedRun
 from prefect.states import Failed, State
 
 from flows import gpu, steps
@@ -27,6 +33,31 @@ DIVERGED = "Diverged"
 BAD_INPUT = "BadInput"
 FLOW_NAME = "glsim-train-one"
 DEPLOYMENT = f"{FLOW_NAME}/train-one"  # prefect.yaml
+
+
+class NoTracebackOfAReturnedState(logging.Filter):
+    """Drops the traceback Prefect's engine logs, in a worker's flow-run process, when a flow
+    run ends in a ``Failed`` state its flow returned: the engine reads the state's result,
+    which raises ``FailedRun``, and logs "Engine execution exited with unexpected exception"
+    with that traceback (Prefect's code, not the run's). :func:`train_one` has logged the
+    ``error:`` line by then, and Prefect its "Finished in state Failed(...)" line. Any other
+    exception (a bug raised in the flow) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(raised, FailedRun) and "unexpected exception" in str(record.msg))
+
+
+def _drop_tracebacks_of_returned_states() -> None:
+    """On the engine's flow-run and process loggers, once per process (at import: the
+    worker's flow-run process imports this module to load the flow)."""
+    for name in ("prefect.flow_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoTracebackOfAReturnedState) for f in logger.filters):
+            logger.addFilter(NoTracebackOfAReturnedState())
+
+
+_drop_tracebacks_of_returned_states()
 
 
 class RunFailed(RuntimeError):
@@ -114,6 +145,7 @@ def train_one(
     Returns:
         The run's evaluation report (pretraining: its report) and ``slot``, the GPU hold.
     """
+    from glsim.errors import describe_os_error, user_errors
     from glsim.train.loop import TrainingDiverged
 
     req = request(params_file, overrides, dataset, kind, name, seed, lr, track)
@@ -131,11 +163,20 @@ def train_one(
                 params, kind, name, seed, lr, track=track, request=req, nproc=nproc
             )
     except TrainingDiverged as err:  # loud, and never retried
-        logger.error("%s diverged: %s", run, err)
+        logger.error("error: %s diverged: %s", run, err)
         return Failed(name=DIVERGED, message=str(err))
     except not_transient() as err:
-        logger.error("%s: %s: %s", run, type(err).__name__, err)
+        logger.error("error: %s: %s", run, err)
         return Failed(name=BAD_INPUT, message=f"{type(err).__name__}: {err}")
+    except user_errors() as err:  # may pass (a server back, a download, a folder released)
+        logger.error("error: %s: %s", run, err)
+        return Failed(message=f"{type(err).__name__}: {err}")  # the sweep retries it
+    except OSError as err:  # a full disk or a permission, named; any other keeps its traceback
+        described = describe_os_error(err)
+        if described is None:
+            raise
+        logger.error("error: %s: %s", run, described)
+        return Failed(message=f"{type(err).__name__}: {described}")
     if gpu_limit:
         from prefect.artifacts import create_table_artifact
 

@@ -13,6 +13,7 @@ from glsim.inference import add_predict_command
 from glsim.numerics import apply_profile_of
 from glsim.plan import add_plan_command
 from glsim.tracking.cli import add_tracking_commands
+from glsim.wait import add_wait_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_commands(subparsers)
     add_export_commands(subparsers)
     add_plan_command(subparsers)
+    add_wait_command(subparsers)
     return parser
 
 

@@ -6,7 +6,7 @@ from _common import params_from, parser, run
 
 from glsim.protocol import skip_unlisted_seed, train_final
 from glsim.runs import RunSpec
-from glsim.train.distributed import teardown
+from glsim.train.distributed import from_env, teardown
 
 
 def main() -> None:
@@ -20,7 +20,9 @@ def main() -> None:
         print(skipped)
         return
     try:
-        print(f"run: {train_final(params, args.model, args.seed)}")
+        run_dir = train_final(params, args.model, args.seed)
+        if from_env().is_main:  # under torchrun: once, not once per rank
+            print(f"run: {run_dir}")
     finally:
         teardown()  # under torchrun: leave the process group (NCCL warns of a leak otherwise)
 

@@ -1,8 +1,11 @@
 """Which failures of a training run are retried: a crash or I/O error is, twice; a diverged
-run or bad input is not, and says so in its flow run's state (training stubbed out)."""
+run or bad input is not, and says so in its flow run's state (training stubbed out). A
+glsim error is one ``error:`` line in the flow run's log, not a traceback, and the sweep
+says when each run starts and how it ends."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -11,6 +14,7 @@ from flows import steps
 from flows.sweep import train
 from flows.train_one import BAD_INPUT, DIVERGED, RunFailed, RunNotRetriable, request, train_one
 from glsim.config import ParamsError
+from glsim.errors import TrackingUnavailable
 from glsim.train.claim import RunClaimed
 from glsim.train.loop import TrainingDiverged
 
@@ -32,6 +36,24 @@ def attempts(monkeypatch):
     monkeypatch.setattr(steps, "is_done", lambda *a: False)
     monkeypatch.setattr(steps, "train_and_evaluate", train_and_evaluate)
     return errors, calls
+
+
+@pytest.fixture
+def run_logs():
+    """The records of flow-run and task-run loggers (what a worker's or sweep's shell shows)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.INFO)
+    loggers = [logging.getLogger(f"prefect.{n}") for n in ("flow_runs", "task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield records
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 REQ = request("params.yaml", None, "synthetic_fg", "final", "glsim", 1, track=False)
@@ -102,3 +124,42 @@ def test_a_torchrun_rank_refused_its_claim_is_a_run_claimed(monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
     with pytest.raises(RunClaimed, match=re.escape(CLAIMED)):
         steps.torchrun_train(REQ, 2)
+
+
+DOWN = (
+    "MLflow tracking server http://127.0.0.1:9 is not reachable (connection refused): "
+    "start it (e.g. `mlflow server --host 127.0.0.1 --port 9`)"
+)
+
+
+def test_a_tracking_failure_is_one_error_line_and_is_retried(prefect_harness, attempts, run_logs):
+    errors, calls = attempts
+    errors.append(TrackingUnavailable(DOWN))
+    state = train_one(**REQ, gpu_limit=False, return_state=True)
+    assert state.is_failed() and state.name not in (DIVERGED, BAD_INPUT)
+    assert state.message == f"TrackingUnavailable: {DOWN}"
+    said = [r.getMessage() for r in run_logs if r.getMessage().startswith("error: ")]
+    assert said == [f"error: {RUN}: {DOWN}"]
+    assert not [r for r in run_logs if r.exc_info], "a traceback was logged"
+
+    calls.clear()
+    errors += [TrackingUnavailable(DOWN)] * 3
+    with pytest.raises(RunFailed, match=re.escape(DOWN)):
+        quick(RUN, REQ, False, "unused", 0.1)
+    assert len(calls) == 3  # transient: retried twice
+
+
+def test_the_sweep_says_when_each_run_starts_and_how_it_ends(prefect_harness, attempts, run_logs):
+    errors, _ = attempts
+    assert quick(RUN, REQ, False, "unused", 0.1) == "trained"
+    errors.append(ParamsError("train.lr: bad value"))
+    with pytest.raises(RunNotRetriable):
+        quick(RUN, REQ, False, "unused", 0.1)
+    lines = [r.getMessage() for r in run_logs if r.name == "prefect.task_runs"]
+    progress = [line for line in lines if re.match(rf"{RUN}: (started|\w+) here", line)]
+    assert progress[0] == f"{RUN}: started here"
+    assert re.fullmatch(rf"{RUN}: Completed here after \d+ s", progress[1])
+    assert progress[2] == f"{RUN}: started here"
+    assert re.fullmatch(
+        rf"{RUN}: {BAD_INPUT} here after \d+ s: ParamsError: train.lr: bad value", progress[3]
+    )

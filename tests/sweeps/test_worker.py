@@ -9,12 +9,17 @@
 * A worker killed mid-run (with its flow-run process: the node is lost): the flow run is
   marked crashed, as Prefect's zombie-flow automation does, the sweep's training task
   retries it, another worker takes it, and training resumes from ``last.pt``.
+* A worker whose tracking server does not answer: its flow run fails with one ``error:``
+  line in the worker's log and no traceback, and the sweep's log says which worker
+  started the run and how it ended.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -107,10 +112,11 @@ class Cluster:
         return out.stdout
 
     @contextmanager
-    def worker(self, worker_id: str):
-        """``GLSIM_WORKER_ID=<id> prefect worker start --pool glsim-gpu``, stopped on exit."""
+    def worker(self, worker_id: str, **env: str):
+        """``GLSIM_WORKER_ID=<id> prefect worker start --pool glsim-gpu``, stopped on exit;
+        ``env``: more of the worker's environment."""
         log = open(self.root / f"worker-{worker_id}.log", "w")  # noqa: SIM115
-        env = {**self.env, "GLSIM_WORKER_ID": worker_id}
+        env = {**self.env, "GLSIM_WORKER_ID": worker_id, **env}
         cmd = [PREFECT, "worker", "start", "--pool", POOL, "--name", worker_id, "--type", "process"]
         proc = self._spawn(cmd, log, env)
         try:
@@ -147,7 +153,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """README's set-up: server, pool, ``prefect deploy --all`` (prefect.yaml), no workers."""
+    """docs/operations.md's set-up: server, pool, ``prefect deploy --all`` (prefect.yaml), no workers."""
     if not Path(PREFECT).is_file():
         pytest.skip(f"no prefect command beside {sys.executable}")
     c = Cluster(tmp_path_factory.mktemp("cluster"))
@@ -298,3 +304,52 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
     assert f"epoch {killed}/150" in cluster.log("worker-w2")  # "resuming from ...: epoch N/150"
     history = json.loads((spec.run_dir(p) / "train.json").read_text())["history"]
     assert len(history) == 150 and read_checkpoint(ckpt)["state"]["epoch"] == 150
+
+
+def test_a_run_whose_tracking_server_is_down_is_one_line_in_the_worker_log(cluster, tmp_path):
+    from prefect import flow
+
+    from flows import steps
+    from flows.sweep import train
+    from flows.train_one import DEPLOYMENT, RunFailed, label, request
+    from glsim import protocol
+
+    path, _ = write_tiny_params(tmp_path, pretrained=False, protocol={"lr_grid": [0.01]})
+    params = steps.resolve(path, None, None)
+    protocol.prepare(params)
+    protocol.shard(params)
+    req = request(str(path), None, "synthetic_fg", "lrsearch", "vit", 1, 0.01, track=True)
+    run = label(req)
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    @flow
+    def one_run_of_a_sweep() -> str:
+        return train.with_options(retries=0)(run, req, True, DEPLOYMENT, 1.0)
+
+    handler = Keep(logging.INFO)
+    logging.getLogger("prefect.task_runs").addHandler(handler)
+    try:
+        with (
+            cluster.worker("w-down", MLFLOW_TRACKING_URI=down),
+            cluster.settings(),
+            pytest.raises(RunFailed, match="TrackingUnavailable"),
+        ):
+            one_run_of_a_sweep()
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(handler)
+
+    log = cluster.log("worker-w-down")
+    errors = [line for line in log.splitlines() if "error: " in line]
+    assert len(errors) == 1 and down in errors[0], log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
+    progress = [line for line in said if line.startswith(f"{run}: ")]
+    assert progress[0] == f"{run}: started on w-down", said
+    assert re.match(
+        rf"{re.escape(run)}: Failed on w-down after \d+ s: TrackingUnavailable: ", progress[1]
+    )
