@@ -125,7 +125,8 @@ def search_measure(params: Params, model: str, lr: float) -> tuple[float | None,
 def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
     """Read every seed's eval report of ``model`` on ``dataset`` (``protocol.seeds``) and pick
     the seed to register: the lowest final train loss (ties: the earlier seed); the test
-    top-1 is reported, not read for the choice."""
+    top-1 is reported, not read for the choice. Every report must be of its run's current
+    key (:class:`RegistryError` otherwise)."""
     from glsim.eval.tables import aggregate, load_reports
 
     if model not in params.protocol.models:
@@ -148,6 +149,17 @@ def best_candidate(params: Params, dataset: str, model: str) -> Candidate:
         raise RegistryError(
             f"{dataset}/{model}: the seeds' eval reports are of different LRs ({sorted(lrs)}); "
             "retrain and evaluate every seed at the chosen LR first"
+        )
+    stale = [
+        f"{paths[s]} (key {r.get('run_key')})"
+        for s, r in reports.items()
+        if r.get("run_key") != runs.run_key(p, runs.RunSpec(model, s, lr=float(r["lr"])))
+    ]
+    if stale:  # seeds of two configurations are never averaged, nor one registered
+        raise RegistryError(
+            f"{dataset}/{model}: eval report(s) not of the runs' current key (their data, "
+            f"backbone, code or params changed since): {', '.join(stale)}; retrain and "
+            "evaluate them first (dvc repro)"
         )
     run_dirs = {s: runs.RunSpec(model=model, seed=s).run_dir(p) for s in seeds}
     loss = {s: _final_train_loss(run_dirs[s], dataset, model, s) for s in seeds}

@@ -503,3 +503,14 @@ def test_retrained_run_registers_its_new_weights(shared_server, tmp_path, monkey
         loaded = mlflow.pytorch.load_model(f"models:/{v1.name}@{alias}").eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), want, atol=1e-6, rtol=0)
+
+
+def test_a_seed_report_of_another_key_is_refused(shared_server, tmp_path):
+    """Two configurations' seeds are never averaged into one top1_mean: a seed's report of
+    another run key stops the registration in one line, before anything is registered."""
+    lab = Lab(tmp_path / "stale", shared_server.uri)
+    lab.finish("vit", {1: 60.0, 2: 50.0}, loss={1: 0.9, 2: 0.5}, val=70.0)
+    report = runs.eval_report(lab.p, "vit", 1)
+    lab.write(report, {**json.loads(report.read_text()), "run_key": "0123456789abcdef"})
+    with pytest.raises(RegistryError, match=r"seed1\.json \(key 0123456789abcdef\)"):
+        lab.promote("vit")
