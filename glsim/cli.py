@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from glsim.cost import add_cost_commands
 from glsim.data.cli import add_data_commands
@@ -10,6 +11,7 @@ from glsim.errors import debug_requested, guarded
 from glsim.explain import add_explain_command
 from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
+from glsim.launch import add_torchrun_command, torchrun
 from glsim.numerics import apply_profile_of
 from glsim.plan import add_plan_command
 from glsim.tracking.cli import add_tracking_commands
@@ -29,11 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_commands(subparsers)
     add_export_commands(subparsers)
     add_plan_command(subparsers)
+    add_torchrun_command(subparsers)
     add_wait_command(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["torchrun"]:  # every argument is torchrun's: argparse would claim some
+        return guarded(lambda: torchrun(argv[1:]), debug=debug_requested([]))
     args = build_parser().parse_args(argv)
 
     def command() -> int | None:

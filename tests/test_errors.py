@@ -182,3 +182,29 @@ def test_training_names_an_image_that_does_not_decode_by_the_users_file(tmp_path
     spec = RunSpec("vit", 1, lr=0.01, kind=kind)
     with pytest.raises(ShardError, match=rf"image {bad} \(sample '.*'\) does not decode"):
         train_run(params, spec, track=False)
+
+
+@pytest.mark.integration
+def test_glsim_torchrun_exits_2_with_the_ranks_error_line(tmp_path):
+    """Under ``glsim torchrun`` a rank's input error is the launcher's exit status 2 and the
+    rank's one line, not torchrun's ChildFailedError summary and status 1."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    tree = _tiny(tmp_path, **{"data.image_size": 30}).model_dump(mode="json")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    out = subprocess.run(
+        [sys.executable, "-m", "glsim.cli", "torchrun", "--standalone", "--nproc_per_node=2",
+         "pipelines/train.py", "--params", str(params), "--model", "vit", "--seed", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "ChildFailedError" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()  # each rank's own line, nothing else
+    assert len(lines) == 2 and len(set(lines)) == 1, out.stderr
+    assert lines[0].startswith("error:") and "last 6 px" in lines[0]
+    assert not (tmp_path / "runs").exists()
