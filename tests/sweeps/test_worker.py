@@ -153,7 +153,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """docs/operations.md's set-up: server, pool, ``prefect deploy --all`` (prefect.yaml), no workers."""
+    """The set-up of docs/operations.md: server, pool, ``prefect deploy --all``, no workers."""
     if not Path(PREFECT).is_file():
         pytest.skip(f"no prefect command beside {sys.executable}")
     c = Cluster(tmp_path_factory.mktemp("cluster"))
