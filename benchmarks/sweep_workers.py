@@ -1,7 +1,7 @@
 """Wall time of the tiny cluster sweep (docs/operations.md, "Cluster sweeps with Prefect", on one
 machine) with 1 worker and with N workers of one GPU slot each, measured in one run.
 
-Each trial is the README's loopback set-up from scratch: a fresh ``prefect server``, a
+Each trial is docs/operations.md's loopback set-up from scratch: a fresh ``prefect server``, a
 fresh ``mlflow server`` (sqlite, proxied artifacts), the ``glsim-gpu`` process pool,
 ``prefect deploy --all``, the workers (``GLSIM_GPU_SLOTS=1``, ``--limit 1``), then the
 timed part: ``python -m flows.sweep --params configs/tiny-sweep.yaml`` until it returns,

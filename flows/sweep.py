@@ -39,6 +39,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import steps
@@ -169,7 +170,7 @@ def train(
     return "trained"
 
 
-def run_on_a_worker(run: str, req: dict[str, Any], deployment: str, poll_s: float):
+def run_on_a_worker(run: str, req: dict[str, Any], deployment: str, poll_s: float) -> State:
     """Submit one run to ``deployment`` and wait for its flow run to end; its final state.
 
     Says when a worker starts it and when it ends, with the worker's name (Prefect's
@@ -200,7 +201,7 @@ def run_on_a_worker(run: str, req: dict[str, Any], deployment: str, poll_s: floa
             time.sleep(poll_s)
 
 
-def ended(run: str, state, where: str, seconds: float | None) -> str:
+def ended(run: str, state: State, where: str, seconds: float | None) -> str:
     """``<run>: <state> <where> after <s> s[: <why>]``: one run's end, one line."""
     took = f" after {seconds:.0f} s" if seconds is not None else ""
     why = "" if state.is_completed() or not state.message else f": {state.message}"

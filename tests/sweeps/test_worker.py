@@ -1,4 +1,4 @@
-"""The cluster set-up of the README on loopback: a real ``prefect server start``, the
+"""The cluster set-up of docs/operations.md on loopback: a real ``prefect server start``, the
 ``glsim-gpu`` process work pool, ``prefect deploy --all`` of the repository's
 ``prefect.yaml`` and real process workers (``prefect worker start``), each with its own
 ``gpu-<id>`` limit. Servers and workers are started and stopped here, bounded in time.
@@ -153,7 +153,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """docs/operations.md's set-up: server, pool, ``prefect deploy --all`` (prefect.yaml), no workers."""
+    """The set-up of docs/operations.md: server, pool, ``prefect deploy --all``, no workers."""
     if not Path(PREFECT).is_file():
         pytest.skip(f"no prefect command beside {sys.executable}")
     c = Cluster(tmp_path_factory.mktemp("cluster"))
@@ -192,7 +192,7 @@ def test_a_sweep_through_a_one_slot_worker_never_overlaps_its_runs(cluster, tmp_
     from prefect.deployments import run_deployment
 
     path, params = write_tiny_params(tmp_path)
-    cluster.cli("gcl", "create", "gpu-w1", "--limit", "1")  # README: one slot per GPU
+    cluster.cli("gcl", "create", "gpu-w1", "--limit", "1")  # docs/operations.md: one slot per GPU
     with cluster.worker("w1"), cluster.settings():
         sweep_run = run_deployment(
             "glsim-sweep/sweep",

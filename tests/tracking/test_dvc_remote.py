@@ -1,4 +1,4 @@
-"""A DVC remote on a local directory, as README's "Sharing data and models" section sets
+"""A DVC remote on a local directory, as docs/operations.md's "Sharing data and models" section sets
 one up: in a fresh clone of this repo, a tracked output is pushed, its cache and copy are
 deleted, and ``dvc pull`` brings it back; a second clone (a worker) pulls it too. Only a
 tiny ``dvc add``-ed file is used (the project's pipeline is not run)."""

@@ -62,7 +62,7 @@ def mlflow_server(folder: Path, port: int | None = None) -> Iterator[Server]:
             str(port),
             "--backend-store-uri",
             f"sqlite:///{folder}/db.sqlite",
-            "--artifacts-destination",  # proxied, as README sets up a shared server
+            "--artifacts-destination",  # proxied, as docs/operations.md sets up a shared server
             str(folder / "art"),
             "-w",
             "1",

@@ -221,5 +221,6 @@ def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
         capture_output=True, text=True, env=stage_env(path), cwd=path.parent, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    assert out.stdout.count("run: ") == 1, out.stdout  # rank 0 prints the run line, once
     assert (run_dir / "last.pt").is_file()
     assert not claim_paths(run_dir, runs_dir)[1].exists()
