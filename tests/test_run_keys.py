@@ -102,6 +102,14 @@ def test_settings_that_change_the_bits_are_in_the_key(tmp_path, override):
     assert runs.run_key(params.with_overrides(override), SPEC) != runs.run_key(params, SPEC)
 
 
+def test_compiling_the_step_is_not_in_the_key(tmp_path):
+    """``base.compile`` changes how a step executes, not what run it is: a compiled run
+    finds the eager run of its configuration finished (and resumes it)."""
+    params = tiny_params(tmp_path)
+    compiled = params.with_overrides({"base.compile": True})
+    assert compiled.base.compile and runs.run_key(compiled, SPEC) == runs.run_key(params, SPEC)
+
+
 def test_precision_is_keyed_as_resolved_not_as_written(tmp_path, monkeypatch):
     """``cpu_amp: auto`` is bf16 on one host and float32 on another: two keys."""
     params = tiny_params(tmp_path, train={"cpu_amp": "auto"})

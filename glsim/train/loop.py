@@ -105,34 +105,53 @@ class LossForward(nn.Module):
 
 
 def distribute(
-    model: nn.Module, criterion: nn.Module, dist: Dist, device: torch.device
+    model: nn.Module,
+    criterion: nn.Module,
+    dist: Dist,
+    device: torch.device,
+    *,
+    compile_step: bool = False,
 ) -> nn.Module:
     """The module a rank steps: ``model`` itself when alone, else its :class:`LossForward`
     in DistributedDataParallel (which broadcasts rank 0's weights to every rank). BatchNorm
-    (ResNet, CAL) becomes SyncBatchNorm on CUDA; gloo on CPU keeps per-rank statistics."""
-    if not dist.enabled:
+    (ResNet, CAL) becomes SyncBatchNorm on CUDA; gloo on CPU keeps per-rank statistics.
+
+    ``compile_step``: the forward and loss through ``torch.compile`` (a :class:`LossForward`,
+    so a model's own ``training_loss`` is compiled too). The parameters stay ``model``'s:
+    checkpoints, resumption and the weights are those of the eager model.
+    """
+    if not dist.enabled and not compile_step:
         return model
     net: nn.Module = LossForward(model, criterion)
-    if device.type == "cuda":
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    return DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None
-    )
+    if dist.enabled:
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(net) if compile_step else net
 
 
 def _forward(
     net: nn.Module, images: Tensor, targets: Tensor, criterion: nn.Module
 ) -> tuple[Tensor, Tensor]:
-    if isinstance(net, DistributedDataParallel):  # a LossForward: DDP must see the call
+    if net is not _unwrap(net):  # a (DDP- or compile-wrapped) LossForward: call it whole
         return net(images, targets)
     return compute_loss(net, images, targets, criterion)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The model inside :func:`distribute`'s wrapping (compile, DDP, LossForward)."""
+    net = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule
+    if isinstance(net, DistributedDataParallel):
+        net = net.module
+    return net.model if isinstance(net, LossForward) else net
 
 
 def after_optimizer_step(net: nn.Module) -> None:
     """A model's own ``after_optimizer_step`` when it has one (self-distillation's EMA
     teacher update), also under :func:`distribute`'s wrapping."""
-    model = net.module.model if isinstance(net, DistributedDataParallel) else net
-    hook = getattr(model, "after_optimizer_step", None)
+    hook = getattr(_unwrap(net), "after_optimizer_step", None)
     if hook is not None:
         hook()
 
@@ -361,6 +380,7 @@ def fit(
     run_key: str = "",
     dist: Dist = SINGLE,
     on_epoch_end: Callable[[TrainState], None] | None = None,
+    compile_step: bool = False,
 ) -> TrainState:
     """Train ``model`` for ``recipe.epochs``, resuming from ``out_dir/last.pt`` if present.
 
@@ -391,6 +411,8 @@ def fit(
             same ``last.pt``.
         on_epoch_end: called on rank 0 with the state after each epoch, just before its
             checkpoint is written (e.g. to keep a copy of the weights of every epoch).
+        compile_step: step through ``torch.compile`` (:func:`distribute`); an execution
+            choice, not part of the run's identity.
 
     Returns:
         The final :class:`TrainState` (its ``history`` holds per-epoch metrics).
@@ -410,7 +432,7 @@ def fit(
         for done in state.history:
             log_metrics(*epoch_metrics(done, steps_per_epoch))
     # after the resume: DDP starts every rank from rank 0's weights
-    net = distribute(model, criterion, dist, device)
+    net = distribute(model, criterion, dist, device, compile_step=compile_step)
 
     epochs_run = 0
     while state.epoch < recipe.epochs:

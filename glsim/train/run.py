@@ -185,7 +185,7 @@ def _train_claimed(
     kwargs = dict(
         loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=recipe(params, spec.lr),
         out_dir=out, seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs,
-        run_key=key, dist=dist,
+        run_key=key, dist=dist, compile_step=params.base.compile,
     )  # fmt: skip
     if not dist.is_main:  # rank 0 alone tracks and writes the run folder
         fit(model, **kwargs)

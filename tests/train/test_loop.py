@@ -13,11 +13,15 @@ from torch import Tensor, nn
 
 from glsim.models import create_model
 from glsim.train.checkpoint import CHECKPOINT_NAME, TrainState, load_checkpoint, save_checkpoint
+from glsim.train.distributed import SINGLE
 from glsim.train.loop import (
     Recipe,
     TrainingDiverged,
+    _unwrap,
+    after_optimizer_step,
     build_optimizer,
     compute_loss,
+    distribute,
     fit,
     load_trained,
     train_step,
@@ -510,3 +514,42 @@ def test_cpu_amp_param_resolves_by_the_cpu(monkeypatch, setting, native, expecte
     monkeypatch.setattr("glsim.utils.cpu_bf16_is_faster", lambda: native)
     params = Params.model_validate({"train": {"cpu_amp": setting}})
     assert run_module.recipe(params).cpu_amp is expected
+
+
+# ---------------------------------------------------------------------------------------
+# torch.compile: an execution choice on the same parameters
+
+
+class _Hooked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.hooks = nn.Linear(4, 2), 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+    def after_optimizer_step(self) -> None:
+        self.hooks += 1
+
+
+def test_compiled_step_wraps_the_model_and_keeps_its_hook():
+    model = _Hooked()
+    net = distribute(model, nn.CrossEntropyLoss(), SINGLE, CPU, compile_step=True)
+    assert net is not model and _unwrap(net) is model
+    assert {id(p) for p in net.parameters()} == {id(p) for p in model.parameters()}
+    after_optimizer_step(net)
+    assert model.hooks == 1
+    assert distribute(model, nn.CrossEntropyLoss(), SINGLE, CPU) is model  # eager, alone
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_and_resumes_the_eager_checkpoint(reference, tmp_path):
+    """Inductor on the CPU (needs a C compiler): two compiled epochs, then the eager loop
+    resumes their checkpoint; the losses follow the eager run's to float tolerance."""
+    model = tiny_vit()
+    compiled = run(model, tmp_path, run_key="ref", compile_step=True, stop_after_epochs=2)
+    assert compiled.epoch == 2
+    resumed = run(tiny_vit(), tmp_path, run_key="ref")
+    assert resumed.epoch == 3
+    for (a, _), (b, _) in zip(losses(resumed), losses(reference[1]), strict=True):
+        assert math.isclose(a, b, rel_tol=1e-3), (a, b)
