@@ -265,7 +265,9 @@ def spec_of_run_dir(run_dir: Path, params: Params) -> tuple[RunSpec, Path]:
     seed_match = re.fullmatch(r"seed(\d+)", run_dir.name)
     parents = run_dir.parents
     if seed_match is None or len(parents) < 3:
-        raise RunError(f"{run_dir}: cannot tell the run from the folder name; give a run folder ({layout})")
+        raise RunError(
+            f"{run_dir}: cannot tell the run from the folder name; give a run folder ({layout})"
+        )
     seed, parent = int(seed_match.group(1)), run_dir.parent
     if len(parents) >= 4 and parents[1].name == "ablation":
         entry = params.ablations.variants.get(parent.name)
@@ -316,11 +318,9 @@ def pretrain_code_digest() -> str:
 
 @functools.cache
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    from glsim.data.shards import file_sha256
+
+    return file_sha256(path)[:16]
 
 
 def file_digest(path: str | Path | None) -> str | None:

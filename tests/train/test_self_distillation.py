@@ -124,3 +124,21 @@ def test_views_loss_and_knn():
     predicted = knn_classify(bank, torch.tensor([0, 0, 1]), torch.tensor([[0.0, 2.0], [3.0, 0.1]]),
                              num_classes=2, k=1)  # fmt: skip
     assert predicted.tolist() == [1, 0]
+
+
+def test_module_defaults_are_the_schema_defaults():
+    """The module takes plain keyword arguments (usable without a params tree, as the models'
+    builders are), so it repeats its schema section's defaults: held equal here."""
+    import inspect
+
+    from glsim.config import SelfDistillationParams
+    from glsim.train.self_distillation import SelfDistillation
+
+    schema = SelfDistillationParams().model_dump()
+    signature = inspect.signature(SelfDistillation.__init__).parameters
+    module = {k: p.default for k, p in signature.items() if p.default is not p.empty}
+    shared = module.keys() & schema.keys()
+    assert shared >= {"out_dim", "teacher_temp", "momentum", "global_crops", "local_size"}
+    assert {
+        k: tuple(v) if isinstance(v, list) else v for k, v in schema.items() if k in shared
+    } == {k: module[k] for k in shared}
