@@ -25,6 +25,15 @@ Parts (each prints one ``== part`` header and its figures, and adds them to
    takes that file's backbone, image size and batch (on a CPU: the built-in run's).
 5. ``cost``: ``glsim cost bench`` (throughput and peak ``max_memory_reserved`` per batch) and
    ``glsim cost time`` (DFSM time beside the forward) on the device.
+6. ``loop``: the project's own training loop against the bare step, at 224 and 448 for vit
+   and glsim (ViT-B/16, float16 autocast as ``train.amp``): ``train_run`` over a 64-class
+   ``csv:`` dataset of 500 x 375 JPEGs (a fine-grained dataset's typical size), the default
+   strong AugReg and ``--workers`` loader processes (default: the cores but one), 2 epochs;
+   its images/s in epoch 2 beside the bare ``train_step`` on one resident batch of the same
+   size, and their ratio (the loader keeps up when it is near 1).
+
+Before a GPU session, dry-run every part on the CPU:
+``python benchmarks/cuda_check.py --out /tmp/cc --device cpu --small``.
 """
 
 from __future__ import annotations
@@ -352,12 +361,108 @@ def part_cost(work: Path, device: str, small: bool) -> dict:
     return res
 
 
+def jpeg_dataset(root: Path, small: bool) -> Path:
+    """A ``csv:`` dataset of JPEGs (quality 90) from the built-in generator: 64 classes x 96
+    train images of 500 x 375 (``--small``: 4 x 4 of 64 x 48); returns the CSV."""
+    import pandas as pd
+    from PIL import Image
+
+    from glsim.config import SyntheticParams
+    from glsim.data.synthetic import generate_fine_grained
+
+    side, classes, per_class = (64, 4, 4) if small else (500, 64, 96)
+    syn = SyntheticParams(
+        num_classes=classes, train_per_class=per_class, test_per_class=2, canvas_size=side,
+        object_size=(side // 6, side // 4), distractors=(1, 3),
+    )  # fmt: skip
+    manifest = generate_fine_grained(root / "png", syn)
+    df = pd.read_csv(manifest)
+    for rel in df["path"]:
+        out = (root / "jpeg" / rel).with_suffix(".jpg")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(root / "png" / rel) as image:
+            image.convert("RGB").resize((side, side * 3 // 4)).save(out, quality=90)
+    df["path"] = [str(Path(p).with_suffix(".jpg")) for p in df["path"]]
+    df = df[["path", "label", "split", "class_name"]]  # boxes no longer match the 4:3 images
+    df.to_csv(root / "jpeg/list.csv", index=False)
+    return root / "jpeg/list.csv"
+
+
+def bare_step_rate(name: str, size: int, batch: int, dev, kwargs: dict, repeats: int) -> float:
+    """Images/s of the loop's ``train_step`` on one resident batch, in the loop's precision
+    (float16 autocast + GradScaler on CUDA, bfloat16 autocast on a CPU)."""
+    from glsim.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=64, image_size=size, weights=None, **kwargs)
+    model = model.to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images = torch.randn(batch, 3, size, size, device=dev)
+    run = (model, images, torch.randint(0, 64, (batch,), device=dev), opt, nn.CrossEntropyLoss())
+    cuda = dev.type == "cuda"
+    mode = dict(
+        use_amp=True, amp_dtype=torch.float16 if cuda else torch.bfloat16,
+        scaler=torch.amp.GradScaler("cuda") if cuda else None,
+    )  # fmt: skip
+    for _ in range(3):  # warm-up: kernels, the scaler's first steps
+        timed_step(run, dev, mode)
+    seconds = statistics.median(timed_step(run, dev, mode) for _ in range(repeats))
+    del model, opt, run
+    if cuda:
+        torch.cuda.empty_cache()
+    return batch / seconds
+
+
+def part_loop(work: Path, device: str, small: bool, repeats: int, workers: int) -> dict:
+    from glsim import protocol
+    from glsim.config import for_dataset
+    from glsim.data.loader import dataset_length
+    from glsim.runs import RunSpec, shards_dir
+    from glsim.train.run import train_run
+
+    dev = torch.device(device)
+    _, _, kwargs = bench_model(small)
+    csv = jpeg_dataset(work / "source", small)
+    res: dict = {"workers": workers}
+    for size, batch in ((32, 8), (48, 4)) if small else ((224, 64), (448, 16)):
+        params = check_params(work, device, small, batch_size=batch, amp=True).with_overrides(
+            {
+                "data.datasets": {"jpeg": {"source": f"csv:{csv}"}},
+                "data.dataset": "jpeg",
+                "data.image_size": size,
+                "data.workers": workers,
+                "base.deterministic": False,
+            }  # fmt: skip
+        )
+        params = for_dataset(params, "jpeg")
+        if size == (32 if small else 224):
+            protocol.prepare(params)
+            protocol.shard(params)
+        train_images = dataset_length(shards_dir(params), "train")
+        for name in ("vit", "glsim"):
+            run_dir = train_run(params, RunSpec(name, 1, lr=0.01), track=False)
+            hist = json.loads((run_dir / "train.json").read_text())["history"]
+            loop = train_images / hist[-1]["train/epoch_seconds"]  # the last epoch: workers warm
+            bare = bare_step_rate(name, size, batch, dev, kwargs, repeats)
+            row = {"loop_img_s": round(loop, 1), "bare_img_s": round(bare, 1),
+                   "loop_over_bare": round(loop / bare, 2)}  # fmt: skip
+            log(f"{name} at {size}, batch {batch}, {workers} workers: {row}")
+            res[f"{name}_{size}"] = row
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--small", action="store_true", help="tiny sizes (a CPU smoke run)")
-    ap.add_argument("--parts", nargs="+", default=["train", "torchrun", "step", "compile", "cost"])
+    ap.add_argument(
+        "--parts", nargs="+", default=["loop", "train", "torchrun", "step", "compile", "cost"]
+    )
+    ap.add_argument(
+        "--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+        help="loop part: loader processes (default: the cores but one)",
+    )  # fmt: skip
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--params", type=Path, help="compile part: this params file's model sizes")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -375,7 +480,11 @@ def main() -> None:
         log(f"== {part}")
         t0 = time.perf_counter()
         try:
-            if part == "train":
+            if part == "loop":
+                result[part] = part_loop(
+                    work / "loop", args.device, args.small, args.repeats, args.workers
+                )
+            elif part == "train":
                 result[part] = part_train(work / "train", args.device, args.small)
             elif part == "torchrun":
                 result[part] = part_torchrun(args.out, args.device, args.small)
