@@ -432,6 +432,7 @@ def part_loop(work: Path, device: str, small: bool, repeats: int, workers: int) 
                 "data.image_size": size,
                 "data.workers": workers,
                 "base.deterministic": False,
+                "base.runs_dir": str(work / f"runs-{size}"),
             }  # fmt: skip
         )
         params = for_dataset(params, "jpeg")
