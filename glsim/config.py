@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -528,7 +528,11 @@ class CurveParams(_Strict):
     (:mod:`glsim.eval.curve`). The rest of the recipe is ``pretrain``'s."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    epochs: int = Field(12, ge=1, description="pretraining epochs along the curve")
+    epochs: int | dict[PretrainTask, Annotated[int, Field(ge=1)]] = Field(
+        12,
+        description="pretraining epochs along the curve: one number for every task, or one "
+        "per task (tasks whose steps cost more get fewer epochs for the same wall time)",
+    )
     every: int = Field(1, ge=1, description="probe every this many epochs (and at 0 and the end)")
     tasks: list[PretrainTask] = Field(
         default_factory=lambda: ["colour", "self_distillation"],
@@ -542,6 +546,22 @@ class CurveParams(_Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"curve.tasks {value}: name each task once")
         return value
+
+    @model_validator(mode="after")
+    def _epochs_per_task(self) -> CurveParams:
+        if isinstance(self.epochs, int):
+            if self.epochs < 1:
+                raise ValueError(f"curve.epochs {self.epochs}: give at least 1")
+        elif missing := [t for t in self.tasks if t not in self.epochs]:
+            raise ValueError(
+                f"curve.epochs has no entry for {', '.join(missing)}: give one per task of "
+                f"curve.tasks ({', '.join(self.tasks)}), or one number for all"
+            )
+        return self
+
+    def epochs_for(self, task: str) -> int:
+        """The pretraining epochs of ``task``'s curve."""
+        return self.epochs if isinstance(self.epochs, int) else self.epochs[task]
 
 
 class RegistryParams(_Strict):

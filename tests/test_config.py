@@ -311,3 +311,13 @@ def test_cpu_amp_off_survives_yaml(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  cpu_amp: off\n")
     assert load_params(path).train.cpu_amp == "off"
+
+
+def test_curve_epochs_are_one_number_or_one_per_task():
+    from glsim.config import CurveParams
+
+    assert CurveParams(epochs=7).epochs_for("self_distillation") == 7
+    per_task = CurveParams(epochs={"colour": 12, "self_distillation": 5})
+    assert (per_task.epochs_for("colour"), per_task.epochs_for("self_distillation")) == (12, 5)
+    with pytest.raises(ValueError, match="no entry for self_distillation"):
+        CurveParams(epochs={"colour": 12})
