@@ -14,8 +14,10 @@ from tiny import tiny_params
 from glsim import protocol, runs
 from glsim.data.lrsearch import LR_SEARCH_DIR
 from glsim.data.shards import read_index
+from glsim.numerics import active_profile, host_record
 from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
 from glsim.runs import RunSpec
+from glsim.train.checkpoint import weights_digest
 from glsim.train.pretrain import pretrain_backbone
 from glsim.train.run import load_run, train_run
 
@@ -157,6 +159,12 @@ def test_finished_run_is_not_repeated_and_killed_run_resumes_identically(chain, 
     a = torch.load(whole / "last.pt", weights_only=False)["model"]
     b = torch.load(resumed / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # each run records what it produced and what those bits depend on, outside its key
+    records = [json.loads((d / "train.json").read_text()) for d in (whole, resumed)]
+    key = runs.run_key(at("a"), RunSpec("glsim", 1, lr=0.01))
+    assert records[0]["run_key"] == records[1]["run_key"] == key
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"] == weights_digest(a)
+    assert all(r["numerics"] == active_profile() and r["host"] == host_record() for r in records)
 
     # another LR is another configuration: the old checkpoint is moved aside, not resumed
     train_run(at("a"), RunSpec("glsim", 1, lr=0.03), track=False)
@@ -167,13 +175,17 @@ def test_pretraining_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
     params = tiny_params(tmp_path)
-    weights = []
+    weights, reports = [], []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.safetensors"
         p = params.model_copy(
             update={"pretrain": params.pretrain.model_copy(update={"output": out})}
         )
         torch.manual_seed(hash(name) % 1000)  # whatever ran before must not matter
-        pretrain_backbone(p, work_dir=tmp_path / f"work_{name}")
+        reports.append(pretrain_backbone(p, work_dir=tmp_path / f"work_{name}"))
         weights.append(load_file(str(out)))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the report names the weights file's tensors by digest, and where they were made
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    assert reports[0]["weights_sha256"] == weights_digest(weights[0])
+    assert reports[0]["numerics"] == active_profile() and reports[0]["host"] == host_record()
