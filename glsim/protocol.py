@@ -51,7 +51,7 @@ from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.models.registry import check_model_name
 from glsim.runs import RunSpec
 from glsim.train.pretrain import pretrain  # noqa: F401  (re-exported)
-from glsim.train.run import is_finished, load_run, num_classes, train_run
+from glsim.train.run import is_finished, load_record, load_run, num_classes, train_run
 from glsim.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -281,7 +281,9 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     (e.g. evaluated with another ``model.glsim.top_k``) is refused with :class:`RunError`:
     its report would name a run that was never trained.
 
-    The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
+    The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates)
+    and, copied from the run's ``train.json``, its weights digest, numerics profile and
+    host (:func:`~glsim.train.run.load_record`: what the ledger compares);
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
     device = resolve_device(params.base.device)
@@ -316,6 +318,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "lr": spec.lr if spec.lr is not None else params.train.lr,
         "run_key": state["run_key"],  # the key the evaluated weights were trained under
         **accuracy_report(result["labels"], result["preds"], classes),
+        **load_record(spec.run_dir(params)),  # what those weights' bits depend on
     }
     if result["boxes"] is not None:
         report["localisation"] = {

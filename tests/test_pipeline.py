@@ -72,6 +72,10 @@ def test_protocol_end_to_end(chain, tmp_path):
             report["top1"] * 9 / 100
         )
         assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
+        # the report carries the run's record: the digest of the weights it evaluated
+        final = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+        assert report["weights_sha256"] == weights_digest(final)
+        assert report["numerics"] == active_profile() and report["host"] == host_record()
         grid = spec.explain_path(params)  # glsim explain on the first test images
         from PIL import Image
 

@@ -298,3 +298,16 @@ def load_history(run_dir: Path) -> list[dict[str, float]]:
     if summary.is_file():
         return json.loads(summary.read_text())["history"]
     return read_checkpoint(run_dir / CHECKPOINT_NAME)["state"]["history"]
+
+
+RECORD_KEYS = ("weights_sha256", "numerics", "host")  # train.json's result record
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """The :func:`~glsim.train.checkpoint.result_record` ``train.json`` holds: weights
+    digest, numerics profile and host (empty for a run trained before runs recorded it)."""
+    summary = run_dir / "train.json"
+    if not summary.is_file():
+        return {}
+    record = json.loads(summary.read_text())
+    return {k: record[k] for k in RECORD_KEYS if k in record}
