@@ -152,9 +152,10 @@ def host_record() -> dict[str, object]:
     }
 
 
-def host_fingerprint() -> str:
-    """:func:`host_record` on one line: what a portable run's bits may still depend on."""
-    host = host_record()
+def host_fingerprint(host: dict[str, object] | None = None) -> str:
+    """A :func:`host_record` (this host's when None) on one line: what a portable run's
+    bits may still depend on."""
+    host = host if host is not None else host_record()
     isa = ",".join(host["isa_flags"]) or "none"
     return (
         f"{host['cpu_model']} [{isa}] torch {host['torch']} mkl {host['mkl']} "
