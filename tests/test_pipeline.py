@@ -99,6 +99,16 @@ def test_protocol_end_to_end(chain, tmp_path):
     md = paths[1].read_text()
     assert "Table 5 (synthetic_fg)" in md and "no aggregator" in md and "LR search" in md
     assert "\\textbf" in paths[2].read_text()
+    # the ledger: each published number with its seeds' digests and what made them
+    ledger = json.loads(runs.ledger_paths(params)["json"].read_text())
+    row = next(r for r in ledger["rows"] if r["model"] == "glsim")
+    assert (row["top1_mean"], row["paper"]) == (entry["top1_mean"], None)
+    (run,) = row["runs"]
+    assert run["weights_sha256"] == report["weights_sha256"] and run["host"] == host_record()
+    assert run["command"] == "dvc repro evaluate@synthetic_fg-glsim-1"
+    pretrained = json.loads(runs.pretrain_report(params).read_text())
+    assert ledger["pretrain"]["weights_sha256"] == pretrained["weights_sha256"]
+    assert "dvc repro evaluate@synthetic_fg-glsim-1" in runs.ledger_paths(params)["md"].read_text()
 
     import mlflow
 
@@ -117,6 +127,10 @@ def test_protocol_end_to_end(chain, tmp_path):
     assert len(client.get_metric_history(glsim_run["run_id"], "train_acc")) == len(curve)
     artifacts = {a.path for a in client.list_artifacts(glsim_run["run_id"], "eval")}
     assert "eval/seed1_per_class.csv" in artifacts
+    aggregate_run = tracked[tracked["tags.mlflow.runName"] == "aggregate"].iloc[0]
+    logged = mlflow.artifacts.load_dict(f"runs:/{aggregate_run['run_id']}/tables/ledger_table.json")
+    commands = [row[logged["columns"].index("command")] for row in logged["data"]]
+    assert "dvc repro evaluate@synthetic_fg-glsim-1" in commands  # an MLflow table
 
     # the logged model carries a signature (images in, logits out) and an input example
     # that MLflow's pyfunc runs to the run's own logits
