@@ -137,8 +137,8 @@ def render_ledger(ledger: dict[str, Any]) -> str:
     md = [
         "# Reproduction ledger",
         "",
-        f"Every number of `reports/results.md`, made by `{ledger['command']}`, with what it was "
-        "made from and with. `glsim ledger check RUN_DIR` compares another run's folder with "
+        f"Every number of `reports/results.md` (`{ledger['command']}`), with what it was made "
+        "from and with. `glsim ledger check RUN_DIR` compares another run's folder with "
         "`reports/ledger.json` (docs/reproducibility.md). Bits are identical only on the same "
         "host kind and numerics profile.",
         "",

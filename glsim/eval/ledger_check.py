@@ -36,6 +36,7 @@ from glsim.eval.ledger import HOST_FIELDS, LEDGER_FORMAT
 SAME, NOISE, DIFFERENT = "same", "within seed noise", "different"
 PRETRAIN = ("pretrain", "backbone", 0)  # the pretrained backbone's number, by name
 LIBRARIES = ("torch", "mkl", "onednn", "python")
+RECORDED = (("weights_sha256", "weights digest"), ("numerics", "profile"), ("host", "host"))
 
 
 @dataclass
@@ -196,19 +197,25 @@ def reasons(mine: Number, theirs: Number, backbone_same: bool | None) -> list[st
     """Why ``theirs`` is not bit-identical to the ledger's ``mine``."""
     a, b = mine.record, theirs.record
     why = []
-    if not a.get("weights_sha256") or not b.get("weights_sha256"):
-        side = "the ledger" if not a.get("weights_sha256") else "RUN_DIR"
-        why.append(f"no weights digest in {side} (made before runs recorded one)")
-    if a.get("run_key") != b.get("run_key"):
-        cause = "code, params or data"
-        if backbone_same is False and mine.key != PRETRAIN:
-            cause += "; the pretrained backbone differs too, and its weights are in the key"
-        why.append(f"run key differs: {b.get('run_key')}, ledger {a.get('run_key')} ({cause})")
-    if a.get("numerics") and b.get("numerics") and a["numerics"] != b["numerics"]:
-        why.append(f"numerics profile differs: {b['numerics']}, ledger {a['numerics']}")
     for side, record in (("the ledger", a), ("RUN_DIR", b)):
-        if not record.get("host") or not record.get("numerics"):
-            why.append(f"{side} records no profile or host (made before runs recorded them)")
+        missing = [name for key, name in RECORDED if not record.get(key)]
+        if missing:
+            why.append(f"{side} records no {', '.join(missing)} (made before runs recorded them)")
+    profile_differs = bool(
+        a.get("numerics") and b.get("numerics") and a["numerics"] != b["numerics"]
+    )
+    if profile_differs:
+        why.append(f"numerics profile differs: {b['numerics']}, ledger {a['numerics']}")
+    if a.get("run_key") != b.get("run_key"):
+        known = ["the numerics profile"] if profile_differs else []
+        if backbone_same is False and mine.key != PRETRAIN:
+            known.append("the pretrained backbone")
+        verb = "differs" if len(known) == 1 else "differ"
+        cause = f"here {' and '.join(known)} {verb}" if known else "code, params or data differ"
+        why.append(
+            f"run key differs: {b.get('run_key')}, ledger {a.get('run_key')} (it hashes the "
+            f"code, params, data, backbone weights and numerics profile; {cause})"
+        )
     host = host_differences(a.get("host"), b.get("host"))
     if host:
         why.append("host differs: " + "; ".join(host))
@@ -250,24 +257,24 @@ def compare(
 def verdict_line(v: Verdict) -> str:
     """One line per number: verdict, the values, and why when not the same."""
     line = f"{v.number.label}: {v.verdict}"
-    if v.other.top1 is None:
+    if v.verdict == SAME:
+        line += f" (weights {v.number.record['weights_sha256'][:12]})"
+    elif v.other.top1 is None:
         line += f" (no top-1 in a run folder; ledger {v.number.top1:.2f})"
-    elif v.verdict != SAME:
+    else:
         diff = abs(v.other.top1 - v.number.top1)
         rule = "<=" if diff <= v.std else ">"
         line += (
             f" (top-1 {v.other.top1:.2f}, ledger {v.number.top1:.2f}: |diff| {diff:.2f} {rule} "
             f"std {v.std:.2f})"
         )
-    else:
-        line += f" (weights {v.number.record['weights_sha256'][:12]})"
     return line + "".join(f"\n    why: {w}" for w in v.why)
 
 
 def check(run_dir: Path, ledger_path: Path) -> tuple[int, str]:
     """``(exit status, report)`` of comparing RUN_DIR with the ledger (module docstring)."""
-    ledger = read_ledger(ledger_path)
     kind, theirs = read_folder(run_dir)
+    ledger = read_ledger(ledger_path)
     verdicts, missing, extra = compare(ledger, theirs)
     if not verdicts:
         raise CommandError(

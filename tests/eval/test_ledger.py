@@ -187,11 +187,12 @@ def test_another_host_is_named_cpu_isa_and_libraries(ledger_file, tmp_path, caps
 def test_another_profile_is_named(ledger_file, tmp_path, capsys):
     other = shutil.copytree(ledger_file.parent, tmp_path / "other")
     edit(other, "synthetic_fg", "glsim_random_crop", 10, top1=75.25, weights_sha256="e" * 64,
-         numerics="portable")  # fmt: skip
+         numerics="portable", run_key="key-portable")  # fmt: skip
     status, out, _ = check(capsys, other, ledger_file)
     assert status == 1  # a row of equal seeds (std 0) allows no difference
     assert "synthetic_fg/glsim_random_crop seed 10: different" in out
     assert "why: numerics profile differs: portable, ledger native" in out
+    assert "here the numerics profile differs)" in out  # the profile is in the run key
 
 
 def test_another_backbone_shows_in_every_run_key(ledger_file, tmp_path, capsys):
@@ -205,8 +206,8 @@ def test_another_backbone_shows_in_every_run_key(ledger_file, tmp_path, capsys):
     assert "pretrained backbone (upstream test top-1): different (top-1 79.79, ledger 79.00" in out
     assert (
         "cub/glsim seed 1: within seed noise (top-1 90.50, ledger 90.00: |diff| 0.50 <= std 1.00)"
-        "\n    why: run key differs: key-new, ledger key-cub-glsim-1 (code, params or data; the "
-        "pretrained backbone differs too, and its weights are in the key)"
+        "\n    why: run key differs: key-new, ledger key-cub-glsim-1 (it hashes the code, params, "
+        "data, backbone weights and numerics profile; here the pretrained backbone differs)"
     ) in out
 
 
