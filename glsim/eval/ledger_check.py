@@ -25,17 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from glsim.errors import CommandError
 from glsim.eval.ledger import HOST_FIELDS, LEDGER_FORMAT
 
+T = TypeVar("T")
 SAME, NOISE, DIFFERENT = "same", "within seed noise", "different"
 PRETRAIN = ("pretrain", "backbone", 0)  # the pretrained backbone's number, by name
 LIBRARIES = ("torch", "mkl", "onednn", "python")
+EPS = 1e-9  # top-1 and std are rounded to 4 places: absorbs float error in a difference
 RECORDED = (("weights_sha256", "weights digest"), ("numerics", "profile"), ("host", "host"))
 
 
@@ -79,7 +81,21 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _record(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: data[k] for k in ("run_key", "weights_sha256", "numerics", "host") if k in data}
+    record = {k: data[k] for k in ("run_key", "weights_sha256", "numerics", "host") if k in data}
+    if not isinstance(record.get("host", {}), dict):  # a foreign file: no usable host
+        del record["host"]
+    return record
+
+
+def _parsed(path: Path, parse: Callable[[], T]) -> T:
+    """``parse()``, or one line naming the file that lacks what it reads."""
+    try:
+        return parse()
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CommandError(
+            f"{path}: not a glsim report or ledger ({type(err).__name__}: {err}); regenerate "
+            "it with dvc repro, or give another file"
+        ) from None
 
 
 def ledger_numbers(ledger: dict[str, Any]) -> tuple[dict[tuple, Number], dict[tuple, float]]:
@@ -118,13 +134,16 @@ def _report_numbers(reports: Path) -> Iterator[Number]:
             report = _json(path)
             if "skipped" in report or "top1" not in report:
                 continue
-            key = (str(report["dataset"]), str(report["model"]), int(report["seed"]))
-            yield Number(key, float(report["top1"]), _record(report))
+            yield _parsed(path, lambda r=report: Number(
+                (str(r["dataset"]), str(r["model"]), int(r["seed"])), float(r["top1"]), _record(r)
+            ))  # fmt: skip
     pretrain = reports / "pretrain.json"
     if pretrain.is_file():
         report = _json(pretrain)
         if "upstream_test_acc" in report:
-            yield Number(PRETRAIN, float(report["upstream_test_acc"]), _record(report))
+            yield _parsed(pretrain, lambda: Number(
+                PRETRAIN, float(report["upstream_test_acc"]), _record(report)
+            ))  # fmt: skip
 
 
 def run_folder_key(run_dir: Path) -> tuple[str, str, int] | None:
@@ -246,7 +265,7 @@ def compare(
         if digest and digest == other.record.get("weights_sha256"):
             verdicts.append(Verdict(number, other, SAME, [], noise[key]))
             continue
-        near = other.top1 is not None and abs(other.top1 - number.top1) <= noise[key]
+        near = other.top1 is not None and abs(other.top1 - number.top1) <= noise[key] + EPS
         why = reasons(number, other, backbone_same)
         verdicts.append(Verdict(number, other, NOISE if near else DIFFERENT, why, noise[key]))
     missing = [n for k, n in mine.items() if k not in theirs]
@@ -263,7 +282,7 @@ def verdict_line(v: Verdict) -> str:
         line += f" (no top-1 in a run folder; ledger {v.number.top1:.2f})"
     else:
         diff = abs(v.other.top1 - v.number.top1)
-        rule = "<=" if diff <= v.std else ">"
+        rule = "<=" if v.verdict == NOISE else ">"
         line += (
             f" (top-1 {v.other.top1:.2f}, ledger {v.number.top1:.2f}: |diff| {diff:.2f} {rule} "
             f"std {v.std:.2f})"
@@ -275,7 +294,7 @@ def check(run_dir: Path, ledger_path: Path) -> tuple[int, str]:
     """``(exit status, report)`` of comparing RUN_DIR with the ledger (module docstring)."""
     kind, theirs = read_folder(run_dir)
     ledger = read_ledger(ledger_path)
-    verdicts, missing, extra = compare(ledger, theirs)
+    verdicts, missing, extra = _parsed(ledger_path, lambda: compare(ledger, theirs))
     if not verdicts:
         raise CommandError(
             f"{run_dir} ({kind}) holds none of the ledger's numbers ({ledger_path}); give the "

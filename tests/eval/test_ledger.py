@@ -239,16 +239,19 @@ def test_run_folder_names_follow_the_runs_layout():
     assert run_folder_key(Path("runs/cub/lrsearch/vit/lr0.01/seed0")) is None
 
 
-@pytest.mark.parametrize("what", ["missing", "empty", "no ledger"])
+@pytest.mark.parametrize("what", ["missing", "empty", "no ledger", "malformed"])
 def test_bad_input_is_one_line_and_exit_2(what, ledger_file, tmp_path, capsys):
     run_dir, ledger = tmp_path / "other", ledger_file
     if what == "empty":
         run_dir.mkdir()
     if what == "no ledger":
         run_dir, ledger = ledger_file.parent, tmp_path / "nowhere.json"
+    if what == "malformed":
+        shutil.copytree(ledger_file.parent, run_dir)
+        edit(run_dir, "synthetic_fg", "vit", 1, top1="n/a")
     status, out, err = check(capsys, run_dir, ledger)
     assert status == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     expected = {"missing": "no such folder", "empty": "neither a reports folder",
-                "no ledger": "no ledger at"}[what]  # fmt: skip
+                "no ledger": "no ledger at", "malformed": "seed1.json: not a glsim report"}[what]  # fmt: skip
     assert expected in err
