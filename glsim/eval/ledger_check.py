@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from glsim.errors import CommandError
-from glsim.eval.ledger import HOST_FIELDS, LEDGER_FORMAT
+from glsim.eval.ledger import HOST_FIELDS, LEDGER_FORMAT, RECORD_KEYS
 
 T = TypeVar("T")
 SAME, NOISE, DIFFERENT = "same", "within seed noise", "different"
@@ -81,7 +81,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _record(data: dict[str, Any]) -> dict[str, Any]:
-    record = {k: data[k] for k in ("run_key", "weights_sha256", "numerics", "host") if k in data}
+    record = {k: data[k] for k in RECORD_KEYS if k in data}
     if not isinstance(record.get("host", {}), dict):  # a foreign file: no usable host
         del record["host"]
     return record
