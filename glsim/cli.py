@@ -8,6 +8,7 @@ import sys
 from glsim.cost import add_cost_commands
 from glsim.data.cli import add_data_commands
 from glsim.errors import debug_requested, guarded
+from glsim.eval.ledger_check import add_ledger_commands
 from glsim.explain import add_explain_command
 from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_commands(subparsers)
     add_export_commands(subparsers)
     add_plan_command(subparsers)
+    add_ledger_commands(subparsers)
     add_torchrun_command(subparsers)
     add_wait_command(subparsers)
     return parser

@@ -129,18 +129,38 @@ def check_profile(profile: str) -> None:
         _refuse(profile, f"torch runs its {capability} kernels, not AVX2", "use a CPU with AVX2")
 
 
-def host_fingerprint() -> str:
-    """What a portable run's bits may still depend on: the CPU model, its instruction sets
-    and the torch, MKL and oneDNN builds."""
+def host_record() -> dict[str, object]:
+    """What a run's bits may depend on besides its run key, one field each: the CPU model,
+    the instruction sets its kernels dispatch on (:data:`glsim.tracking.mlflow.ISA_FLAGS`
+    present), and the torch, MKL, oneDNN and Python versions (``"unknown"`` where a build
+    does not say). Training and pretraining record it beside their result."""
+    import platform
+
     import torch
 
     from glsim.tracking.mlflow import ISA_FLAGS, _build_versions, _cpuinfo
 
     model, flags = _cpuinfo()
-    isa = ",".join(f for f in ISA_FLAGS if f in flags) or "none"
     builds = _build_versions(torch.__config__.show())
-    libs = " ".join(f"{k} {v}" for k, v in sorted(builds.items()))
-    return f"{model or 'unknown CPU'} [{isa}] torch {torch.__version__} {libs}".strip()
+    return {
+        "cpu_model": model or "unknown",
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "torch": torch.__version__,
+        "mkl": builds.get("mkl", "unknown"),
+        "onednn": builds.get("onednn", "unknown"),
+        "python": platform.python_version(),
+    }
+
+
+def host_fingerprint(host: dict[str, object] | None = None) -> str:
+    """A :func:`host_record` (this host's when None) on one line: what a portable run's
+    bits may still depend on."""
+    host = host if host is not None else host_record()
+    isa = ",".join(host["isa_flags"]) or "none"
+    return (
+        f"{host['cpu_model']} [{isa}] torch {host['torch']} mkl {host['mkl']} "
+        f"onednn {host['onednn']} python {host['python']}"
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -20,7 +20,8 @@ with :func:`glsim.config.for_dataset`); paths and run keys come from :mod:`glsim
   :func:`is_done`: a run finished and evaluated under its current run key.
 * :func:`variant_params` / :func:`run_variant`: an ablation variant is a model plus dotted
   overrides of the params tree, trained and evaluated like a final run.
-* :func:`aggregate_reports`: every dataset's reports -> ``reports/results.*``.
+* :func:`aggregate_reports`: every dataset's reports -> ``reports/results.*`` and the
+  reproduction ledger ``reports/ledger.*``.
 
 Imports point one way: this module uses train, eval, data, validation, tracking and runs;
 nothing in those imports it.
@@ -45,13 +46,14 @@ from glsim.eval.evaluate import (
     predict,
     write_per_class,
 )
+from glsim.eval.ledger import build_ledger, ledger_table, render_ledger
 from glsim.eval.localisation import hit_rates
 from glsim.eval.report import ablation_table, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.models.registry import check_model_name
 from glsim.runs import RunSpec
 from glsim.train.pretrain import pretrain  # noqa: F401  (re-exported)
-from glsim.train.run import is_finished, load_run, num_classes, train_run
+from glsim.train.run import is_finished, load_record, load_run, num_classes, train_run
 from glsim.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -281,7 +283,9 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     (e.g. evaluated with another ``model.glsim.top_k``) is refused with :class:`RunError`:
     its report would name a run that was never trained.
 
-    The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates);
+    The report holds the metrics (top-1, mean per-class accuracy, count, crop hit rates)
+    and, copied from the run's ``train.json``, its weights digest, numerics profile and
+    host (:func:`~glsim.train.run.load_record`: what the ledger compares);
     the C rows of the per-class table stay out of it, so ``dvc metrics``/``exp show`` list
     a handful of numbers per run, not one per class."""
     device = resolve_device(params.base.device)
@@ -316,6 +320,7 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
         "lr": spec.lr if spec.lr is not None else params.train.lr,
         "run_key": state["run_key"],  # the key the evaluated weights were trained under
         **accuracy_report(result["labels"], result["preds"], classes),
+        **load_record(spec.run_dir(params)),  # what those weights' bits depend on
     }
     if result["boxes"] is not None:
         report["localisation"] = {
@@ -478,8 +483,10 @@ def current_report(params: Params, spec: RunSpec) -> dict[str, Any]:
 
 
 def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
-    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``, and the
-    table's rows for ``dvc plots`` (``reports/plots/results.json``).
+    """Write ``results.json``, ``results.md`` and ``results.tex`` under ``reports/``, the
+    table's rows for ``dvc plots`` (``reports/plots/results.json``) and the reproduction
+    ledger (``reports/ledger.{json,md}``, :mod:`glsim.eval.ledger`; also logged to MLflow
+    as a table).
 
     ``results.json``: ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}`` for the main
     models (Table 4); ablation variants are under ``{dataset: {"ablations": {variant: ...}}}``.
@@ -487,14 +494,17 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     """
     models, seeds = list(params.protocol.models), list(params.protocol.seeds)
     main, variant_reports, ablation, lr_reports = [], [], {}, []
+    main_stages, variant_stages = [], []  # the DVC stage that wrote each report (the ledger's)
     for dataset in params.data.datasets:
         p = for_dataset(params, dataset)  # its own protocol.seeds
-        main += [current_report(p, final_spec(p, m, s)) for m in models for s in p.protocol.seeds]
-        variants = [
-            current_report(variant_params(p, v), variant_spec(p, v, s))
-            for v in params.ablations.variants
-            for s in p.protocol.seeds
+        finals = [final_spec(p, m, s) for m in models for s in p.protocol.seeds]
+        main += [current_report(p, spec) for spec in finals]
+        main_stages += [runs.report_stage(dataset, spec) for spec in finals]
+        specs = [
+            (v, variant_spec(p, v, s)) for v in params.ablations.variants for s in p.protocol.seeds
         ]
+        variants = [current_report(variant_params(p, v), spec) for v, spec in specs]
+        variant_stages += [runs.report_stage(dataset, spec) for _, spec in specs]
         variant_reports += variants
         ablation[dataset] = aggregate(variants).get(dataset, {}) if variants else {}
         lr_reports += [
@@ -525,7 +535,11 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     lrs = lr_table(lr_reports)
     if lrs:
         md += ["## LR search (val split)", "", lrs]
-    out = runs.results_paths(params)
+    ledger = build_ledger(
+        main + variant_reports, main_stages + variant_stages,
+        pretrain=_pretrain_record(params), pretrain_stage=runs.PRETRAIN_STAGE,
+    )  # fmt: skip
+    out, ledger_out = runs.results_paths(params), runs.ledger_paths(params)
     bars = [
         {"run": f"{dataset}/{model}", "dataset": dataset, "model": model,
          "top1_mean": entry["top1_mean"], "top1_std": entry["top1_std"]}
@@ -537,6 +551,8 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
         atomic_write_text(out["md"], "\n".join(md)),
         atomic_write_text(out["tex"], render_table(table4, models, fmt="latex")),
         atomic_write_json(out["plot"], bars),
+        atomic_write_json(ledger_out["json"], ledger),
+        atomic_write_text(ledger_out["md"], render_ledger(ledger)),
     ]
     if track:
         from glsim.tracking.mlflow import CONTENT_TAG, Tracker, content_digest, logged_before
@@ -557,4 +573,14 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
                     )
             for p in paths:
                 tracker.log_artifact(p, artifact_path="tables")
+            tracker.log_table(ledger_table(ledger), artifact_file="tables/ledger_table.json")
     return paths
+
+
+def _pretrain_record(params: Params) -> dict[str, Any] | None:
+    """The pretraining report when this pipeline pretrained the backbone the runs start
+    from (``pretrain.stages``), else None (a weights file from elsewhere)."""
+    path = runs.pretrain_report(params)
+    if not params.pretrain.stages or not path.is_file():
+        return None
+    return json.loads(path.read_text())

@@ -21,6 +21,7 @@ Layout (``base.runs_dir`` = ``runs/``, ``base.reports_dir`` = ``reports/``)::
     reports/datasets/<dataset>/eval/<model>/seed<S>.json   (+ seed<S>_per_class.csv, _explain.png)
     reports/datasets/<dataset>/ablation/<variant>/seed<S>.json   (+ _per_class.csv, _explain.png)
     reports/results.{json,md,tex}
+    reports/ledger.{json,md}                              what each number was made with
     reports/plots/curves/<dataset>/<model>/seed<S>.json   a final run's loss/acc per epoch
     reports/plots/lr_search/<dataset>/<model>.json        val top-1 per LR
     reports/plots/results.json                            the results table as rows
@@ -145,6 +146,13 @@ def results_paths(params: Params) -> dict[str, Path]:
     root = params.base.reports_dir
     paths = {fmt: root / f"results.{fmt}" for fmt in ("json", "md", "tex")}
     return {**paths, "plot": plots_dir(params) / "results.json"}
+
+
+def ledger_paths(params: Params) -> dict[str, Path]:
+    """The aggregate's reproduction ledger: ``ledger.json`` (what ``glsim ledger check``
+    compares a run folder with) and ``ledger.md``."""
+    root = params.base.reports_dir
+    return {fmt: root / f"ledger.{fmt}" for fmt in ("json", "md")}
 
 
 def plots_dir(params: Params) -> Path:
@@ -446,12 +454,25 @@ def _digest(blob: dict) -> str:
 # what dvc.yaml must declare
 
 
+PRETRAIN_STAGE = "pretrain@backbone"
+
+
+def report_stage(dataset: str, spec: RunSpec) -> str:
+    """The DVC stage that writes the evaluation report of ``spec`` on ``dataset``
+    (``dvc repro <stage>`` makes it, training the run first when due)."""
+    if spec.kind == "ablation":
+        return f"ablation@{dataset}-{spec.variant}-{spec.seed}"
+    if spec.kind == "lrsearch":
+        return f"lr_search@{dataset}-{spec.model}"
+    return f"evaluate@{dataset}-{spec.model}-{spec.seed}"
+
+
 def stage_outputs(params: Params) -> dict[str, set[Path]]:
     """Every DVC stage ``dvc.yaml`` generates from ``params``, with the paths it declares
     as ``outs`` or ``metrics`` (the test of ``dvc.yaml`` compares the two)."""
     out: dict[str, set[Path]] = {}
     if params.pretrain.stages:
-        out["pretrain@backbone"] = {
+        out[PRETRAIN_STAGE] = {
             params.pretrain.output, pretrain_dir(params), pretrain_report(params)
         }  # fmt: skip
     p = params
@@ -468,16 +489,16 @@ def stage_outputs(params: Params) -> dict[str, set[Path]]:
             for seed in p.protocol.seeds:
                 spec = RunSpec(model=model, seed=seed)
                 out[f"train@{dataset}-{model}-{seed}"] = {spec.run_dir(d), spec.curve_path(d)}
-                out[f"evaluate@{dataset}-{model}-{seed}"] = {
+                out[report_stage(dataset, spec)] = {
                     spec.report_path(d), spec.per_class_path(d), spec.explain_path(d)
                 }  # fmt: skip
         for variant, v in p.ablations.variants.items():
             for seed in p.protocol.seeds:
                 spec = RunSpec(model=v.model, seed=seed, kind="ablation", variant=variant)
-                out[f"ablation@{dataset}-{variant}-{seed}"] = {
+                out[report_stage(dataset, spec)] = {
                     spec.run_dir(d), spec.report_path(d), spec.per_class_path(d),
                     spec.explain_path(d),
                 }  # fmt: skip
-    out["aggregate"] = set(results_paths(p).values())
+    out["aggregate"] = set(results_paths(p).values()) | set(ledger_paths(p).values())
     out["cost"] = set(cost_paths(p).values())
     return out

@@ -32,6 +32,9 @@ RULES = {
     "glsim.eval.evaluate": ["glsim.train", "glsim.protocol", "glsim.tracking", "mlflow"],
     "glsim.eval.report": ["glsim.train", "glsim.protocol", "glsim.tracking", "mlflow"],
     "glsim.eval.localisation": ["glsim.train", "glsim.protocol", "glsim.tracking", "mlflow"],
+    # the `glsim` command imports it for `glsim ledger check`: JSON in, no torch
+    "glsim.eval.ledger_check": ["torch", "glsim.train", "glsim.protocol", "glsim.tracking",
+                                "mlflow"],
     "glsim.tracking.mlflow": [m for m in LAYERS if m != "glsim.tracking"] + ["torch"],
     "glsim.validation.stage": ["glsim.train", "glsim.eval", "glsim.protocol", "glsim.models"],
     # the `glsim` command imports it for its subcommands; measuring loads torch, not parsing

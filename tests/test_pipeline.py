@@ -14,8 +14,10 @@ from tiny import tiny_params
 from glsim import protocol, runs
 from glsim.data.lrsearch import LR_SEARCH_DIR
 from glsim.data.shards import read_index
+from glsim.numerics import active_profile, host_record
 from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
 from glsim.runs import RunSpec
+from glsim.train.checkpoint import weights_digest
 from glsim.train.pretrain import pretrain_backbone
 from glsim.train.run import load_run, train_run
 
@@ -70,6 +72,10 @@ def test_protocol_end_to_end(chain, tmp_path):
             report["top1"] * 9 / 100
         )
         assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
+        # the report carries the run's record: the digest of the weights it evaluated
+        final = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+        assert report["weights_sha256"] == weights_digest(final)
+        assert report["numerics"] == active_profile() and report["host"] == host_record()
         grid = spec.explain_path(params)  # glsim explain on the first test images
         from PIL import Image
 
@@ -93,6 +99,16 @@ def test_protocol_end_to_end(chain, tmp_path):
     md = paths[1].read_text()
     assert "Table 5 (synthetic_fg)" in md and "no aggregator" in md and "LR search" in md
     assert "\\textbf" in paths[2].read_text()
+    # the ledger: each published number with its seeds' digests and what made them
+    ledger = json.loads(runs.ledger_paths(params)["json"].read_text())
+    row = next(r for r in ledger["rows"] if r["model"] == "glsim")
+    assert (row["top1_mean"], row["paper"]) == (entry["top1_mean"], None)
+    (run,) = row["runs"]
+    assert run["weights_sha256"] == report["weights_sha256"] and run["host"] == host_record()
+    assert run["command"] == "dvc repro evaluate@synthetic_fg-glsim-1"
+    pretrained = json.loads(runs.pretrain_report(params).read_text())
+    assert ledger["pretrain"]["weights_sha256"] == pretrained["weights_sha256"]
+    assert "dvc repro evaluate@synthetic_fg-glsim-1" in runs.ledger_paths(params)["md"].read_text()
 
     import mlflow
 
@@ -111,6 +127,10 @@ def test_protocol_end_to_end(chain, tmp_path):
     assert len(client.get_metric_history(glsim_run["run_id"], "train_acc")) == len(curve)
     artifacts = {a.path for a in client.list_artifacts(glsim_run["run_id"], "eval")}
     assert "eval/seed1_per_class.csv" in artifacts
+    aggregate_run = tracked[tracked["tags.mlflow.runName"] == "aggregate"].iloc[0]
+    logged = mlflow.artifacts.load_dict(f"runs:/{aggregate_run['run_id']}/tables/ledger_table.json")
+    commands = [row[logged["columns"].index("command")] for row in logged["data"]]
+    assert "dvc repro evaluate@synthetic_fg-glsim-1" in commands  # an MLflow table
 
     # the logged model carries a signature (images in, logits out) and an input example
     # that MLflow's pyfunc runs to the run's own logits
@@ -157,6 +177,12 @@ def test_finished_run_is_not_repeated_and_killed_run_resumes_identically(chain, 
     a = torch.load(whole / "last.pt", weights_only=False)["model"]
     b = torch.load(resumed / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # each run records what it produced and what those bits depend on, outside its key
+    records = [json.loads((d / "train.json").read_text()) for d in (whole, resumed)]
+    key = runs.run_key(at("a"), RunSpec("glsim", 1, lr=0.01))
+    assert records[0]["run_key"] == records[1]["run_key"] == key
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"] == weights_digest(a)
+    assert all(r["numerics"] == active_profile() and r["host"] == host_record() for r in records)
 
     # another LR is another configuration: the old checkpoint is moved aside, not resumed
     train_run(at("a"), RunSpec("glsim", 1, lr=0.03), track=False)
@@ -167,13 +193,17 @@ def test_pretraining_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
     params = tiny_params(tmp_path)
-    weights = []
+    weights, reports = [], []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.safetensors"
         p = params.model_copy(
             update={"pretrain": params.pretrain.model_copy(update={"output": out})}
         )
         torch.manual_seed(hash(name) % 1000)  # whatever ran before must not matter
-        pretrain_backbone(p, work_dir=tmp_path / f"work_{name}")
+        reports.append(pretrain_backbone(p, work_dir=tmp_path / f"work_{name}"))
         weights.append(load_file(str(out)))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the report names the weights file's tensors by digest, and where they were made
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    assert reports[0]["weights_sha256"] == weights_digest(weights[0])
+    assert reports[0]["numerics"] == active_profile() and reports[0]["host"] == host_record()

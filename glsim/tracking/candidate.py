@@ -7,7 +7,6 @@ folder's final weights (:func:`source_of`) with the provenance of the run that l
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from glsim import runs
 from glsim.config import Params, for_dataset
 from glsim.errors import RegistryError
 from glsim.tracking.mlflow import RUN_ID_FILE
+from glsim.train.checkpoint import weights_digest
 
 MODEL_ARTIFACT = "model"  # the name training logs its model under (``runs:/<id>/model``)
 SELECTED_BY = (
@@ -40,21 +40,6 @@ def index_digest(shards: Path) -> str:
     if not index.is_file():
         raise RegistryError(f"{index} missing: shard the dataset (the shard stage) first")
     return f"index-sha256:{file_sha256(index)}"
-
-
-def weights_digest(state_dict: dict[str, Any]) -> str:
-    """sha256 over every tensor of a state dict: its name, dtype, shape and bytes."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name]
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------

@@ -677,6 +677,12 @@ class Tracker:
         args = {"path": str(Path(path).resolve()), "artifact_path": artifact_path}
         self._send("log_artifact", args, lambda: mlflow.log_artifact(str(path), artifact_path))
 
+    def log_table(self, data: dict[str, list[Any]], artifact_file: str) -> None:
+        """Log ``data`` (column -> values) as an MLflow table (``mlflow.log_table``: a JSON
+        artifact the UI shows as a table and ``mlflow.load_table`` reads back)."""
+        args = {"data": data, "artifact_file": artifact_file}
+        self._send("log_table", args, lambda: mlflow.log_table(data, artifact_file))
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self._send("set_tags", dict(tags), lambda: mlflow.set_tags(tags))
 

@@ -12,7 +12,7 @@ earlier configuration's: the new run is tagged ``superseded_by`` the folder's). 
 already on the run are kept (MLflow params are immutable), a metric keeps its step and time
 (one already there at the same step is not sent twice, nor one logged without a step with
 the same time and value, so a sync cut short can simply be run again), tags, artifacts (the
-paths recorded in the file) and the end status follow. An offline ``log_model`` is redone
+paths recorded in the file), tables (their cells are in the file) and the end status follow. An offline ``log_model`` is redone
 from the run folder's checkpoint (:func:`glsim.train.run.load_run` with the folder's
 ``params.resolved.yaml``), with the class names the call recorded.
 
@@ -336,7 +336,7 @@ def _gather(calls: dict[int, dict]):
             tags.update(args)
         elif kind == "end_run":
             end = (args.get("status", "FINISHED"), call.get("time"))
-        elif kind not in ("log_artifact", "log_model", "start_run"):
+        elif kind not in ("log_artifact", "log_table", "log_model", "start_run"):
             unknown[i] = f"unknown call {kind!r}"
     return params, metrics, tags, end, unknown
 
@@ -354,6 +354,9 @@ def _replay_files(run: _Target, calls: dict[int, dict], counts: dict[str, int]) 
                 continue
             run.client.log_artifact(run.run_id, str(path), args.get("artifact_path"))
             _add(counts, "artifacts")
+        elif call["call"] == "log_table":
+            run.client.log_table(run.run_id, args["data"], args["artifact_file"])
+            _add(counts, "tables")
         elif call["call"] == "log_model":
             where = Path(args["run_dir"]) if args.get("run_dir") else run.run_dir
             name = args.get("name") or "model"

@@ -1,7 +1,9 @@
-"""Checkpoints: written atomically every epoch, read back to resume a killed run."""
+"""Checkpoints: written atomically every epoch, read back to resume a killed run; the
+digest of a run's final weights and what those bits depend on (:func:`result_record`)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,30 @@ def load_checkpoint(
     return restore_checkpoint(
         read_checkpoint(path), model=model, optimizer=optimizer, scaler=scaler
     )
+
+
+def weights_digest(state_dict: dict[str, Any]) -> str:
+    """sha256 over every tensor of a state dict: its name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def result_record(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run produced and what its bits depend on besides its run key: the
+    numerics profile this process ran under, the host (:func:`glsim.numerics.host_record`)
+    and the :func:`weights_digest` of the weights it wrote. None of it is in the run key:
+    the same key on another host or profile is the same experiment, not the same bits."""
+    from glsim.numerics import active_profile, host_record
+
+    return {
+        "numerics": active_profile(),
+        "host": host_record(),
+        "weights_sha256": weights_digest(state_dict),
+    }

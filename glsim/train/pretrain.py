@@ -24,6 +24,7 @@ from glsim.config import Params, write_resolved
 from glsim.data.synthetic import upstream_batch
 from glsim.models.backbone import WeightsError, create_vit, pretrained_norm
 from glsim.runs import pretrain_dir, pretrain_key, pretrain_report
+from glsim.train.checkpoint import result_record
 from glsim.train.claim import claim
 from glsim.train.loop import Recipe, fit
 from glsim.train.self_distillation import AGREE, SelfDistillation, knn_classify
@@ -47,14 +48,19 @@ def save_vit_weights(model: VisionTransformer, path: str | Path) -> Path:
             f"{path}: cannot save weights as {path.suffix!r}; name the file .safetensors "
             "(or .pth/.pt/.bin), e.g. pretrain.output: models/pretrained/backbone.safetensors"
         )
-    state = {
+    state = backbone_state(model)
+    if path.suffix == ".safetensors":
+        return _atomic(path, lambda p: save_file(state, str(p)))
+    return atomic_torch_save(state, path)
+
+
+def backbone_state(model: VisionTransformer) -> dict[str, Tensor]:
+    """The tensors :func:`save_vit_weights` writes: the state dict without the head."""
+    return {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
         if not k.startswith("head.")
     }
-    if path.suffix == ".safetensors":
-        return _atomic(path, lambda p: save_file(state, str(p)))
-    return atomic_torch_save(state, path)
 
 
 def _to_tensor(images: np.ndarray, mean, std) -> Tensor:
@@ -151,7 +157,8 @@ def pretrain_backbone(
     while it trains; a second one waits ``GLSIM_CLAIM_WAIT_S`` seconds (default 0), then
     raises :class:`~glsim.train.claim.RunClaimed`.
 
-    Returns a report with the upstream test accuracy and the run key (also written to
+    Returns a report with the upstream test accuracy, the run key and the
+    :func:`~glsim.train.checkpoint.result_record` of the weights file (also written to
     ``report_path``).
     """
     with claim(Path(work_dir), root=params.base.runs_dir):
@@ -252,6 +259,7 @@ def _pretrain_claimed(
         "final_train_loss": round(state.history[-1]["train/loss"], 4),
         "weights": str(cfg.output),
         "run_key": key,
+        **result_record(backbone_state(kept)),
     }
     if report_path:
         atomic_write_json(report_path, report)

@@ -34,7 +34,12 @@ from glsim.runs import (
     shards_dir,
 )
 from glsim.train import distributed
-from glsim.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, require_checkpoint
+from glsim.train.checkpoint import (
+    CHECKPOINT_NAME,
+    read_checkpoint,
+    require_checkpoint,
+    result_record,
+)
 from glsim.train.claim import claim_run
 from glsim.train.loop import Recipe, fit, load_trained
 from glsim.utils import (
@@ -126,7 +131,9 @@ def train_run(
 ) -> Path:
     """Fine-tune ``spec.model`` with ``spec.seed``; resumes a killed run. Returns the run dir.
 
-    Writes ``last.pt`` (checkpoint, every epoch), ``train.json`` (per-epoch history) and
+    Writes ``last.pt`` (checkpoint, every epoch), ``train.json`` (per-epoch history, the
+    run key, and the :func:`~glsim.train.checkpoint.result_record` of the process that
+    finished the run: numerics profile, host, final weights' digest) and
     ``params.resolved.yaml`` into the run dir, and logs all of it to MLflow (the per-epoch
     ``train/loss`` and ``train/acc`` as metrics). Writes the run's curve, rows of ``epoch,
     loss, acc`` (:func:`curve_rows`), to ``spec.curve_path(params)``, also when the run had
@@ -193,8 +200,11 @@ def _train_claimed(
     state = _fit_tracked(params, spec, model, **kwargs) if track else fit(model, **kwargs)
     atomic_write_json(
         out / "train.json",
-        {"epochs_done": state.epoch, "steps": state.step, "history": state.history},
-    )
+        {
+            "epochs_done": state.epoch, "steps": state.step, "history": state.history,
+            "run_key": key, **result_record(model.state_dict()),
+        },
+    )  # fmt: skip
     write_curve(state.history, spec.curve_path(params))
     return out
 
@@ -288,3 +298,16 @@ def load_history(run_dir: Path) -> list[dict[str, float]]:
     if summary.is_file():
         return json.loads(summary.read_text())["history"]
     return read_checkpoint(run_dir / CHECKPOINT_NAME)["state"]["history"]
+
+
+RECORD_KEYS = ("weights_sha256", "numerics", "host")  # train.json's result record
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """The :func:`~glsim.train.checkpoint.result_record` ``train.json`` holds: weights
+    digest, numerics profile and host (empty for a run trained before runs recorded it)."""
+    summary = run_dir / "train.json"
+    if not summary.is_file():
+        return {}
+    record = json.loads(summary.read_text())
+    return {k: record[k] for k in RECORD_KEYS if k in record}

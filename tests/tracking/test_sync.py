@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -171,6 +172,9 @@ def test_sync_of_a_file_without_a_run_folder(shared_server, tmp_path, monkeypatc
          "step": None, "time": 1000.0, "run_id": None},
         {"call": "log_metrics", "args": {"synthetic_fg_vit_top1_mean": 71.5}, "step": None,
          "time": 1001.0, "run_id": None},
+        {"call": "log_table", "args": {"data": {"seed": [1], "top1": [71.5]},
+                                       "artifact_file": "tables/ledger_table.json"},
+         "step": None, "time": 1001.5, "run_id": None},
         {"call": "end_run", "args": {"status": "FINISHED"}, "step": None, "time": 1002.0,
          "run_id": None},
     ]  # fmt: skip
@@ -181,5 +185,7 @@ def test_sync_of_a_file_without_a_run_folder(shared_server, tmp_path, monkeypatc
     run = MlflowClient(shared_server.uri).get_run(run_id)
     assert run.info.run_name == "aggregate" and run.data.tags["stage"] == "aggregate"
     assert run.data.metrics == {"synthetic_fg_vit_top1_mean": 71.5}
+    table = MlflowClient(shared_server.uri).download_artifacts(run_id, "tables/ledger_table.json")
+    assert json.loads(Path(table).read_text())["data"] == [[1, 71.5]]  # the ledger's table
     assert (run.info.start_time, run.info.end_time) == (1_000_000, 1_002_000)
     assert not pending.exists() and (pending.parent / "aggregate.synced.jsonl").is_file()
