@@ -132,8 +132,9 @@ def check_profile(profile: str) -> None:
 def host_record() -> dict[str, object]:
     """What a run's bits may depend on besides its run key, one field each: the CPU model,
     the instruction sets its kernels dispatch on (:data:`glsim.tracking.mlflow.ISA_FLAGS`
-    present), and the torch, MKL, oneDNN and Python versions (``"unknown"`` where a build
-    does not say). Training and pretraining record it beside their result."""
+    present), the torch, MKL, oneDNN and Python versions (``"unknown"`` where a build
+    does not say), and the GPU and CUDA version when a GPU is visible (``"none"`` else).
+    Training and pretraining record it beside their result."""
     import platform
 
     import torch
@@ -149,6 +150,8 @@ def host_record() -> dict[str, object]:
         "mkl": builds.get("mkl", "unknown"),
         "onednn": builds.get("onednn", "unknown"),
         "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "cuda": torch.version.cuda if torch.cuda.is_available() else "none",
     }
 
 
@@ -157,9 +160,11 @@ def host_fingerprint(host: dict[str, object] | None = None) -> str:
     bits may still depend on."""
     host = host if host is not None else host_record()
     isa = ",".join(host["isa_flags"]) or "none"
+    gpu = host.get("gpu", "none")
     return (
         f"{host['cpu_model']} [{isa}] torch {host['torch']} mkl {host['mkl']} "
         f"onednn {host['onednn']} python {host['python']}"
+        + (f" {gpu} cuda {host.get('cuda')}" if gpu not in ("none", "?") else "")
     )
 
 

@@ -25,7 +25,7 @@ LEDGER_FORMAT = 1
 COMMAND = "dvc repro"
 AGGREGATE_STAGE = "aggregate"
 RECORD_KEYS = ("run_key", "weights_sha256", "numerics", "host")  # what each entry carries
-HOST_FIELDS = ("cpu_model", "isa_flags", "torch", "mkl", "onednn", "python")
+HOST_FIELDS = ("cpu_model", "isa_flags", "torch", "mkl", "onednn", "python", "gpu", "cuda")
 SHORT = 12  # digest characters shown in ledger.md
 
 

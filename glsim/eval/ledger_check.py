@@ -36,7 +36,7 @@ from glsim.eval.ledger import HOST_FIELDS, LEDGER_FORMAT, RECORD_KEYS
 T = TypeVar("T")
 SAME, NOISE, DIFFERENT = "same", "within seed noise", "different"
 PRETRAIN = ("pretrain", "backbone", 0)  # the pretrained backbone's number, by name
-LIBRARIES = ("torch", "mkl", "onednn", "python")
+LIBRARIES = ("torch", "mkl", "onednn", "python", "cuda")
 EPS = 1e-9  # top-1 and std are rounded to 4 places: absorbs float error in a difference
 RECORDED = (("weights_sha256", "weights digest"), ("numerics", "profile"), ("host", "host"))
 
@@ -199,8 +199,9 @@ def host_differences(mine: dict[str, Any] | None, theirs: dict[str, Any] | None)
     mine = {**dict.fromkeys(HOST_FIELDS, "?"), **mine}
     theirs = {**dict.fromkeys(HOST_FIELDS, "?"), **theirs}
     out = []
-    if mine["cpu_model"] != theirs["cpu_model"]:
-        out.append(f"CPU model {theirs['cpu_model']!r}, ledger {mine['cpu_model']!r}")
+    for part, name in (("cpu_model", "CPU model"), ("gpu", "GPU")):
+        if mine[part] != theirs[part]:
+            out.append(f"{name} {theirs[part]!r}, ledger {mine[part]!r}")
     mine_isa, their_isa = set(mine["isa_flags"] or []), set(theirs["isa_flags"] or [])
     if mine_isa != their_isa:
         change = [f"+{f}" for f in sorted(their_isa - mine_isa)]
