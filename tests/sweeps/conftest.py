@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the retry tests call the training task outside a flow: its logs have no flow run to go to
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 

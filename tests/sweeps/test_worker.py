@@ -70,7 +70,6 @@ class Cluster:
             **os.environ,
             "PREFECT_API_URL": self.api,
             "PREFECT_HOME": str(root / "prefect-home"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "GLSIM_REPO": str(REPO),
