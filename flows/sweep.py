@@ -345,7 +345,7 @@ def _ok(future: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[params_parser()])
     p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable)")
     p.add_argument("--local", action="store_true", help="train here, not through workers")
     p.add_argument("--no-track", action="store_true")
