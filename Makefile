@@ -1,12 +1,9 @@
 # The two commands a newcomer runs (README): `make repro` and `make test`.
 SHELL := /bin/bash
 VENV := .venv
-export NO_ALBUMENTATIONS_UPDATE := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export DVC_NO_ANALYTICS := 1
-export HF_HUB_OFFLINE := 1
+# the telemetry switches (scripts/telemetry.env: KEY=VALUE lines), exported to every recipe
+include scripts/telemetry.env
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' scripts/telemetry.env)
 
 .PHONY: setup repro test test-slow lint
 

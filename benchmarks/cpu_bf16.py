@@ -33,7 +33,7 @@ def step(run: tuple, bf16: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--vit-s16-224", action="store_true")
     ap.add_argument("--repeats", type=int, default=10)

@@ -453,7 +453,7 @@ def part_loop(work: Path, device: str, small: bool, repeats: int, workers: int) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--small", action="store_true", help="tiny sizes (a CPU smoke run)")

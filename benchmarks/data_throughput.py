@@ -31,18 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from glsim.config import SyntheticParams  # noqa: E402
-from glsim.data.loader import make_loader  # noqa: E402
-from glsim.data.shards import write_shards  # noqa: E402
-from glsim.data.synthetic import generate_fine_grained  # noqa: E402
-from glsim.data.transforms import build_transforms  # noqa: E402
+from glsim.config import SyntheticParams
+from glsim.data.loader import make_loader
+from glsim.data.shards import write_shards
+from glsim.data.synthetic import generate_fine_grained
+from glsim.data.transforms import build_transforms
 
 
 def make_jpeg_copy(png_manifest: Path, out_root: Path, quality: int) -> Path:

@@ -168,7 +168,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
         return
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--threads", type=int, default=None, help="default: base.num_threads")
     ap.add_argument("--rounds", type=int, default=3)

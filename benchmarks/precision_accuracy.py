@@ -27,7 +27,7 @@ def welch_t(a: list[float], b: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--models", nargs="+", default=["vit"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 10, 100, 1000, 2000, 3000])

@@ -3,7 +3,8 @@ machine) with 1 worker and with N workers of one GPU slot each, measured in one 
 
 Each trial is docs/operations.md's loopback set-up from scratch: a fresh ``prefect server``, a
 fresh ``mlflow server`` (sqlite, proxied artifacts), the ``glsim-gpu`` process pool,
-``prefect deploy --all``, the workers (``GLSIM_GPU_SLOTS=1``, ``--limit 1``), then the
+``prefect deploy --all``, the workers (``GLSIM_GPU_SLOTS=1``, ``--limit 1``), each command
+in a shell that has sourced ``scripts/env.sh`` as the walkthrough's are, then the
 timed part: ``python -m flows.sweep --params configs/tiny-sweep.yaml`` until it returns,
 and ``glsim registry show`` of the champion. Its ``tiny-sweep/`` output folder is removed first.
 
@@ -50,6 +51,10 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120)
     raise RuntimeError(f"{what} did not answer {url} in {timeout:.0f} s")
 
 
+# every shell of the walkthrough sources it: telemetry off, Prefect's logging config
+ENV_SH = ". scripts/env.sh && "
+
+
 def trial(workers: int, scratch: Path) -> dict:
     shutil.rmtree(REPO / "tiny-sweep", ignore_errors=True)
     pport, mport = free_port(), free_port()
@@ -67,13 +72,15 @@ def trial(workers: int, scratch: Path) -> dict:
 
     def spawn(cmd: str, log: str) -> subprocess.Popen:
         out = open(scratch / log, "w")  # noqa: SIM115 (lives as long as the process)
-        p = subprocess.Popen(cmd, shell=True, cwd=REPO, env=env, stdout=out,
+        p = subprocess.Popen(ENV_SH + cmd, shell=True, cwd=REPO, env=env, stdout=out,
                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         procs.append(p)
         return p
 
     def run(cmd: str) -> str:
-        done = subprocess.run(cmd, shell=True, cwd=REPO, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            ENV_SH + cmd, shell=True, cwd=REPO, env=env, capture_output=True, text=True
+        )
         if done.returncode:
             raise RuntimeError(f"{cmd}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -107,7 +114,7 @@ def trial(workers: int, scratch: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     results = []

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--config", type=Path, required=True, help="a file with an ablations section")
     ap.add_argument("--variants", nargs="+", required=True)

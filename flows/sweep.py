@@ -33,6 +33,7 @@ after a delay. A diverged run (``TrainingDiverged``) and bad input fail at once.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -45,6 +46,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import steps
 from flows.train_one import (
     DEPLOYMENT,
+    RunFailed,
+    RunNotRetriable,
     label,
     not_transient,
     raise_for_state,
@@ -53,11 +56,16 @@ from flows.train_one import (
 )
 from glsim import protocol
 from glsim.config import ParamsError, load_params, params_parser, parse_sets
+from glsim.errors import user_errors
 from glsim.numerics import apply_profile_of
 
 RETRIES = 2
 RETRY_DELAY_S = 10
 IN_FLIGHT = 64  # deployment runs waited on at once (threads that mostly sleep)
+
+
+class SweepIncomplete(RuntimeError):
+    """Some training runs, LR choices or registrations did not complete: no aggregate."""
 
 
 def transient(task, task_run, state) -> bool:
@@ -313,7 +321,7 @@ def sweep(
         failed += [f"choose-lr {d}/{m}" for (d, m), f in chosen.items() if not _ok(f)]
         failed += [f"register {d}/{m}" for (d, m), f in registered.items() if not _ok(f)]
         if failed:
-            raise RuntimeError(
+            raise SweepIncomplete(
                 f"{len(failed)} step(s) did not complete, so no aggregate: {', '.join(failed)} "
                 "(see their flow runs; rerun the sweep to retry: finished runs are skipped)"
             )
@@ -337,7 +345,7 @@ def _ok(future: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[params_parser()])
     p.add_argument("--dataset", action="append", help="a data.datasets entry (repeatable)")
     p.add_argument("--local", action="store_true", help="train here, not through workers")
     p.add_argument("--no-track", action="store_true")
@@ -350,8 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         apply_profile_of(args.params, args.set)
     except ParamsError as err:
         p.error(str(err))
-    print(
-        sweep(
+    try:
+        summary = sweep(
             params_file=str(args.params),
             overrides=overrides,
             datasets=args.dataset,
@@ -359,7 +367,12 @@ def main(argv: list[str] | None = None) -> None:
             track=not args.no_track,
             throughput=args.throughput,
         )
-    )
+    except user_errors() as err:  # bad params or data: as a stage script says it
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (SweepIncomplete, RunFailed, RunNotRetriable) as err:  # the log above has each step's
+        sys.exit(f"error: {err}")
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,19 @@ A finished run (same run key) is skipped by ``train_run``; a killed one resumes 
 neither (nor a cancelled run), only what may be transient (a crash, a lost node, I/O).
 Every error of :func:`glsim.errors.user_errors` (a tracking server that does not answer
 among them) and a full disk end the flow run in a ``Failed`` state and one ``error:`` line
-in its log, as the stage scripts print it, not a traceback; anything else is a bug and
-keeps its traceback.
+in its log, as the stage scripts print it; anything else is a bug and keeps its traceback.
+Prefect's engine logs the traceback of the ``FailedRun`` it raises on reading
+that state; the logging config of ``scripts/prefect-logging.yml`` (which
+``scripts/env.sh`` names, :mod:`glsim.prefect_logging`) drops it, so a worker's log has the
+``error:`` line and Prefect's "Finished in state Failed(...)" line.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.exceptions import FailedRun
 from prefect.states import Failed, State
 
 from flows import gpu, steps
@@ -33,31 +34,6 @@ DIVERGED = "Diverged"
 BAD_INPUT = "BadInput"
 FLOW_NAME = "glsim-train-one"
 DEPLOYMENT = f"{FLOW_NAME}/train-one"  # prefect.yaml
-
-
-class NoTracebackOfAReturnedState(logging.Filter):
-    """Drops the traceback Prefect's engine logs, in a worker's flow-run process, when a flow
-    run ends in a ``Failed`` state its flow returned: the engine reads the state's result,
-    which raises ``FailedRun``, and logs "Engine execution exited with unexpected exception"
-    with that traceback (Prefect's code, not the run's). :func:`train_one` has logged the
-    ``error:`` line by then, and Prefect its "Finished in state Failed(...)" line. Any other
-    exception (a bug raised in the flow) keeps its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        raised = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(raised, FailedRun) and "unexpected exception" in str(record.msg))
-
-
-def _drop_tracebacks_of_returned_states() -> None:
-    """On the engine's flow-run and process loggers, once per process (at import: the
-    worker's flow-run process imports this module to load the flow)."""
-    for name in ("prefect.flow_runs", "prefect.engine"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, NoTracebackOfAReturnedState) for f in logger.filters):
-            logger.addFilter(NoTracebackOfAReturnedState())
-
-
-_drop_tracebacks_of_returned_states()
 
 
 class RunFailed(RuntimeError):

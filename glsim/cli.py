@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from glsim.cost import add_cost_commands
@@ -40,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (`glsim plan | head`): stop, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["torchrun"]:  # every argument is torchrun's: argparse would claim some
         return guarded(lambda: torchrun(argv[1:]), debug=debug_requested([]))
     args = build_parser().parse_args(argv)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from envfile import telemetry_switches
 
-import pytest
-import torch
-from tiny import TINY_VIT
+# the telemetry switches of scripts/telemetry.env, before any dependency is imported; the
+# subprocesses tests start inherit them
+for _key, _value in telemetry_switches().items():
+    os.environ.setdefault(_key, _value)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny import TINY_VIT  # noqa: E402
 
 
 @pytest.fixture

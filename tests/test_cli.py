@@ -105,3 +105,20 @@ def test_every_command_that_reads_params_takes_params_set_and_debug_the_same_way
         sweep.main(["--help"])
     helped = " ".join(capsys.readouterr().out.split())
     assert all(" ".join(h.split()) in helped for _, _, h in want.values())
+
+
+def test_output_into_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    """``glsim cost flops ... | head -0``: the reader has gone; no traceback, status 141."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    closed = os.fdopen(write, "w", buffering=1)  # each line is written at once
+    monkeypatch.setattr(sys, "stdout", closed)
+    try:
+        status = main(["cost", "flops", "--model", "vit_tiny_patch16_224", "--image-size", "224"])
+    finally:
+        closed.close()  # what is left goes to /dev/null, where the command pointed stdout
+    assert status == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -54,7 +54,6 @@ def run(cmd: list[str], cwd: Path, **env_vars: str) -> str:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
         "PYTHONPATH": str(cwd),  # the clone's glsim, not the installed checkout's
         **env_vars,
     }

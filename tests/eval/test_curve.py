@@ -136,7 +136,7 @@ def test_verdict_needs_bands_apart_on_both_measures():
 
 def test_curve_refuses_a_dataset_without_object_boxes_before_pretraining(tmp_path):
     # a user's own folder of 200 classes carries no object boxes: the curve says so in one
-    # line before it pretrains anything (it used to find out after every seed's pretraining)
+    # line before it pretrains anything, not after every seed's pretraining
     from tiny import imagefolder_params
 
     from glsim.errors import RunError

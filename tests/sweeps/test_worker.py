@@ -11,7 +11,8 @@
   retries it, another worker takes it, and training resumes from ``last.pt``.
 * A worker whose tracking server does not answer: its flow run fails with one ``error:``
   line in the worker's log and no traceback, and the sweep's log says which worker
-  started the run and how it ended.
+  started the run and how it ended, also without a traceback (the logging config of
+  ``scripts/prefect-logging.yml``, which ``scripts/env.sh`` names).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Cluster:
             **os.environ,
             "PREFECT_API_URL": self.api,
             "PREFECT_HOME": str(root / "prefect-home"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # as scripts/env.sh exports it: expected failures are one line, no traceback
+            "PREFECT_LOGGING_SETTINGS_PATH": str(REPO / "scripts" / "prefect-logging.yml"),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "GLSIM_REPO": str(REPO),
@@ -181,6 +183,27 @@ def _train_one_runs(client, params_file: Path, name: str | None = None):
     )
     runs = [r for r in runs if r.parameters["params_file"] == str(params_file)]
     return sorted(runs, key=lambda r: r.expected_start_time)
+
+
+def _wait_for_flow_run_processes(worker: subprocess.Popen, timeout: float = 60) -> None:
+    """Until no flow-run process the worker started is alive (the worker's own processes
+    stay)."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + timeout
+    runs: list[str] = []
+    while time.monotonic() < deadline:
+        runs = []
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                cmd = " ".join(child.cmdline())
+            except psutil.Error:  # it has just exited
+                continue
+            if "worker" not in cmd:
+                runs.append(cmd)
+        if not runs:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"flow-run processes still alive: {runs}")
 
 
 def test_a_sweep_through_a_one_slot_worker_never_overlaps_its_runs(cluster, tmp_path):
@@ -323,26 +346,32 @@ def test_a_run_whose_tracking_server_is_down_is_one_line_in_the_worker_log(clust
     down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
 
     said: list[str] = []
+    tracebacks: list[str] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             said.append(record.getMessage())
+            if record.exc_info:
+                tracebacks.append(record.getMessage())
 
     @flow
     def one_run_of_a_sweep() -> str:
         return train.with_options(retries=0)(run, req, True, DEPLOYMENT, 1.0)
 
     handler = Keep(logging.INFO)
-    logging.getLogger("prefect.task_runs").addHandler(handler)
+    loggers = [logging.getLogger(f"prefect.{name}") for name in ("task_runs", "flow_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
-        with (
-            cluster.worker("w-down", MLFLOW_TRACKING_URI=down),
-            cluster.settings(),
-            pytest.raises(RunFailed, match="TrackingUnavailable"),
-        ):
-            one_run_of_a_sweep()
+        with cluster.worker("w-down", MLFLOW_TRACKING_URI=down) as worker, cluster.settings():
+            with pytest.raises(RunFailed, match="TrackingUnavailable"):
+                one_run_of_a_sweep()
+            # what the flow-run process logs last (Prefect's engine, after the Failed
+            # state) reaches the worker's log once that process has exited
+            _wait_for_flow_run_processes(worker)
     finally:
-        logging.getLogger("prefect.task_runs").removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
     log = cluster.log("worker-w-down")
     errors = [line for line in log.splitlines() if "error: " in line]
@@ -353,3 +382,7 @@ def test_a_run_whose_tracking_server_is_down_is_one_line_in_the_worker_log(clust
     assert re.match(
         rf"{re.escape(run)}: Failed on w-down after \d+ s: TrackingUnavailable: ", progress[1]
     )
+    # the sweep's side: the task's failure is its one line too (scripts/prefect-logging.yml)
+    failed = [line for line in said if line.startswith("Task run failed with exception: ")]
+    assert len(failed) == 1 and "TrackingUnavailable" in failed[0], said
+    assert not tracebacks, tracebacks

@@ -22,7 +22,6 @@ def sh(cmd: list[str], cwd: Path) -> str:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
     }
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (
