@@ -104,42 +104,40 @@ def torchrun_train(
     """Train one run with ``torchrun --standalone --nproc_per_node nproc`` (DDP: NCCL on a
     node's GPUs, gloo on CPU); returns when every rank has finished. ``request`` holds the
     run's coordinates (``params_file``, ``overrides``, ``dataset``, ``kind``, ``name``,
-    ``seed``, ``lr``, ``track``), the same a training flow run carries. A failed rank is a
-    :class:`~glsim.errors.CommandError` naming the exit status; a diverged run or bad input
-    is also raised in this process (the ranks' first ``error:`` line is in the message)."""
+    ``seed``, ``lr``, ``track``), the same a training flow run carries.
+
+    A rank that stops on a diverged run or bad input appends its record to the file
+    ``GLSIM_ERROR_RECORD`` names (:mod:`glsim.errors`); the first one written is raised
+    here as the same exception (``TrainingDiverged``, ``RunClaimed``, ``ParamsError``, ...),
+    so the flow's retry policy reads it as it reads a run trained in its own process. A
+    rank that failed without a record is a :class:`~glsim.errors.CommandError` naming the
+    exit status."""
     import json
+    import os
     import subprocess
     import sys
+    import tempfile
 
-    from glsim.errors import CommandError
+    from glsim.errors import ERROR_RECORD_ENV, CommandError, error_of, read_error_records
 
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "flows.steps", json.dumps(request),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode == 0:
-        return
-    import re
-
-    # a rank's guarded() line, maybe prefixed by torchrun ("[rank1]:")
-    errors = re.findall(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", proc.stderr, re.MULTILINE)
-    reason = errors[0] if errors else f"exit status {proc.returncode}"
-    if "diverged" in reason or "loss is nan" in reason or "loss is inf" in reason:
-        from glsim.train.loop import TrainingDiverged
-
-        raise TrainingDiverged(reason)
-    if " is being trained by " in reason:  # rank 0's claim refused (glsim.train.claim)
-        from glsim.train.claim import RunClaimed
-
-        raise RunClaimed(reason)
-    if proc.returncode == 2 and errors:  # guarded(): an input error, named
-        from glsim.errors import RunError
-
-        raise RunError(f"torchrun training: {reason}")
-    raise CommandError(f"torchrun training of {request.get('name')} failed: {reason}")
+    with tempfile.TemporaryDirectory(prefix="glsim-torchrun-") as tmp:
+        record = Path(tmp) / "errors.jsonl"
+        env = {**os.environ, ERROR_RECORD_ENV: str(record)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode == 0:
+            return
+        records = read_error_records(record)
+    if records:
+        raise error_of(records[0])
+    raise CommandError(
+        f"torchrun training of {request.get('name')} failed: exit status {proc.returncode}"
+    )
 
 
 def train_and_evaluate(
@@ -176,7 +174,8 @@ def train_and_evaluate(
 
 def _torchrun_main(argv: list[str]) -> None:
     """Entry point of every rank :func:`torchrun_train` starts: train one run, then leave
-    the process group. Input errors are one ``error:`` line and exit status 2 (as stages)."""
+    the process group. Input errors are one ``error:`` line, exit status 2 (as stages) and a
+    record in ``GLSIM_ERROR_RECORD``'s file."""
     import json
 
     from glsim.errors import guarded

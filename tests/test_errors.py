@@ -148,6 +148,42 @@ def test_under_torchrun_the_error_line_is_the_root_cause_the_launcher_shows(
     assert failure.message == line  # the "traceback :" field of torchrun's failure summary
 
 
+def test_each_reported_error_is_a_json_line_that_reads_back_as_the_same_exception(
+    tmp_path, monkeypatch, capsys
+):
+    """What a torchrun rank tells whoever started it: one record per error, in the order
+    written, read back as the error's class (a subclass as the user error it is) and
+    message; a described disk error as the OSError with its errno and path."""
+    from glsim.data.registry import DatasetError, UnknownDataset
+    from glsim.errors import ERROR_RECORD_ENV, error_of, read_error_records
+    from glsim.train.loop import TrainingDiverged
+
+    record = tmp_path / "errors.jsonl"
+    monkeypatch.setenv(ERROR_RECORD_ENV, str(record))
+    raised = [
+        TrainingDiverged("loss is nan at epoch 1 step 3"),
+        UnknownDataset("unknown dataset 'cubb'; did you mean 'cub'?"),
+        OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs")),
+    ]
+    for rank, err in enumerate(raised):
+        monkeypatch.setenv("RANK", str(rank))
+
+        def fail(err=err):
+            raise err
+
+        assert guarded(fail, debug=False) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3  # the lines, as before
+    records = read_error_records(record)
+    assert [(r["rank"], r["error"]) for r in records] == [
+        (0, "TrainingDiverged"), (1, "DatasetError"), (2, "OSError"),
+    ]  # fmt: skip
+    diverged, unknown, disk = (error_of(r) for r in records)
+    assert type(diverged) is TrainingDiverged and str(diverged) == str(raised[0])
+    assert type(unknown) is DatasetError and "did you mean 'cub'" in str(unknown)
+    assert disk.errno == errno.ENOSPC and disk.filename == str(tmp_path / "runs")
+    assert read_error_records(tmp_path / "none.jsonl") == []
+
+
 def test_a_runs_uri_with_the_tracking_server_down_is_one_line_naming_it(monkeypatch, capsys):
     import socket
 
