@@ -34,7 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from glsim.config import load_params, parse_sets
-    from glsim.protocol import chosen_lr, evaluate_run
+    from glsim.protocol.evaluate import evaluate_run
+    from glsim.protocol.specs import chosen_lr
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
     from glsim.utils import atomic_write_json, cpu_has_native_bf16

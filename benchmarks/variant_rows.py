@@ -35,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from glsim.config import AblationParams, load_params, parse_sets
-    from glsim.protocol import chosen_lr, evaluate_run, variant_params
+    from glsim.protocol.evaluate import evaluate_run
+    from glsim.protocol.specs import chosen_lr, variant_params
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
     from glsim.utils import atomic_write_json

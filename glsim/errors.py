@@ -104,6 +104,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def retriable_errors() -> tuple[type[BaseException], ...]:
+    """The user errors a retry may get past: a download or a tracking server that may
+    answer next time, and a run folder another trainer holds (once it has finished, the
+    retry skips the run). Every other user error (a diverged run among them) is final."""
+    from glsim.data.download import DownloadError
+    from glsim.train.claim import RunClaimed
+
+    return (DownloadError, TrackingUnavailable, RunClaimed)
+
+
 def debug_requested(argv: list[str] | None = None) -> bool:
     """``--debug`` on the command line or ``GLSIM_DEBUG`` set to a true value."""
     argv = sys.argv[1:] if argv is None else argv
@@ -217,7 +227,9 @@ def error_of(record: dict) -> BaseException:
     error class that takes no message becomes a :class:`RunError` naming it)."""
     name, message = record["error"], record["message"]
     if record.get("errno") is not None:
-        return OSError(record["errno"], record["strerror"], record["filename"], None, record["filename2"])
+        return OSError(
+            record["errno"], record["strerror"], record["filename"], None, record["filename2"]
+        )
     by_name = {cls.__name__: cls for cls in user_errors()}
     try:
         return by_name[name](message)

@@ -79,8 +79,7 @@ def _tiny(tmp_path: Path, **overrides):
 
 
 def test_an_unknown_backbone_is_refused_with_the_closest_timm_name(tmp_path):
-    from glsim.config import ParamsError
-    from glsim.protocol import check_params
+    from glsim.config import ParamsError, check_params
 
     with pytest.raises(ParamsError, match=r"did you mean 'vit_tiny_patch16_224'\?") as info:
         check_params(_tiny(tmp_path, **{"model.backbone.name": "vit_tiny_patch16_24"}))
@@ -91,8 +90,7 @@ def test_an_unknown_backbone_is_refused_with_the_closest_timm_name(tmp_path):
 
 @pytest.mark.parametrize("size,fragment", [(30, "last 6 px.*use 24 or 32"), (17, "use 16 or 24$")])
 def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path, size, fragment):
-    from glsim.config import ParamsError
-    from glsim.protocol import check_params
+    from glsim.config import ParamsError, check_params
 
     with pytest.raises(ParamsError, match=rf"data.image_size {size} .* patch size 8.*{fragment}"):
         check_params(_tiny(tmp_path, **{"data.image_size": size}))
@@ -100,8 +98,7 @@ def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path,
 
 
 def test_an_image_size_is_not_checked_against_a_backbone_no_model_uses(tmp_path):
-    from glsim.config import params_from_dict
-    from glsim.protocol import check_params
+    from glsim.config import check_params, params_from_dict
 
     tree = _tiny(tmp_path, **{"data.image_size": 30}).model_dump(mode="json")
     tree["protocol"]["models"] = ["resnet101"]
@@ -206,15 +203,15 @@ def test_training_names_an_image_that_does_not_decode_by_the_users_file(tmp_path
     shards, whose paths are relative to different manifests."""
     from tiny import imagefolder_params
 
-    from glsim import protocol
     from glsim.data.shards import ShardError
+    from glsim.protocol.data import shard
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
 
     params = imagefolder_params(tmp_path, classes=2)
     bad = tmp_path / "src" / "train" / "species_000" / "0.png"
     bad.write_bytes(b"broken after prepare")
-    protocol.shard(params)
+    shard(params)
     spec = RunSpec("vit", 1, lr=0.01, kind=kind)
     with pytest.raises(ShardError, match=rf"image {bad} \(sample '.*'\) does not decode"):
         train_run(params, spec, track=False)
