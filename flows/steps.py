@@ -150,7 +150,7 @@ def train_and_evaluate(
     coordinates); the evaluation then runs here, in one process, on the checkpoint rank 0
     wrote. Pretraining always runs in one process.
     """
-    from glsim.protocol.done import is_done
+    from glsim.protocol import done
     from glsim.protocol.evaluate import evaluate_run
 
     if kind == "pretrain":
@@ -160,7 +160,7 @@ def train_and_evaluate(
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
     run_params, spec = run_of(params, kind, name, seed, lr)
-    if nproc > 1 and not is_done(run_params, spec):
+    if nproc > 1 and not done.is_done(run_params, spec):
         if request is None:
             raise ValueError("a torchrun training needs the run's request (its coordinates)")
         torchrun_train(request, nproc)
