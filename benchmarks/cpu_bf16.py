@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from glsim.config import load_params
+from glsim.config import params_of_args, params_parser
 from glsim.train.loop import train_step
 from glsim.train.run import model_kwargs
 from glsim.utils import cpu_has_native_bf16, set_threads
@@ -33,15 +33,14 @@ def step(run: tuple, bf16: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
     ap.add_argument("--vit-s16-224", action="store_true")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--batch", type=int, default=None)
     args = ap.parse_args()
     from glsim.models import create_model
 
-    params = load_params(args.params)
+    params = params_of_args(args)
     set_threads(params.base.num_threads)
     size, batch = params.data.image_size, args.batch or params.train.batch_size
     print(f"native bf16: {cpu_has_native_bf16()}, threads {torch.get_num_threads()}")

@@ -99,15 +99,16 @@ def check_params(out: Path, device: str, small: bool, **train):
 
 
 def part_train(work: Path, device: str, small: bool) -> dict:
-    from glsim import protocol
+    from glsim.protocol.data import prepare, shard
+    from glsim.protocol.evaluate import evaluate_run
     from glsim.runs import RunSpec
     from glsim.train.checkpoint import read_checkpoint
     from glsim.train.run import train_run
 
     params = check_params(work, device, small)
     t0 = time.perf_counter()
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     res: dict = {"prepare_shard_s": round(time.perf_counter() - t0, 1)}
     log(f"prepare+shard: {res['prepare_shard_s']} s")
     for model in ("vit", "glsim"):
@@ -117,7 +118,7 @@ def part_train(work: Path, device: str, small: bool) -> dict:
         seconds = time.perf_counter() - t0
         hist = json.loads((run_dir / "train.json").read_text())["history"]
         state = read_checkpoint(run_dir / "last.pt")
-        report = protocol.evaluate_run(params, spec, track=False)
+        report = evaluate_run(params, spec, track=False)
         row = {
             "train_s": round(seconds, 1),
             "loss": [round(h["train/loss"], 4) for h in hist],

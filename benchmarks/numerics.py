@@ -133,13 +133,13 @@ def digests() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import tiny_params
 
-    from glsim import protocol
+    from glsim.protocol.data import prepare, shard
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         params = tiny_params(data)
-        protocol.prepare(params)
-        protocol.shard(params)
+        prepare(params)
+        shard(params)
         runs = [("portable", n, e) for n, e in HOST_ENVS.items()] + [("native", "plain", {})]
         print(
             "\ntiny pretrain + fine-tune (tests/repro_run.py, 1 thread): fine-tuned weights' sha256"

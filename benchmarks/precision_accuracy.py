@@ -27,21 +27,23 @@ def welch_t(a: list[float], b: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
+    from glsim.config import params_parser
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
     ap.add_argument("--models", nargs="+", default=["vit"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 10, 100, 1000, 2000, 3000])
     args = ap.parse_args()
 
-    from glsim.config import load_params, parse_sets
-    from glsim.protocol import chosen_lr, evaluate_run
+    from glsim.config import load_params, params_of_args, parse_sets
+    from glsim.protocol.evaluate import evaluate_run
+    from glsim.protocol.specs import chosen_lr
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
     from glsim.utils import atomic_write_json, cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         raise SystemExit("error: this CPU has no native bf16; train.cpu_amp: auto trains float32 here")
-    main_params = load_params(args.params)
+    main_params = params_of_args(args)
     out = {"seeds": args.seeds, "models": {}}
     for model in args.models:
         lr = chosen_lr(main_params, model)  # the main pipeline's LR search
@@ -50,6 +52,7 @@ def main() -> None:
             params = load_params(
                 args.params,
                 parse_sets([
+                    *args.set,
                     f"train.cpu_amp={amp}",
                     f"base.runs_dir={main_params.base.runs_dir / 'precision' / precision}",
                     f"base.reports_dir={main_params.base.reports_dir / 'precision' / precision}",

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glsim.config import BackboneParams, Params, load_params
+from glsim.config import BackboneParams, Params, params_of_args, params_parser
 from glsim.cost.bench import best_per_repeat, model_kwargs_for, throughput_pass
 from glsim.cost.measure import median_ratio, timed_rate
 from glsim.models import create_model
@@ -154,8 +154,7 @@ def print_report(result: dict[str, Any], env: dict[str, Any], args: argparse.Nam
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
     parser.add_argument(
         "--backbone",
         help="timm model name (default: params.yaml model.backbone, with its overrides)",
@@ -190,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load_params(args.params)
+    params = params_of_args(args)
     if args.backbone:
         backbone = BackboneParams(name=args.backbone, weights=None)
     else:

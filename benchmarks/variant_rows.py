@@ -26,25 +26,28 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
+    from glsim.config import params_parser
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[params_parser()])
     ap.add_argument("--config", type=Path, required=True, help="a file with an ablations section")
     ap.add_argument("--variants", nargs="+", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", help="default: protocol.seeds")
     ap.add_argument("--out", type=Path, help="summary json (default: reports/extra/<config>.json)")
     args = ap.parse_args()
 
-    from glsim.config import AblationParams, load_params, parse_sets
-    from glsim.protocol import chosen_lr, evaluate_run, variant_params
+    from glsim.config import AblationParams, load_params, params_of_args, parse_sets
+    from glsim.protocol.evaluate import evaluate_run
+    from glsim.protocol.specs import chosen_lr, variant_params
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
     from glsim.utils import atomic_write_json
 
-    main_params = load_params(args.params)
+    main_params = params_of_args(args)
     ablations = AblationParams.model_validate(yaml.safe_load(args.config.read_text())["ablations"])
     params = load_params(
         args.params,
         parse_sets([
+            *args.set,
             f"base.runs_dir={main_params.base.runs_dir / 'extra'}",
             f"base.reports_dir={main_params.base.reports_dir / 'extra'}",
         ]),

@@ -91,7 +91,7 @@ def gpu_slot(enabled: bool = True, slots: int = 1) -> Iterator[dict[str, Any]]:
 
     limit = ensure_limit()
     if slots > limit:
-        from glsim.config import ParamsError
+        from glsim.protocol.entry import ParamsError
 
         raise ParamsError(
             f"a run needs {slots} GPU slots but {record['limit']} has {limit}; lower "

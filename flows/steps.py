@@ -4,8 +4,8 @@ doing it. Every stage body, path and run key is the protocol's (the same functio
 stages of ``pipelines/`` call), so a step done by a flow leaves exactly the files the stage
 leaves, and either side skips the other's finished runs.
 
-``params`` is always one dataset's tree: :func:`resolve` (``load_params`` + ``for_dataset``
-+ ``check_params``, as ``pipelines/_common.py`` does).
+``params`` is always one dataset's tree (:func:`glsim.protocol.entry.resolve`, as a stage
+script resolves it).
 """
 
 from __future__ import annotations
@@ -13,27 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from glsim import protocol
-from glsim.config import Params, for_dataset, load_params
-from glsim.runs import RunSpec
+from glsim.protocol import specs
+from glsim.protocol.entry import Params, ParamsError, resolve
+from glsim.protocol.specs import RunSpec
 
 Kind = Literal["pretrain", "lrsearch", "final", "ablation"]
 KINDS: tuple[str, ...] = ("pretrain", "lrsearch", "final", "ablation")
 
 
-def resolve(
-    params_file: str | Path, overrides: dict[str, Any] | None, dataset: str | None
-) -> Params:
-    """One dataset's params, as a stage script resolves them (``--params``/``--set``/``--dataset``)."""
-    params = load_params(params_file, overrides or None)
-    return protocol.check_params(for_dataset(params, dataset or params.data.dataset))
-
-
 def choose_lr(params: Params, model: str) -> dict[str, Any]:
     """``search_lr``'s report, from the val reports its LR runs (trained here as runs of
     their own) wrote under their run keys; with an empty grid, ``train.lr``."""
-    protocol.check_search(params, model)
-    return protocol.record_lr_choice(params, model, protocol.search_val_top1(params, model))
+    from glsim.protocol.lr_search import check_search, record_lr_choice
+
+    check_search(params, model)
+    return record_lr_choice(params, model, specs.search_val_top1(params, model))
 
 
 # ---------------------------------------------------------------------------------------
@@ -51,21 +45,23 @@ def run_of(
     if kind == "lrsearch":
         if lr is None:
             raise ValueError("an lrsearch run needs lr (one of protocol.lr_grid)")
-        return protocol.search_params(params), protocol.search_spec(params, name, lr)
+        return specs.search_params(params), specs.search_spec(params, name, lr)
     if kind == "final":
-        return params, protocol.final_spec(params, name, seed)
+        return params, specs.final_spec(params, name, seed)
     if kind == "ablation":
-        vparams = protocol.variant_params(params, name)  # raises for an unknown variant
-        return vparams, protocol.variant_spec(params, name, seed)
+        vparams = specs.variant_params(params, name)  # raises for an unknown variant
+        return vparams, specs.variant_spec(params, name, seed)
     raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
 
 
 def is_done(params: Params, kind: str, name: str, seed: int, lr: float | None) -> bool:
     """The run finished and was evaluated under its current run key (pretraining: under
     its own key), so neither training nor evaluation is due."""
+    from glsim.protocol import done
+
     if kind == "pretrain":
-        return protocol.pretrain_done(params)
-    return protocol.is_done(*run_of(params, kind, name, seed, lr))
+        return done.pretrain_done(params)
+    return done.is_done(*run_of(params, kind, name, seed, lr))
 
 
 PROCS_ENV = "GLSIM_PROCS_PER_RUN"
@@ -83,8 +79,6 @@ def procs_per_run() -> int:
     except ValueError:
         procs = 0
     if procs < 1:
-        from glsim.config import ParamsError
-
         raise ParamsError(f"{PROCS_ENV}={value!r} is not a process count; set it to 1 or more")
     return procs
 
@@ -93,53 +87,49 @@ def train(
     params: Params, kind: str, name: str, seed: int, lr: float | None, *, track: bool = True
 ) -> Path:
     """Train (or resume, or skip when finished) one run in this process; its run folder."""
-    from glsim.train.run import train_run
+    from glsim.protocol.train import train_run
 
     return train_run(*run_of(params, kind, name, seed, lr), track=track)
 
 
-def torchrun_train(
-    request: dict[str, Any], nproc: int, *, timeout: float | None = None
-) -> None:
+def torchrun_train(request: dict[str, Any], nproc: int, *, timeout: float | None = None) -> None:
     """Train one run with ``torchrun --standalone --nproc_per_node nproc`` (DDP: NCCL on a
     node's GPUs, gloo on CPU); returns when every rank has finished. ``request`` holds the
     run's coordinates (``params_file``, ``overrides``, ``dataset``, ``kind``, ``name``,
-    ``seed``, ``lr``, ``track``), the same a training flow run carries. A failed rank is a
-    :class:`~glsim.errors.CommandError` naming the exit status; a diverged run or bad input
-    is also raised in this process (the ranks' first ``error:`` line is in the message)."""
+    ``seed``, ``lr``, ``track``), the same a training flow run carries.
+
+    A rank that stops on a diverged run or bad input appends its record to the file
+    ``GLSIM_ERROR_RECORD`` names (:mod:`glsim.errors`); the first one written is raised
+    here as the same exception (``TrainingDiverged``, ``RunClaimed``, ``ParamsError``, ...),
+    so the flow's retry policy reads it as it reads a run trained in its own process. A
+    rank that failed without a record is a :class:`~glsim.errors.CommandError` naming the
+    exit status."""
     import json
+    import os
     import subprocess
     import sys
+    import tempfile
 
-    from glsim.errors import CommandError
+    from glsim.errors import ERROR_RECORD_ENV, CommandError, error_of, read_error_records
 
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "flows.steps", json.dumps(request),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode == 0:
-        return
-    import re
-
-    # a rank's guarded() line, maybe prefixed by torchrun ("[rank1]:")
-    errors = re.findall(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", proc.stderr, re.MULTILINE)
-    reason = errors[0] if errors else f"exit status {proc.returncode}"
-    if "diverged" in reason or "loss is nan" in reason or "loss is inf" in reason:
-        from glsim.train.loop import TrainingDiverged
-
-        raise TrainingDiverged(reason)
-    if " is being trained by " in reason:  # rank 0's claim refused (glsim.train.claim)
-        from glsim.train.claim import RunClaimed
-
-        raise RunClaimed(reason)
-    if proc.returncode == 2 and errors:  # guarded(): an input error, named
-        from glsim.errors import RunError
-
-        raise RunError(f"torchrun training: {reason}")
-    raise CommandError(f"torchrun training of {request.get('name')} failed: {reason}")
+    with tempfile.TemporaryDirectory(prefix="glsim-torchrun-") as tmp:
+        record = Path(tmp) / "errors.jsonl"
+        env = {**os.environ, ERROR_RECORD_ENV: str(record)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode == 0:
+            return
+        records = read_error_records(record)
+    if records:
+        raise error_of(records[0])
+    raise CommandError(
+        f"torchrun training of {request.get('name')} failed: exit status {proc.returncode}"
+    )
 
 
 def train_and_evaluate(
@@ -160,38 +150,42 @@ def train_and_evaluate(
     coordinates); the evaluation then runs here, in one process, on the checkpoint rank 0
     wrote. Pretraining always runs in one process.
     """
+    from glsim.protocol import done
+    from glsim.protocol.evaluate import evaluate_run
+
     if kind == "pretrain":
-        return protocol.pretrain(params)
+        from glsim.protocol.pretrain import pretrain
+
+        return pretrain(params)
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
     run_params, spec = run_of(params, kind, name, seed, lr)
-    if nproc > 1 and not protocol.is_done(run_params, spec):
+    if nproc > 1 and not done.is_done(run_params, spec):
         if request is None:
             raise ValueError("a torchrun training needs the run's request (its coordinates)")
         torchrun_train(request, nproc)
     else:
         train(params, kind, name, seed, lr, track=track)
-    return protocol.evaluate_run(run_params, spec, track=track)
+    return evaluate_run(run_params, spec, track=track)
 
 
 def _torchrun_main(argv: list[str]) -> None:
     """Entry point of every rank :func:`torchrun_train` starts: train one run, then leave
-    the process group. Input errors are one ``error:`` line and exit status 2 (as stages)."""
+    the process group. Input errors are one ``error:`` line, exit status 2 (as stages) and a
+    record in ``GLSIM_ERROR_RECORD``'s file."""
     import json
 
     from glsim.errors import guarded
-    from glsim.numerics import apply_profile
-    from glsim.train.distributed import teardown
+    from glsim.protocol.entry import apply_profile
+    from glsim.protocol.train import torchrun_rank
 
     def body() -> None:
         r = json.loads(argv[0])
         params = resolve(r["params_file"], r.get("overrides"), r.get("dataset"))
         apply_profile(params.base.numerics)  # a rank started without the pins re-executes
-        try:
+        with torchrun_rank():
             train(params, r["kind"], r["name"], int(r.get("seed", 0)), r.get("lr"),
                   track=bool(r.get("track", True)))  # fmt: skip
-        finally:
-            teardown()
 
     raise SystemExit(guarded(body))
 

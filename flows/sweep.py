@@ -1,7 +1,7 @@
 """The paper's protocol as a Prefect sweep over the params tree: what ``dvc repro`` runs,
 spread over workers.
 
-First the plan (:mod:`glsim.plan`: every run, images to train, GPU-hours), written to
+First the plan (:mod:`glsim.protocol.plan`: every run, images to train, GPU-hours), written to
 ``<runs_dir>/plan/`` and logged to MLflow. Per dataset of ``data.datasets``: ``prepare``,
 ``shard``, ``validate`` (in this process);
 ``pretrain`` once when ``pretrain.stages`` is non-empty; ``probe``. Per (dataset, model of
@@ -54,10 +54,9 @@ from flows.train_one import (
     request,
     train_one,
 )
-from glsim import protocol
-from glsim.config import ParamsError, load_params, params_parser, parse_sets
 from glsim.errors import user_errors
-from glsim.numerics import apply_profile_of
+from glsim.protocol import data, entry
+from glsim.protocol.entry import ParamsError, apply_profile_of, params_parser, parse_sets
 
 RETRIES = 2
 RETRY_DELAY_S = 10
@@ -87,9 +86,7 @@ def _task(fn=None, **kwargs):
 
 @_task(task_run_name="check-tracking")
 def check_tracking() -> None:
-    from glsim.tracking.mlflow import check_tracking as check
-
-    check()
+    entry.check_tracking()
 
 
 @_task(task_run_name="plan")
@@ -97,9 +94,9 @@ def plan(
     params_file: str, overrides: dict, datasets: list[str], throughput: str | None, track: bool
 ) -> str:
     """The runs the sweep will make, images and GPU-hours (``glsim plan``), logged first."""
-    from glsim.plan import write_and_log_plan
+    from glsim.protocol.plan import write_and_log_plan
 
-    params = protocol.check_params(load_params(params_file, overrides or None))  # the root tree
+    params = entry.root_params(params_file, overrides)
     paths = write_and_log_plan(
         params, datasets, throughput=throughput, source=params_file, track=track
     )
@@ -109,12 +106,12 @@ def plan(
 
 @_task(task_run_name="prepare-{dataset}")
 def prepare(params_file: str, overrides: dict, dataset: str) -> str:
-    return str(protocol.prepare(steps.resolve(params_file, overrides, dataset)))
+    return str(data.prepare(steps.resolve(params_file, overrides, dataset)))
 
 
 @_task(task_run_name="shard-{dataset}")
 def shard(params_file: str, overrides: dict, dataset: str) -> dict[str, int]:
-    index = protocol.shard(steps.resolve(params_file, overrides, dataset))
+    index = data.shard(steps.resolve(params_file, overrides, dataset))
     return {
         f"{part}/{split}": e["count"]
         for part, i in index.items()
@@ -124,12 +121,16 @@ def shard(params_file: str, overrides: dict, dataset: str) -> dict[str, int]:
 
 @_task(task_run_name="validate-{dataset}")
 def validate(params_file: str, overrides: dict, dataset: str) -> str:
-    return protocol.validate(steps.resolve(params_file, overrides, dataset)).summary()
+    from glsim.protocol.validate import validate as validate_dataset
+
+    return validate_dataset(steps.resolve(params_file, overrides, dataset)).summary()
 
 
 @_task(task_run_name="probe-{dataset}")
 def probe(params_file: str, overrides: dict, dataset: str) -> dict[str, Any]:
-    return protocol.probe(steps.resolve(params_file, overrides, dataset))
+    from glsim.protocol.probe import probe as probe_backbone
+
+    return probe_backbone(steps.resolve(params_file, overrides, dataset))
 
 
 @_task(task_run_name="choose-lr-{dataset}-{model}")
@@ -140,21 +141,23 @@ def choose_lr(params_file: str, overrides: dict, dataset: str, model: str) -> fl
 
 @_task(task_run_name="aggregate")
 def aggregate(params_file: str, overrides: dict, track: bool) -> list[str]:
-    params = protocol.check_params(load_params(params_file, overrides or None))  # the root tree
-    return [str(p) for p in protocol.aggregate_reports(params, track=track)]
+    from glsim.protocol.report import aggregate_reports
+
+    params = entry.root_params(params_file, overrides)
+    return [str(p) for p in aggregate_reports(params, track=track)]
 
 
 @_task(task_run_name="register-{dataset}-{model}")
 def register(params_file: str, overrides: dict, dataset: str, model: str) -> dict[str, Any]:
     """Register a seed's model of ``(dataset, model)`` and move its alias (champion/challenger)."""
-    from glsim.tracking.registry import decision_dict, register_and_promote
+    from glsim.protocol.registry import register as register_model
 
-    params = steps.resolve(params_file, overrides, dataset)
-    mv, decision = register_and_promote(params, dataset, model)
+    decision = register_model(steps.resolve(params_file, overrides, dataset), dataset, model)
     get_run_logger().info(
-        "%s v%s: %s (%s)", mv.name, mv.version, decision.alias, decision.reason
-    )
-    return decision_dict(decision)
+        "%s v%s: %s (%s)", decision["name"], decision["version"], decision["alias"],
+        decision["reason"],
+    )  # fmt: skip
+    return decision
 
 
 @_task(task_run_name="{run}")

@@ -45,15 +45,11 @@ class RunNotRetriable(RuntimeError):
 
 
 def not_transient() -> tuple[type[BaseException], ...]:
-    """The errors a retry cannot fix: glsim's input errors (a diverged run among them),
-    except a download or a tracking server that may answer on the next try, and a run
-    folder another trainer holds (once it has finished, the retry skips the run)."""
-    from glsim.data.download import DownloadError
-    from glsim.errors import user_errors
-    from glsim.tracking.mlflow import TrackingUnavailable
-    from glsim.train.claim import RunClaimed
+    """The errors a retry cannot fix: glsim's input errors (a diverged run among them) but
+    :func:`glsim.errors.retriable_errors`."""
+    from glsim.errors import retriable_errors, user_errors
 
-    transient = (DownloadError, TrackingUnavailable, RunClaimed)
+    transient = retriable_errors()
     return (*(e for e in user_errors() if not issubclass(e, transient)), RunNotRetriable)
 
 
@@ -83,7 +79,7 @@ def raise_for_state(state: State, run: str) -> None:
     """Nothing for a completed run; else the error the sweep's retry policy reads."""
     if state.is_completed():
         return
-    from glsim.train.loop import TrainingDiverged
+    from glsim.protocol.train import TrainingDiverged
 
     what = f"{run}: flow run ended {state.name}: {state.message}"
     if state.name == DIVERGED:
@@ -122,7 +118,7 @@ def train_one(
         The run's evaluation report (pretraining: its report) and ``slot``, the GPU hold.
     """
     from glsim.errors import describe_os_error, user_errors
-    from glsim.train.loop import TrainingDiverged
+    from glsim.protocol.train import TrainingDiverged
 
     req = request(params_file, overrides, dataset, kind, name, seed, lr, track)
     run = label(req)

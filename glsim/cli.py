@@ -16,7 +16,7 @@ from glsim.export import add_export_commands
 from glsim.inference import add_predict_command
 from glsim.launch import add_torchrun_command, torchrun
 from glsim.numerics import apply_profile_of
-from glsim.plan import add_plan_command
+from glsim.protocol.plan import add_plan_command
 from glsim.tracking.cli import add_tracking_commands
 from glsim.wait import add_wait_command
 

@@ -525,7 +525,7 @@ class CurveParams(_Strict):
     """The localisation curve (``curve/dvc.yaml``): the upstream pretraining repeated with
     each of ``tasks`` (as ``pretrain.task``) and each of ``seeds`` (as ``base.seed``) for
     ``epochs`` epochs, the weights kept after every epoch and each snapshot probed
-    (:mod:`glsim.eval.curve`). The rest of the recipe is ``pretrain``'s."""
+    (:mod:`glsim.protocol.curve`). The rest of the recipe is ``pretrain``'s."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int | dict[PretrainTask, Annotated[int, Field(ge=1)]] = Field(

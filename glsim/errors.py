@@ -5,6 +5,18 @@ A user error exits with status 2 and one line ``error: <message>`` naming the fi
 value and what to do; ``--debug`` or ``GLSIM_DEBUG=1`` shows the traceback instead. A
 disk-full or permission error, or a folder that cannot be made, names the path. Anything
 else is a bug and keeps its traceback.
+
+Whoever starts the process (a flow starting torchrun, ``glsim torchrun``) learns what it
+stopped on from a structured record, not from its stderr: with ``GLSIM_ERROR_RECORD`` set
+to a file, :func:`guarded` also appends one JSON line there per error it reports,
+
+    {"rank": 1, "error": "TrainingDiverged", "message": "...", "errno": null,
+     "strerror": null, "filename": null, "filename2": null}
+
+(``rank``: torchrun's ``RANK``, 0 without it; ``error``: the most specific class of
+:func:`user_errors` the error is, or the ``OSError`` subclass of a described disk or
+permission error, with its ``errno`` fields), and :func:`read_error_records` /
+:func:`error_of` read it back as the same exception.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import traceback
 from collections.abc import Callable
 
 DEBUG_ENV = "GLSIM_DEBUG"
+ERROR_RECORD_ENV = "GLSIM_ERROR_RECORD"  # a file guarded() appends one JSON line to per error
 
 _OS_ADVICE = {
     errno.ENOSPC: "free disk space there (or point data.raw_dir, data.shards_dir or "
@@ -91,6 +104,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def retriable_errors() -> tuple[type[BaseException], ...]:
+    """The user errors a retry may get past: a download or a tracking server that may
+    answer next time, and a run folder another trainer holds (once it has finished, the
+    retry skips the run). Every other user error (a diverged run among them) is final."""
+    from glsim.data.download import DownloadError
+    from glsim.train.claim import RunClaimed
+
+    return (DownloadError, TrackingUnavailable, RunClaimed)
+
+
 def debug_requested(argv: list[str] | None = None) -> bool:
     """``--debug`` on the command line or ``GLSIM_DEBUG`` set to a true value."""
     argv = sys.argv[1:] if argv is None else argv
@@ -144,16 +167,74 @@ def guarded(main: Callable[[], int | None], *, debug: bool | None = None) -> int
         return int(main() or 0)
     except user_errors() as err:
         message = _unwrap_worker(str(err).strip()) or type(err).__name__
+        _record_error(err, message)
     except OSError as err:
         message = describe_os_error(err)
         if message is None:
             raise
+        _record_error(err, message)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     print(f"error: {message}", file=sys.stderr)
     _tell_torchrun(f"error: {message}")
     return 2
+
+
+_OS_FIELDS = ("errno", "strerror", "filename", "filename2")
+
+
+def _record_error(err: BaseException, message: str) -> None:
+    """Append ``err`` as one JSON line to the file ``GLSIM_ERROR_RECORD`` names (nothing
+    when unset): one ``write`` of one line to a file opened for appending, so the lines of
+    several ranks never interleave."""
+    path = os.environ.get(ERROR_RECORD_ENV)
+    if not path:
+        return
+    import json
+
+    if isinstance(err, OSError):
+        name = type(err).__name__
+        fields = {k: getattr(err, k) for k in _OS_FIELDS}
+    else:
+        known = user_errors()
+        name = next(c.__name__ for c in type(err).__mro__ if c in known)
+        fields = dict.fromkeys(_OS_FIELDS)
+    rank = int(os.environ.get("RANK", "0"))
+    line = json.dumps({"rank": rank, "error": name, "message": message, **fields}, default=str)
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass  # the line is on stderr; whoever reads the record sees a bare exit status
+
+
+def read_error_records(path: str | os.PathLike) -> list[dict]:
+    """The records :func:`guarded` appended to ``path`` (see the module docstring), in the
+    order they were written; none when the file is missing."""
+    import json
+
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def error_of(record: dict) -> BaseException:
+    """The exception a record names, to raise in the process that read it: the user error
+    of that class with the rank's message, or the ``OSError`` with the rank's fields (an
+    error class that takes no message becomes a :class:`RunError` naming it)."""
+    name, message = record["error"], record["message"]
+    if record.get("errno") is not None:
+        return OSError(
+            record["errno"], record["strerror"], record["filename"], None, record["filename2"]
+        )
+    by_name = {cls.__name__: cls for cls in user_errors()}
+    try:
+        return by_name[name](message)
+    except (KeyError, TypeError):
+        return RunError(f"{name}: {message}")
 
 
 def _tell_torchrun(line: str) -> None:

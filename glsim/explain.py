@@ -433,12 +433,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(images.paths)
     with images:
-        for chunk, batch, ok, failed in images.batches(predictor, args.batch_size):
-            for path in chunk:
-                if path in failed:
-                    images.fail(path, failed[path])
-            if batch is None:
-                continue
+        for batch, ok in images.batches(predictor, args.batch_size):
             explanations = explain_images(
                 predictor, batch, top_k=args.top_k, crop_tokens=args.tokens, dfsm=dfsm
             )

@@ -343,7 +343,7 @@ class ImagePass:
     """One command's pass over the user's images (``glsim predict``, ``glsim explain``): the
     image files named or under named folders, read in batches as the run's evaluation does
     (:meth:`batches`), a progress bar while the pass is entered (``with``) when a folder was
-    walked, and each unreadable file named on stderr (:meth:`fail`; exit status 1).
+    walked, and each unreadable file named on stderr (exit status 1).
 
     Raises:
         CommandError: no image file under ``inputs``.
@@ -365,17 +365,20 @@ class ImagePass:
             self.progress.close()
 
     def batches(self, predictor: Predictor, batch_size: int) -> Iterator[tuple]:
-        """Per batch of paths: ``(paths, images, ok, failed)`` (:func:`read_batch`); the bar
+        """Per batch of paths: ``(images, ok)``, the readable ones preprocessed (B, 3, S, S)
+        and their paths (:func:`read_batch`), once each unreadable one of the batch has been
+        named and counted; a batch of which none is readable yields nothing. The bar
         advances once the caller is done with the batch."""
         for chunk in batches(self.paths, batch_size):
-            yield (chunk, *read_batch(predictor, chunk))
+            images, ok, failed = read_batch(predictor, chunk)
+            for path in chunk:
+                if path in failed:
+                    self.failures += 1
+                    report_failure(f"{path}: {failed[path]}", self.progress)
+            if images is not None:
+                yield images, ok
             if self.progress is not None:
                 self.progress.update(len(chunk))
-
-    def fail(self, path: Path, why: str) -> None:
-        """Name a file that could not be read (above the bar) and count it."""
-        self.failures += 1
-        report_failure(f"{path}: {why}", self.progress)
 
     @property
     def exit_status(self) -> int:
@@ -409,12 +412,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, device=args.device)
     rows = []
     with images:
-        for chunk, batch, ok, failed in images.batches(predictor, args.batch_size):
+        for batch, ok in images.batches(predictor, args.batch_size):
             results = predict_batch(predictor, batch, ok, top_k=args.top_k)
-            for path in chunk:
-                if path in failed:
-                    images.fail(path, failed[path])
-                elif args.json:
+            for path in ok:
+                if args.json:
                     rows.append({"path": str(path), "predictions": results[path]})
                 else:
                     print(str(path))

@@ -2,10 +2,11 @@
 
 torchrun itself exits 1 for any failed rank and prints a multi-line ``ChildFailedError``
 summary. A rank that stops on an input error (:func:`glsim.errors.guarded`) prints its one
-``error:`` line, exits 2 and leaves the line in its torchelastic error file; this launcher
-runs torchrun's own ``run`` in-process, and when the first failed rank exited 2 with such a
-line it exits 2 too, without the summary, like a stage run without torchrun. Any other failure (a crash, a signal, a
-diverged run) keeps torchrun's summary and its exit status 1.
+``error:`` line, exits 2 and appends its record to the file ``GLSIM_ERROR_RECORD`` names
+(:mod:`glsim.errors`); this launcher runs torchrun's own ``run`` in-process with that file
+set, and when the first failed rank left a record it exits 2 too, without the summary, like
+a stage run without torchrun. Any other failure (a crash, a signal) keeps torchrun's summary
+and its exit status 1.
 
     glsim torchrun --standalone --nproc_per_node 2 pipelines/train.py --model glsim --seed 1
 """
@@ -21,23 +22,30 @@ def torchrun(argv: list[str]) -> int:
     """Run ``torchrun argv`` (its own arguments, then the script and the script's); return
     2 when the first failed rank stopped on an input error."""
     import logging
+    import os
+    import tempfile
+    from pathlib import Path
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from glsim.errors import debug_requested
+    from glsim.errors import ERROR_RECORD_ENV, debug_requested, read_error_records
 
     if not debug_requested([]):  # its per-rank failure log repeats what the summary says
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    try:
-        run(parse_args(argv))
-    except ChildFailedError as err:
-        _, failure = err.get_first_failure()
-        message = str(failure.message).strip()
-        if failure.exitcode == INPUT_ERROR and message.startswith("error:"):
-            return INPUT_ERROR  # each rank printed its line already
-        print(err.format_msg(), file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="glsim-torchrun-") as tmp:
+        record = os.environ.setdefault(ERROR_RECORD_ENV, str(Path(tmp) / "errors.jsonl"))
+        try:
+            run(parse_args(argv))
+        except ChildFailedError as err:
+            rank, _ = err.get_first_failure()
+            if any(r["rank"] == rank for r in read_error_records(record)):
+                return INPUT_ERROR  # each rank printed its line already
+            print(err.format_msg(), file=sys.stderr)
+            return 1
+        finally:
+            if record.startswith(tmp):
+                del os.environ[ERROR_RECORD_ENV]
     return 0
 
 

@@ -1,29 +1,12 @@
-"""What every stage script shares: ``--params`` and optional ``--set key=value`` overrides."""
+"""What every stage script shares: how it runs (input errors as one line, the tracking store
+checked first). Its params come from :mod:`glsim.protocol.entry`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
 import glsim  # noqa: F401  (sets the telemetry switches before any other import)
-from glsim.config import Params, check_params, for_dataset, params_of_args, params_parser
-from glsim.numerics import apply_profile
-
-
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, parents=[params_parser()])
-    p.add_argument("--dataset", help="a data.datasets entry (default: data.dataset)")
-    return p
-
-
-def params_from(args: argparse.Namespace) -> Params:
-    """The params of ``--params``/``--set``/``--dataset``, checked; under ``base.numerics:
-    portable`` the process first re-executes itself with the CPU code paths pinned, before
-    torch loads (:func:`glsim.numerics.apply_profile`)."""
-    params = params_of_args(args)
-    apply_profile(params.base.numerics)
-    return check_params(for_dataset(params, args.dataset or params.data.dataset))
 
 
 def run(main: Callable[[], None], *, tracking: bool = True) -> None:
@@ -34,7 +17,7 @@ def run(main: Callable[[], None], *, tracking: bool = True) -> None:
 
     def checked() -> None:
         if tracking:
-            from glsim.tracking.mlflow import check_tracking
+            from glsim.protocol.entry import check_tracking
 
             check_tracking()
         main()

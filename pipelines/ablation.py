@@ -1,18 +1,19 @@
 """Stage `ablation@VARIANT-SEED`: train and evaluate one ablation variant (Tables 5, 11-15).
 A seed the dataset's own protocol.seeds leaves out runs nothing (its outputs say so)."""
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.protocol import run_variant, skip_unlisted_seed
-from glsim.runs import RunSpec
+from glsim.protocol.entry import stage_params, stage_parser
+from glsim.protocol.specs import RunSpec
+from glsim.protocol.train import run_variant, skip_unlisted_seed
 
 
 def main() -> None:
-    p = parser(__doc__)
+    p = stage_parser(__doc__)
     p.add_argument("--variant", required=True)
     p.add_argument("--seed", type=int, required=True)
     args = p.parse_args()
-    params = params_from(args)
+    params = stage_params(args)
     variant = params.ablations.variants.get(args.variant)
     if variant is not None:
         spec = RunSpec(variant.model, args.seed, kind="ablation", variant=args.variant)

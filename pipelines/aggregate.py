@@ -1,16 +1,15 @@
 """Stage `aggregate`: per-seed eval reports -> reports/results.json and Table-4 tables."""
 
-from _common import parser, run
+from _common import run
 
-from glsim.config import params_of_args
-from glsim.protocol import aggregate_reports, check_params
+from glsim.protocol.entry import parse_sets, root_params, stage_parser
+from glsim.protocol.report import aggregate_reports
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
-    # the root tree, not one dataset's: each dataset is resolved from it with its own
-    # overrides (protocol.seeds among them)
-    params = check_params(params_of_args(args))
+    args = stage_parser(__doc__).parse_args()
+    # the root tree, not one dataset's: each dataset is resolved from it
+    params = root_params(args.params, parse_sets(args.set))
     paths = aggregate_reports(params)
     print("\n".join(str(p) for p in paths))
 

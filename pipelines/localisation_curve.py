@@ -2,13 +2,14 @@
 of curve.seeds for curve.epochs, every epoch's weights probed before fine-tuning; writes
 reports/localisation_curve/ (csv, json, md, png) and one MLflow run."""
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.eval.curve import localisation_curve
+from glsim.protocol.curve import localisation_curve
+from glsim.protocol.entry import stage_params, stage_parser
 
 
 def main() -> None:
-    print(localisation_curve(params_from(parser(__doc__).parse_args())))
+    print(localisation_curve(stage_params(stage_parser(__doc__).parse_args())))
 
 
 if __name__ == "__main__":

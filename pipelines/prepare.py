@@ -1,12 +1,13 @@
 """Stage `prepare`: download/verify/extract/parse (or generate) the dataset into a manifest."""
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.data.stage import prepare
+from glsim.protocol.data import prepare
+from glsim.protocol.entry import stage_params, stage_parser
 
 
 def main() -> None:
-    print(f"manifest: {prepare(params_from(parser(__doc__).parse_args()))}")
+    print(f"manifest: {prepare(stage_params(stage_parser(__doc__).parse_args()))}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Stage `pretrain@backbone`: pretrain the backbone on the generated upstream task."""
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.train.pretrain import pretrain
+from glsim.protocol.entry import stage_params, stage_parser
+from glsim.protocol.pretrain import pretrain
 
 
 def main() -> None:
-    print(pretrain(params_from(parser(__doc__).parse_args())))
+    print(pretrain(stage_params(stage_parser(__doc__).parse_args())))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Stage `shard`: manifest -> size-bounded WebDataset shards, class map and count index,
 plus the LR-search train/val shards in the `lrsearch/` subfolder."""
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.data.stage import shard
+from glsim.protocol.data import shard
+from glsim.protocol.entry import stage_params, stage_parser
 
 
 def main() -> None:
-    index = shard(params_from(parser(__doc__).parse_args()))
+    index = shard(stage_params(stage_parser(__doc__).parse_args()))
     print("final:", {split: entry["count"] for split, entry in index["final"]["splits"].items()})
     print(
         "lr search (test = val):",

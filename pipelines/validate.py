@@ -5,13 +5,14 @@ downstream runs; the report lands in reports/datasets/<dataset>/validation.json 
 MLflow (run `<dataset>/validate`) either way.
 """
 
-from _common import params_from, parser, run
+from _common import run
 
-from glsim.validation.stage import validate_and_track
+from glsim.protocol.entry import stage_params, stage_parser
+from glsim.protocol.validate import validate
 
 
 def main() -> None:
-    report = validate_and_track(params_from(parser(__doc__).parse_args()))
+    report = validate(stage_params(stage_parser(__doc__).parse_args()))
     print(f"validation passed: {report.summary()}")
 
 

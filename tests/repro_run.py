@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_params
 
-from glsim.protocol import evaluate_run
+from glsim.protocol.evaluate import evaluate_run
 from glsim.runs import RunSpec
 from glsim.train.pretrain import pretrain_backbone
 from glsim.train.run import train_run

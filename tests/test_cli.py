@@ -74,7 +74,6 @@ def test_every_command_that_reads_params_takes_params_set_and_debug_the_same_way
     """One parent parser (glsim.config.params_parser) for --params/--set/--debug: the same
     spelling, default and help in every glsim command, stage script and the sweep."""
     import ast
-    import sys
 
     from flows import sweep
     from glsim.cli import build_parser
@@ -86,20 +85,17 @@ def test_every_command_that_reads_params_takes_params_set_and_debug_the_same_way
     assert {("plan",), ("cost", "bench"), ("data", "prepare"), ("registry", "promote")} <= set(readers)
     assert all(opts == want for opts in readers.values()), readers
 
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    try:
-        import _common
-    finally:
-        sys.path.pop(0)
-    assert _params_options(_common.parser("a stage")) == want
+    from glsim.protocol.entry import stage_parser
+
+    assert _params_options(stage_parser("a stage")) == want
     for script in sorted((ROOT / "pipelines").glob("*.py")):
         if script.name == "_common.py":
             continue
         tree = ast.parse(script.read_text())
         flags = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
         assert not flags & set(want), f"{script.name} declares its own {flags & set(want)}"
-        assert "parser" in {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                            for a in n.names}, f"{script.name} does not use _common.parser"  # fmt: skip
+        assert "stage_parser" in {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                                  for a in n.names}, f"{script.name} does not use stage_parser"  # fmt: skip
 
     with pytest.raises(SystemExit):
         sweep.main(["--help"])

@@ -79,8 +79,7 @@ def _tiny(tmp_path: Path, **overrides):
 
 
 def test_an_unknown_backbone_is_refused_with_the_closest_timm_name(tmp_path):
-    from glsim.config import ParamsError
-    from glsim.protocol import check_params
+    from glsim.config import ParamsError, check_params
 
     with pytest.raises(ParamsError, match=r"did you mean 'vit_tiny_patch16_224'\?") as info:
         check_params(_tiny(tmp_path, **{"model.backbone.name": "vit_tiny_patch16_24"}))
@@ -91,8 +90,7 @@ def test_an_unknown_backbone_is_refused_with_the_closest_timm_name(tmp_path):
 
 @pytest.mark.parametrize("size,fragment", [(30, "last 6 px.*use 24 or 32"), (17, "use 16 or 24$")])
 def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path, size, fragment):
-    from glsim.config import ParamsError
-    from glsim.protocol import check_params
+    from glsim.config import ParamsError, check_params
 
     with pytest.raises(ParamsError, match=rf"data.image_size {size} .* patch size 8.*{fragment}"):
         check_params(_tiny(tmp_path, **{"data.image_size": size}))
@@ -100,8 +98,7 @@ def test_an_image_size_the_patches_do_not_tile_names_the_nearest_sizes(tmp_path,
 
 
 def test_an_image_size_is_not_checked_against_a_backbone_no_model_uses(tmp_path):
-    from glsim.config import params_from_dict
-    from glsim.protocol import check_params
+    from glsim.config import check_params, params_from_dict
 
     tree = _tiny(tmp_path, **{"data.image_size": 30}).model_dump(mode="json")
     tree["protocol"]["models"] = ["resnet101"]
@@ -148,6 +145,42 @@ def test_under_torchrun_the_error_line_is_the_root_cause_the_launcher_shows(
     assert failure.message == line  # the "traceback :" field of torchrun's failure summary
 
 
+def test_each_reported_error_is_a_json_line_that_reads_back_as_the_same_exception(
+    tmp_path, monkeypatch, capsys
+):
+    """What a torchrun rank tells whoever started it: one record per error, in the order
+    written, read back as the error's class (a subclass as the user error it is) and
+    message; a described disk error as the OSError with its errno and path."""
+    from glsim.data.registry import DatasetError, UnknownDataset
+    from glsim.errors import ERROR_RECORD_ENV, error_of, read_error_records
+    from glsim.train.loop import TrainingDiverged
+
+    record = tmp_path / "errors.jsonl"
+    monkeypatch.setenv(ERROR_RECORD_ENV, str(record))
+    raised = [
+        TrainingDiverged("loss is nan at epoch 1 step 3"),
+        UnknownDataset("unknown dataset 'cubb'; did you mean 'cub'?"),
+        OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs")),
+    ]
+    for rank, err in enumerate(raised):
+        monkeypatch.setenv("RANK", str(rank))
+
+        def fail(err=err):
+            raise err
+
+        assert guarded(fail, debug=False) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3  # the lines, as before
+    records = read_error_records(record)
+    assert [(r["rank"], r["error"]) for r in records] == [
+        (0, "TrainingDiverged"), (1, "DatasetError"), (2, "OSError"),
+    ]  # fmt: skip
+    diverged, unknown, disk = (error_of(r) for r in records)
+    assert type(diverged) is TrainingDiverged and str(diverged) == str(raised[0])
+    assert type(unknown) is DatasetError and "did you mean 'cub'" in str(unknown)
+    assert disk.errno == errno.ENOSPC and disk.filename == str(tmp_path / "runs")
+    assert read_error_records(tmp_path / "none.jsonl") == []
+
+
 def test_a_runs_uri_with_the_tracking_server_down_is_one_line_naming_it(monkeypatch, capsys):
     import socket
 
@@ -170,15 +203,15 @@ def test_training_names_an_image_that_does_not_decode_by_the_users_file(tmp_path
     shards, whose paths are relative to different manifests."""
     from tiny import imagefolder_params
 
-    from glsim import protocol
     from glsim.data.shards import ShardError
+    from glsim.protocol.data import shard
     from glsim.runs import RunSpec
     from glsim.train.run import train_run
 
     params = imagefolder_params(tmp_path, classes=2)
     bad = tmp_path / "src" / "train" / "species_000" / "0.png"
     bad.write_bytes(b"broken after prepare")
-    protocol.shard(params)
+    shard(params)
     spec = RunSpec("vit", 1, lr=0.01, kind=kind)
     with pytest.raises(ShardError, match=rf"image {bad} \(sample '.*'\) does not decode"):
         train_run(params, spec, track=False)

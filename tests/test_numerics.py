@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from tiny import tiny_params
 
-from glsim import numerics, protocol, runs
+from glsim import numerics, runs
 from glsim.config import ParamsError
+from glsim.protocol.data import prepare, shard
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -39,8 +40,8 @@ def tiny_run(data_root: Path, out: Path, profile: str, **env: str) -> subprocess
 @pytest.mark.integration
 def test_portable_gives_the_committed_weights(tmp_path):
     params = tiny_params(tmp_path)
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     proc = tiny_run(tmp_path, tmp_path / "out", "portable")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,16 +103,17 @@ def test_cpu_amp_auto_decides_by_a_measurement_kept_per_host(tmp_path, monkeypat
 
 
 def test_a_stage_script_re_executes_with_the_pins_before_torch_loads(tmp_path):
-    """``pipelines/_common.params_from`` applies ``base.numerics`` from the params file."""
+    """A stage's params (:func:`glsim.protocol.entry.stage_params`) apply ``base.numerics``
+    from the params file."""
     code = (
         "import sys; sys.argv = ['stage', '--set', 'base.numerics=portable'];"
-        "from _common import params_from, parser;"
-        "params = params_from(parser('x').parse_args());"
+        "from glsim.protocol.entry import stage_params, stage_parser;"
+        "params = stage_params(stage_parser('x').parse_args());"
         "import os, torch;"
         "print(params.base.numerics, torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])"
     )
     env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "pipelines")])
+    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )

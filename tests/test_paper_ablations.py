@@ -6,7 +6,7 @@ import yaml
 
 from glsim.config import Params, load_params
 from glsim.eval.report import ablation_table
-from glsim.protocol import variant_params
+from glsim.protocol.specs import variant_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,20 @@ import pytest
 import torch
 from tiny import tiny_params
 
-from glsim import protocol, runs
+from glsim import runs
 from glsim.data.lrsearch import LR_SEARCH_DIR
 from glsim.data.shards import read_index
 from glsim.numerics import active_profile, host_record
-from glsim.protocol import aggregate_reports, chosen_lr, evaluate_run, run_variant, search_lr
+from glsim.protocol.data import prepare, shard
+from glsim.protocol.done import is_done, pretrain_done
+from glsim.protocol.evaluate import evaluate_run
+from glsim.protocol.lr_search import search_lr
+from glsim.protocol.pretrain import pretrain
+from glsim.protocol.probe import probe
+from glsim.protocol.report import aggregate_reports
+from glsim.protocol.specs import chosen_lr
+from glsim.protocol.train import run_variant
+from glsim.protocol.validate import validate
 from glsim.runs import RunSpec
 from glsim.train.checkpoint import weights_digest
 from glsim.train.pretrain import pretrain_backbone
@@ -27,11 +36,11 @@ def chain(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)  # a server-less store puts artifacts in ./mlruns
     params = tiny_params(tmp_path, data={"shard_max_count": 8, "shard_max_bytes": 1 << 20})
-    protocol.prepare(params)
-    protocol.shard(params)
-    assert protocol.validate(params).success and runs.validation_report(params).is_file()
-    report = protocol.pretrain(params)
-    assert 0 <= report["upstream_test_acc"] <= 100 and protocol.pretrain_done(params)
+    prepare(params)
+    shard(params)
+    assert validate(params).success and runs.validation_report(params).is_file()
+    report = pretrain(params)
+    assert 0 <= report["upstream_test_acc"] <= 100 and pretrain_done(params)
     params.model.backbone.weights = params.pretrain.output
     return params
 
@@ -45,9 +54,9 @@ def test_lr_search_shards_split_train_per_class(chain):
 @pytest.mark.integration
 def test_protocol_end_to_end(chain, tmp_path):
     params = chain
-    probe = protocol.probe(params)
+    probed = probe(params)
     assert runs.probe_explain(params).stat().st_size > 0  # the backbone's GLS grid
-    assert json.loads(runs.probe_report(params).read_text()) == json.loads(json.dumps(probe))
+    assert json.loads(runs.probe_report(params).read_text()) == json.loads(json.dumps(probed))
     for model in ("vit", "glsim"):
         search = search_lr(params, model)
         assert set(search["val_top1"]) == {"0.03", "0.01"} and search["chosen_lr"] in (0.03, 0.01)
@@ -71,7 +80,7 @@ def test_protocol_end_to_end(chain, tmp_path):
         assert table["count"].tolist() == [3, 3, 3] and table["correct"].sum() == round(
             report["top1"] * 9 / 100
         )
-        assert report["run_key"] == runs.run_key(params, spec) and protocol.is_done(params, spec)
+        assert report["run_key"] == runs.run_key(params, spec) and is_done(params, spec)
         # the report carries the run's record: the digest of the weights it evaluated
         final = torch.load(run_dir / "last.pt", weights_only=False)["model"]
         assert report["weights_sha256"] == weights_digest(final)

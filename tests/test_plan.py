@@ -15,10 +15,13 @@ import pytest
 import yaml
 from tiny import TINY_VIT, tiny_params
 
-from glsim import protocol, runs
+from glsim import runs
 from glsim.cli import main
 from glsim.config import ParamsError, for_dataset, load_params
-from glsim.plan import plan_runs, read_throughput, summarise
+from glsim.protocol.data import prepare, shard
+from glsim.protocol.plan import plan_runs, read_throughput, summarise
+from glsim.protocol.report import aggregate_reports
+from glsim.protocol.train import skip_unlisted_seed, train_final
 from glsim.runs import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,15 +110,15 @@ def test_a_run_finished_under_its_key_is_skipped_and_a_changed_recipe_is_not(tmp
         ablations={"variants": {}, "tables": {}},
     )  # fmt: skip
     p = for_dataset(params, "synthetic_fg")
-    protocol.prepare(p)
-    protocol.shard(p)
+    prepare(p)
+    shard(p)
     before = plan_runs(params)
     assert [r.done for r in before["runs"]] == [False, False]
     assert before["sources"] == {"synthetic_fg": "shards"}
     train = 3 * 6  # classes x train_per_class
     assert [r.images for r in before["runs"]] == [1 * train, 1 * train]
 
-    protocol.train_final(p, "vit", 1, track=False)
+    train_final(p, "vit", 1, track=False)
     after = plan_runs(params)
     assert [(r.seed, r.done) for r in after["runs"]] == [(1, True), (2, False)]
     total = summarise(after, None)["total"]
@@ -134,8 +137,8 @@ def test_per_dataset_seeds_and_search_share(tmp_path):
     )  # fmt: skip
     p = for_dataset(params, "synthetic_fg")
     assert p.protocol.seeds == [1]
-    protocol.prepare(p)
-    index = protocol.shard(p)["lrsearch"]
+    prepare(p)
+    index = shard(p)["lrsearch"]
     assert index["splits"]["train"]["count"] == 3 * 3  # half of each class's 6 train images
     plan = plan_runs(params)
     assert sorted((r.kind, r.seed) for r in plan["runs"]) == [("final", 1), ("lrsearch", 1)]
@@ -143,8 +146,8 @@ def test_per_dataset_seeds_and_search_share(tmp_path):
 
     # a seed of protocol.seeds the dataset leaves out: outputs written, nothing trained
     spec = RunSpec("vit", 2)
-    assert protocol.skip_unlisted_seed(p, RunSpec("vit", 1)) is None
-    reason = protocol.skip_unlisted_seed(p, spec)
+    assert skip_unlisted_seed(p, RunSpec("vit", 1)) is None
+    reason = skip_unlisted_seed(p, spec)
     assert "seed 2 is not in this dataset's protocol.seeds [1]" in reason
     assert json.loads(spec.curve_path(p).read_text()) == []
     assert "skipped" in json.loads((spec.run_dir(p) / "skipped.json").read_text())
@@ -241,7 +244,7 @@ def test_the_plan_is_written_and_logged_to_mlflow(tmp_path, monkeypatch):
     ``<runs_dir>/plan/`` and an MLflow run ``plan`` holding both and the totals."""
     from mlflow.tracking import MlflowClient
 
-    from glsim.plan import write_and_log_plan
+    from glsim.protocol.plan import write_and_log_plan
     from glsim.tracking.mlflow import tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
@@ -280,8 +283,8 @@ def test_the_aggregate_averages_each_dataset_over_its_own_seeds(tmp_path, monkey
         return {"dataset": p.data.dataset, "model": spec.model, "seed": spec.seed, "lr": 0.01,
                 "top1": 50.0 + spec.seed}  # fmt: skip
 
-    monkeypatch.setattr(protocol, "current_report", report)
-    protocol.aggregate_reports(params, track=False)
+    monkeypatch.setattr("glsim.protocol.report.current_report", report)
+    aggregate_reports(params, track=False)
     assert asked == [("a", 1), ("b", 1), ("b", 2)]
     results = json.loads(runs.results_paths(params)["json"].read_text())
     assert results["a"]["vit"]["seeds"] == {"1": 51.0}

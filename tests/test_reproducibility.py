@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny import tiny_params
 
-from glsim import protocol
+from glsim.protocol.data import prepare, shard
 from glsim.utils import configure_determinism, set_threads
 
 HERE = Path(__file__).parent
@@ -39,8 +39,8 @@ def fresh_run(data_root: Path, out: Path, num_threads: int, omp_threads: int) ->
 @pytest.mark.integration
 def test_same_params_give_bit_identical_weights_beside_a_busy_process(tmp_path):
     params = tiny_params(tmp_path)
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
 
     quiet = fresh_run(tmp_path, tmp_path / "quiet", num_threads=1, omp_threads=1)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -15,11 +15,14 @@ import pytest
 import torch
 from tiny import imagefolder_params, tiny_params
 
-from glsim import protocol, runs
+from glsim import runs
 from glsim.codebase import REPO_ROOT
 from glsim.data.registry import prepare_dataset
 from glsim.data.shards import write_shards
 from glsim.errors import RunError
+from glsim.protocol.pretrain import pretrain
+from glsim.protocol.report import aggregate_reports
+from glsim.protocol.specs import final_spec
 from glsim.runs import RunSpec
 from glsim.train.loop import resume_or_start
 from glsim.train.run import train_run
@@ -86,10 +89,10 @@ def test_changed_pretraining_params_change_the_fine_tuning_key(tmp_path):
     params = tiny_params(tmp_path, model={"backbone": {
         "name": "vit_tiny_patch16_224", "overrides": {"patch_size": 8, "embed_dim": 64,
         "depth": 2, "num_heads": 2}, "weights": str(tmp_path / "models/backbone.safetensors")}})  # fmt: skip
-    protocol.pretrain(params)
+    pretrain(params)
     first = runs.run_key(params, SPEC)
     changed = params.with_overrides({"pretrain.lr": 3e-3})
-    protocol.pretrain(changed)
+    pretrain(changed)
     assert runs.run_key(changed, SPEC) != first
 
 
@@ -174,12 +177,12 @@ def test_a_run_resumes_only_with_the_world_size_it_started_with(tmp_path):
 def test_aggregate_refuses_a_report_of_another_key(tmp_path):
     params = tiny_params(tmp_path, protocol={"models": ["vit"], "seeds": [1], "lr_grid": []},
                          ablations={"variants": {}, "tables": {}})  # fmt: skip
-    spec = protocol.final_spec(params, "vit", 1)
+    spec = final_spec(params, "vit", 1)
     report = {"dataset": params.data.dataset, "model": "vit", "seed": 1, "lr": spec.lr,
               "top1": 50.0}  # fmt: skip
     atomic_write_json(spec.report_path(params), {**report, "run_key": runs.run_key(params, spec)})
-    protocol.aggregate_reports(params, track=False)
+    aggregate_reports(params, track=False)
     stale = {**report, "run_key": "0123456789abcdef"}
     atomic_write_json(spec.report_path(params), stale)
     with pytest.raises(RunError, match=r"seed1\.json: computed for run key 0123456789abcdef"):
-        protocol.aggregate_reports(params, track=False)
+        aggregate_reports(params, track=False)

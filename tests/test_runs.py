@@ -156,8 +156,10 @@ def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monke
     import subprocess
     import sys
 
-    from glsim import protocol
     from glsim.config import for_dataset
+    from glsim.protocol.lr_search import record_lr_choice
+    from glsim.protocol.report import aggregate_reports
+    from glsim.protocol.specs import final_spec
     from glsim.train.run import write_curve
     from glsim.utils import atomic_write_json
 
@@ -169,18 +171,18 @@ def test_dvc_plots_show_draws_the_curves_lr_searches_and_results(tmp_path, monke
     params = for_dataset(load_params(repo / "params.yaml"), "synthetic_fg")
     curves = []
     for model in params.protocol.models:
-        protocol.record_lr_choice(params, model, {"0.03": 40.0, "0.01": 55.5})
+        record_lr_choice(params, model, {"0.03": 40.0, "0.01": 55.5})
         for seed in params.protocol.seeds:
             history = [
                 {"epoch": float(e), "train/loss": 2.0 / e, "train/acc": 30.0 * e} for e in (1, 2)
             ]
             spec = RunSpec(model=model, seed=seed)
             curves.append(write_curve(history, spec.curve_path(params)))
-            key = protocol.runs.run_key(params, protocol.final_spec(params, model, seed))
+            key = runs.run_key(params, final_spec(params, model, seed))
             report = {"dataset": "synthetic_fg", "model": model, "seed": seed, "lr": 0.01,
                       "run_key": key}  # fmt: skip
             atomic_write_json(spec.report_path(params), {**report, "top1": 50.0 + seed})
-    protocol.aggregate_reports(params, track=False)
+    aggregate_reports(params, track=False)
     for png in ("accuracy_vs_throughput", "accuracy_vs_memory"):  # the cost stage's images
         (repo / f"reports/cost/{png}.png").parent.mkdir(parents=True, exist_ok=True)
         (repo / f"reports/cost/{png}.png").write_bytes(b"\x89PNG\r\n\x1a\n")

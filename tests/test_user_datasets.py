@@ -295,8 +295,8 @@ def test_disk_full_and_permission_errors_name_the_path(capsys, code, fragment):
 
 def test_lr_search_with_an_empty_val_part_says_what_to_do_before_training(tmp_path, monkeypatch):
     # one train image per class: the LR search's val part is empty
-    from glsim import protocol
     from glsim.data.lrsearch import LR_SEARCH_DIR, write_lr_search_shards
+    from glsim.protocol.lr_search import search_lr
 
     source = write_imagefolder(tmp_path / "src", classes=5, train=1, test=1)
     params = tiny_params(tmp_path, data={"datasets": {"few": {"source": f"imagefolder:{source}"}}})
@@ -307,6 +307,6 @@ def test_lr_search_with_an_empty_val_part_says_what_to_do_before_training(tmp_pa
     write_lr_search_shards(
         manifest, shards / LR_SEARCH_DIR, seed=1, large=False, max_count=64, max_bytes=1 << 22
     )
-    monkeypatch.setattr(protocol, "train_run", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("glsim.protocol.lr_search.train_run", lambda *a, **k: pytest.fail("trained anyway"))
     with pytest.raises(ShardError, match=r"val part is empty.*protocol\.lr_grid: \[\]"):
-        protocol.search_lr(params, "vit", track=False)
+        search_lr(params, "vit", track=False)

@@ -1,7 +1,7 @@
 """The bench's outputs: ``bench.csv`` (every row), ``bench.json`` (best batch per model and
 the ratios, DVC metrics) and the accuracy trade-off plots of paper Figs. 4 and 7.
 
-Accuracy is joined by model name from ``results.json`` (``glsim.protocol.aggregate_reports``:
+Accuracy is joined by model name from ``results.json`` (``glsim.protocol.report.aggregate_reports``:
 ``{dataset: {model: {top1_mean, top1_std, seeds, lr}}}``), i.e. measured at the image size
 the models were trained at; a model without one keeps empty accuracy cells and is listed
 under the plot instead of placed in it.

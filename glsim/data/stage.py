@@ -1,6 +1,6 @@
 """The `prepare` and `shard` stages as one library call each: the dataset into a manifest,
 then the manifest into the final shards and the LR search's shards, where
-:mod:`glsim.runs` says. Re-exported by :mod:`glsim.protocol`."""
+:mod:`glsim.runs` says. Called through :mod:`glsim.protocol.data`."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ each model explains its prediction with (its own crop, or the GLS box of its ViT
 beside the object boxes where the dataset has them.
 
 Pure functions of a model and a loader; reading a run folder and writing its report is the
-protocol's (:func:`glsim.protocol.evaluate_run`).
+protocol's (:func:`glsim.protocol.evaluate.evaluate_run`).
 """
 
 from __future__ import annotations

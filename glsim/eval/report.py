@@ -1,7 +1,7 @@
 """The tables of the `aggregate` stage, from report dicts: the localisation table, the
 ablation tables and the LR-search table (Table 4 itself is :mod:`glsim.eval.tables`).
 Reading the reports and writing the results is the protocol's
-(:func:`glsim.protocol.aggregate_reports`)."""
+(:func:`glsim.protocol.report.aggregate_reports`)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def search_measure(params: Params, model: str, lr: float) -> tuple[float | None,
     """The LR search's val top-1 of ``model`` at ``lr`` and what it was measured on
     (``val_data``: the search split's shard index digest, ``val_seeds``, ``val_epochs``);
     ``(None, {})`` with no LR search (``protocol.lr_grid: []``)."""
-    from glsim.protocol import chosen_lr, search_params, search_val_top1
+    from glsim.protocol.specs import chosen_lr, search_params, search_val_top1
 
     if not params.protocol.lr_grid:
         return None, {}

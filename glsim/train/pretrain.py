@@ -270,7 +270,7 @@ def pretrain(params: Params) -> dict[str, Any]:
     """The `pretrain` stage: pretrain the backbone on the upstream task into
     ``pretrain.output`` (work folder :func:`glsim.runs.pretrain_dir`, keyed by
     :func:`glsim.runs.pretrain_key`); returns the report also written to
-    :func:`glsim.runs.pretrain_report`. Re-exported by :mod:`glsim.protocol`."""
+    :func:`glsim.runs.pretrain_report`. Called through :mod:`glsim.protocol.pretrain`."""
     work = pretrain_dir(params)
     write_resolved(params, work)
     return pretrain_backbone(params, work_dir=work, report_path=pretrain_report(params))

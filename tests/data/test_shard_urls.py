@@ -16,10 +16,12 @@ import pytest
 import torch
 from tiny import tiny_params
 
-from glsim import protocol, runs
+from glsim import runs
 from glsim.data.loader import make_loader
 from glsim.data.shards import ShardError, read_index
 from glsim.data.transforms import build_transforms
+from glsim.protocol.data import prepare, shard
+from glsim.protocol.evaluate import evaluate_run
 from glsim.runs import RunSpec
 from glsim.train.run import train_run
 
@@ -31,8 +33,8 @@ def sharded(tmp_path_factory):
         root, data={"shard_max_count": 5, "shard_max_bytes": 1 << 20},
         protocol={"models": ["vit", "glsim"], "seeds": [1], "lr_grid": []},
     )  # fmt: skip
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     return params
 
 
@@ -81,8 +83,8 @@ def test_a_run_trained_from_an_http_url_equals_one_trained_from_the_folder(
         return [{k: v for k, v in h.items() if k != "train/epoch_seconds"} for h in ckpt["state"]["history"]]
 
     assert curve(a) == curve(b) and len(curve(a)) == remote.train.epochs
-    remote_eval = protocol.evaluate_run(remote, spec, track=False)
-    local_eval = protocol.evaluate_run(local, spec, track=False)
+    remote_eval = evaluate_run(remote, spec, track=False)
+    local_eval = evaluate_run(local, spec, track=False)
     assert remote_eval["top1"] == local_eval["top1"] and remote_eval["count"] == local_eval["count"]
 
 

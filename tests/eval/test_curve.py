@@ -10,9 +10,11 @@ import pytest
 from safetensors.torch import load_file
 from tiny import tiny_params
 
-from glsim import protocol, runs
+from glsim import runs
 from glsim.eval import curve
 from glsim.eval.localisation import probe_data
+from glsim.protocol.curve import localisation_curve, pretrain_seed, probe_rows, probed_epochs
+from glsim.protocol.data import prepare, shard
 from glsim.train.pretrain import pretrain_backbone, snapshot_path
 
 
@@ -23,8 +25,8 @@ def sharded(tmp_path, monkeypatch):
     params = tiny_params(
         tmp_path, curve={"seeds": [0, 1], "epochs": 3, "every": 2, "tasks": ["colour"]}
     )
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     return params
 
 
@@ -51,8 +53,8 @@ def test_snapshots_do_not_change_pretraining_and_resume(sharded, tmp_path):
 
 def test_curve_end_to_end(sharded):
     params = sharded
-    verdict = curve.localisation_curve(params)
-    assert curve.probed_epochs(params) == [0, 2, 3]
+    verdict = localisation_curve(params)
+    assert probed_epochs(params, "colour") == [0, 2, 3]
     paths = runs.localisation_curve_paths(params)
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
@@ -69,7 +71,7 @@ def test_curve_end_to_end(sharded):
     assert by_seed["0"] != by_seed["1"]
     # keyed: a second call trains nothing and writes the same rows
     before = paths["csv"].read_text()
-    curve.localisation_curve(params, track=False)
+    localisation_curve(params, track=False)
     assert paths["csv"].read_text() == before
 
     import mlflow
@@ -89,11 +91,11 @@ def test_curve_of_two_tasks_side_by_side(sharded, tmp_path):
     params.pretrain.self_distillation.local_size = 16
     params.pretrain.self_distillation.out_dim = 64
     alone = curve.write_outputs(
-        params, curve.probe_rows(params, "colour", 0, curve.pretrain_seed(params, 0, "colour"),
+        params, probe_rows(params, "colour", 0, pretrain_seed(params, 0, "colour"),
                                  probe_data(params)),
     )  # fmt: skip
     params.curve.tasks = ["colour", "self_distillation"]
-    verdict = curve.localisation_curve(params, track=False)
+    verdict = localisation_curve(params, track=False)
     assert list(verdict) == ["colour", "self_distillation"]
     paths = runs.localisation_curve_paths(params)
     with paths["csv"].open() as f:
@@ -143,5 +145,5 @@ def test_curve_refuses_a_dataset_without_object_boxes_before_pretraining(tmp_pat
 
     params = imagefolder_params(tmp_path, classes=200, curve={"seeds": [0], "epochs": 1})
     with pytest.raises(RunError, match="carries no object boxes"):
-        curve.localisation_curve(params, track=False)
+        localisation_curve(params, track=False)
     assert not runs.localisation_curve_dir(params, 0).exists()

@@ -12,7 +12,15 @@ import pytest
 
 from flows import steps
 from flows.sweep import train
-from flows.train_one import BAD_INPUT, DIVERGED, RunFailed, RunNotRetriable, request, train_one
+from flows.train_one import (
+    BAD_INPUT,
+    DIVERGED,
+    RunFailed,
+    RunNotRetriable,
+    not_transient,
+    request,
+    train_one,
+)
 from glsim.config import ParamsError
 from glsim.errors import TrackingUnavailable
 from glsim.train.claim import RunClaimed
@@ -116,13 +124,55 @@ def test_a_run_another_trainer_holds_is_retried(prefect_harness, attempts):
     assert len(calls) == 2
 
 
-def test_a_torchrun_rank_refused_its_claim_is_a_run_claimed(monkeypatch):
+def torchrun_whose_ranks_record(monkeypatch, *errors: BaseException, stderr: str = "") -> None:
+    """``subprocess.run`` as torchrun whose ranks stopped on ``errors``: each appended its
+    record (:func:`glsim.errors.guarded`) to the file the flow named, and exited."""
     import subprocess
 
-    stderr = f"[rank0]: error: {CLAIMED}; wait for it\n[rank1]: error: {CLAIMED}; wait for it\n"
-    done = subprocess.CompletedProcess([], returncode=1, stdout="", stderr=stderr)
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
+    from glsim.errors import ERROR_RECORD_ENV, guarded
+
+    def run(cmd, *, env, **kwargs):
+        for rank, error in enumerate(errors):
+            monkeypatch.setenv(ERROR_RECORD_ENV, env[ERROR_RECORD_ENV])
+            monkeypatch.setenv("RANK", str(rank))
+
+            def fail(error=error):
+                raise error
+
+            guarded(fail, debug=False)
+        return subprocess.CompletedProcess(cmd, returncode=1, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
+def test_a_torchrun_rank_refused_its_claim_is_a_run_claimed(monkeypatch):
+    torchrun_whose_ranks_record(monkeypatch, RunClaimed(f"{CLAIMED}; wait for it"))
     with pytest.raises(RunClaimed, match=re.escape(CLAIMED)):
+        steps.torchrun_train(REQ, 2)
+
+
+def test_a_torchrun_ranks_error_is_read_from_its_record_not_its_stderr(monkeypatch):
+    """The first record written is raised, as its own class (a transient one stays
+    transient); torchrun's stderr, whatever it says, is not read."""
+    from glsim.data.download import DownloadError
+
+    down = TrackingUnavailable(DOWN)
+    torchrun_whose_ranks_record(
+        monkeypatch, down, ParamsError("train.batch_size 7"), stderr="error: loss is nan\n"
+    )
+    with pytest.raises(TrackingUnavailable, match=re.escape(DOWN)) as raised:
+        steps.torchrun_train(REQ, 2)
+    assert not isinstance(raised.value, not_transient())
+    torchrun_whose_ranks_record(monkeypatch, DownloadError("a mirror is down"))
+    with pytest.raises(DownloadError, match="a mirror is down"):
+        steps.torchrun_train(REQ, 2)
+
+
+def test_a_torchrun_rank_that_left_no_record_is_its_exit_status(monkeypatch):
+    from glsim.errors import CommandError
+
+    torchrun_whose_ranks_record(monkeypatch, stderr="error: not a record\n")
+    with pytest.raises(CommandError, match="failed: exit status 1$"):
         steps.torchrun_train(REQ, 2)
 
 

@@ -13,7 +13,10 @@ from tinyflow import write_tiny_params
 
 from flows import steps
 from flows.sweep import sweep
-from glsim import protocol, runs
+from glsim import runs
+from glsim.protocol.lr_search import search_lr
+from glsim.protocol.specs import chosen_lr
+from glsim.protocol.train import train_final
 from glsim.runs import RunSpec
 
 
@@ -45,7 +48,7 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
     assert all(v["tags"]["data_dvc_md5"] and v["tags"]["val_top1"] for v in info["versions"])
 
     p = steps.resolve(path, None, "synthetic_fg")
-    final = RunSpec("glsim", 1, lr=protocol.chosen_lr(p, "glsim"))
+    final = RunSpec("glsim", 1, lr=chosen_lr(p, "glsim"))
     ckpt = final.run_dir(p) / "last.pt"
     assert steps.is_done(p, "final", "glsim", 1, None) and steps.is_done(p, "pretrain", "", 0, None)
     report = final.report_path(p)
@@ -65,16 +68,16 @@ def test_local_sweep_runs_the_protocol_then_skips_every_finished_run(
 
     # the DVC stages on the same storage: same run folders and keys, nothing retrained
     capsys.readouterr()
-    assert protocol.train_final(p, "glsim", 1, track=False) == final.run_dir(p)
+    assert train_final(p, "glsim", 1, track=False) == final.run_dir(p)
     assert "already finished with this configuration" in capsys.readouterr().out
     assert ckpt.stat().st_mtime_ns == stamp
     # and the LR search the lr_search stage would record is the one the sweep recorded
     flow_choice = json.loads(runs.lr_report(p, "vit").read_text())
-    assert protocol.search_lr(p, "vit", track=False) == flow_choice
+    assert search_lr(p, "vit", track=False) == flow_choice
 
     # a report without the current run key (another configuration's, or written before
     # reports carried one) is not this run's evaluation: the run is due again
-    vit = RunSpec("vit", 1, lr=protocol.chosen_lr(p, "vit"))
+    vit = RunSpec("vit", 1, lr=chosen_lr(p, "vit"))
     old = json.loads(vit.report_path(p).read_text())
     del old["run_key"]
     vit.report_path(p).write_text(json.dumps(old))

@@ -13,8 +13,10 @@ import torch
 from tinyflow import write_tiny_params
 
 from flows import steps
-from glsim import protocol
 from glsim.config import ParamsError
+from glsim.protocol.data import prepare, shard
+from glsim.protocol.done import is_done
+from glsim.protocol.specs import final_spec
 from glsim.train.loop import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +31,8 @@ def tiny_run(tmp_path, monkeypatch):
         tmp_path, pretrained=False, data={"shard_max_count": 5, "shard_max_bytes": 1 << 20},
         protocol={"models": ["vit", "glsim"], "seeds": [1], "lr_grid": []},
     )  # fmt: skip
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     return path
 
 
@@ -45,11 +47,11 @@ def test_two_processes_train_then_the_flow_evaluates(tiny_run):
     req = request(tiny_run)
     params = steps.resolve(tiny_run, None, "synthetic_fg")
     report = steps.train_and_evaluate(params, "final", "vit", 1, None, request=req, nproc=2)
-    spec = protocol.final_spec(params, "vit", 1)
+    spec = final_spec(params, "vit", 1)
     ckpt = torch.load(spec.run_dir(params) / "last.pt", weights_only=False)
     assert ckpt["extra"]["world_size"] == 2 and ckpt["state"]["epoch"] == params.train.epochs
     assert json.loads(spec.report_path(params).read_text()) == report
-    assert protocol.is_done(params, spec)
+    assert is_done(params, spec)
     # done: a second call neither starts torchrun nor retrains (the run key is the same)
     mtime = (spec.run_dir(params) / "last.pt").stat().st_mtime_ns
     steps.train_and_evaluate(params, "final", "vit", 1, None, request=req, nproc=2)

@@ -257,7 +257,7 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
     from flows import steps
     from flows.sweep import train
     from flows.train_one import DEPLOYMENT, label, request
-    from glsim import protocol
+    from glsim.protocol.data import prepare, shard
     from glsim.train.checkpoint import read_checkpoint
 
     # one LR-search run long enough to be caught mid-way (tiny epochs: a fraction of a second)
@@ -268,8 +268,8 @@ def test_a_run_whose_worker_died_is_retried_elsewhere_and_resumes(cluster, tmp_p
         protocol={"lr_grid": [0.01], "search_epochs": None},
     )
     params = steps.resolve(path, None, None)
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     req = request(str(path), None, "synthetic_fg", "lrsearch", "vit", 1, 0.01, track=False)
     run = label(req)
     p, spec = steps.run_of(params, "lrsearch", "vit", 1, 0.01)
@@ -335,12 +335,12 @@ def test_a_run_whose_tracking_server_is_down_is_one_line_in_the_worker_log(clust
     from flows import steps
     from flows.sweep import train
     from flows.train_one import DEPLOYMENT, RunFailed, label, request
-    from glsim import protocol
+    from glsim.protocol.data import prepare, shard
 
     path, _ = write_tiny_params(tmp_path, pretrained=False, protocol={"lr_grid": [0.01]})
     params = steps.resolve(path, None, None)
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     req = request(str(path), None, "synthetic_fg", "lrsearch", "vit", 1, 0.01, track=True)
     run = label(req)
     down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there

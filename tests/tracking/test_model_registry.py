@@ -27,7 +27,7 @@ from tiny import tiny_params  # noqa: E402
 from glsim import runs  # noqa: E402
 from glsim.cli import main  # noqa: E402
 from glsim.config import ParamsError, for_dataset, params_from_dict  # noqa: E402
-from glsim.protocol import search_params, search_spec  # noqa: E402
+from glsim.protocol.specs import search_params, search_spec  # noqa: E402
 from glsim.tracking.mlflow import RUN_ID_FILE, log_pytorch_model  # noqa: E402
 from glsim.tracking.registry import (  # noqa: E402
     CHALLENGER,
@@ -461,7 +461,9 @@ def test_registry_commands(shared_server, tmp_path, monkeypatch, capsys):
 def test_retrained_run_registers_its_new_weights(shared_server, tmp_path, monkeypatch):
     """A run folder retrained with other params: the version registered after it holds the
     new weights (not the model logged before the retrain), and each alias loads its own."""
-    from glsim import protocol
+    from glsim.protocol.data import prepare, shard
+    from glsim.protocol.specs import final_spec
+    from glsim.protocol.train import train_final
     from glsim.tracking.registry import register_and_promote
     from glsim.train.run import load_run
 
@@ -474,16 +476,16 @@ def test_retrained_run_registers_its_new_weights(shared_server, tmp_path, monkey
     )
     client = MlflowClient(shared_server.uri)
     p = for_dataset(params, DATASET)
-    protocol.prepare(p)
-    protocol.shard(p)
+    prepare(p)
+    shard(p)
     validation = runs.validation_report(p)
     validation.parent.mkdir(parents=True, exist_ok=True)
     validation.write_text(json.dumps({"success": True}))
     x = torch.randn(3, 3, 32, 32)
 
     def train_and_register(tree):
-        spec = protocol.final_spec(tree, "vit", 1)
-        protocol.train_final(tree, "vit", 1)
+        spec = final_spec(tree, "vit", 1)
+        train_final(tree, "vit", 1)
         report = {"dataset": DATASET, "model": "vit", "seed": 1, "lr": spec.lr, "top1": 50.0}
         report["run_key"] = runs.run_key(tree, spec)
         runs.eval_report(tree, "vit", 1).write_text(json.dumps(report))

@@ -23,11 +23,12 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from tiny import imagefolder_params, tiny_params  # noqa: E402
 
-from glsim import protocol  # noqa: E402
 from glsim.cli import main  # noqa: E402
 from glsim.config import write_resolved  # noqa: E402
 from glsim.errors import RunError  # noqa: E402
-from glsim.protocol import final_spec  # noqa: E402
+from glsim.protocol.data import prepare, shard  # noqa: E402
+from glsim.protocol.evaluate import evaluate_run  # noqa: E402
+from glsim.protocol.specs import final_spec  # noqa: E402
 from glsim.runs import run_key  # noqa: E402
 from glsim.tracking.mlflow import (  # noqa: E402
     PENDING_FILE,
@@ -52,8 +53,8 @@ def data(tmp_path_factory):
     """The tiny synthetic dataset, prepared and sharded once for the module."""
     root = tmp_path_factory.mktemp("identity-data")
     params = tiny_params(root, protocol={"lr_grid": [], "seeds": [1]})
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     return params
 
 
@@ -195,7 +196,7 @@ def test_evaluation_keeps_the_training_provenance_and_refuses_another_run_key(
     provenance = {k: v for k, v in tags.items() if is_provenance(k)}
     assert {"params_hash", "data_dvc_md5", "run_key", "runtime.torch"} <= provenance.keys()
 
-    report = protocol.evaluate_run(params, spec)
+    report = evaluate_run(params, spec)
     assert report["run_key"] == run_key(params, spec)
     after = client.get_run(run_id)
     assert {k: after.data.tags[k] for k in provenance} == provenance
@@ -206,7 +207,7 @@ def test_evaluation_keeps_the_training_provenance_and_refuses_another_run_key(
     report_path = spec.report_path(params)
     report_path.unlink()
     with pytest.raises(RunError, match="trained under run key"):
-        protocol.evaluate_run(params.with_overrides({"model.glsim.top_k": 16}), spec)
+        evaluate_run(params.with_overrides({"model.glsim.top_k": 16}), spec)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     stage = subprocess.run(

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from tiny import tiny_params
 
-from glsim import protocol
 from glsim.config import write_resolved
+from glsim.protocol.data import prepare, shard
+from glsim.protocol.specs import final_spec
 from glsim.train import claim as claims
 from glsim.train.claim import RunClaimed, claim, claim_paths
 
@@ -167,9 +168,9 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("tiny")
     params = tiny_params(root, protocol={"lr_grid": []})
     path = write_resolved(params, root, "params.yaml")
-    protocol.prepare(params)
-    protocol.shard(params)
-    return path, protocol.final_spec(params, "vit", 1).run_dir(params), params.base.runs_dir
+    prepare(params)
+    shard(params)
+    return path, final_spec(params, "vit", 1).run_dir(params), params.base.runs_dir
 
 
 TRAIN = ["--model", "vit", "--seed", "1"]

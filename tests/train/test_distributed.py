@@ -16,9 +16,9 @@ import torch
 import yaml
 from tiny import tiny_params
 
-from glsim import protocol
 from glsim.data.loader import make_loader, num_batches
 from glsim.data.transforms import build_transforms
+from glsim.protocol.data import prepare, shard
 from glsim.runs import shards_dir
 
 HERE = Path(__file__).parent
@@ -76,8 +76,8 @@ def test_ddp_step_on_two_half_batches_equals_one_step_on_the_batch(tmp_path, mod
 
 def test_rank_shares_are_disjoint_and_complete_every_epoch(tmp_path):
     params = tiny_params(tmp_path, data={"shard_max_count": 5, "shard_max_bytes": 1 << 20})
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     src = shards_dir(params)
     transform = build_transforms(image_size=32, resize_ratio=1.0, train=False)
 
@@ -114,8 +114,8 @@ def _torchrun_params(tmp_path: Path) -> Path:
         train={"epochs": EPOCHS, "batch_size": 6, "warmup_steps": 1},
         protocol={"models": ["vit", "glsim"], "seeds": [1], "lr_grid": []},
     )
-    protocol.prepare(params)
-    protocol.shard(params)
+    prepare(params)
+    shard(params)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     return path
@@ -167,7 +167,8 @@ def test_torchrun_run_checkpoints_resumes_after_a_kill_and_evaluates_like_one_pr
     # evaluation: the evaluate stage (one process) on the torchrun run's checkpoint gives
     # the report an in-process evaluation of the same checkpoint gives
     from glsim.config import load_params
-    from glsim.protocol import evaluate_final, final_spec
+    from glsim.protocol.specs import final_spec
+    from glsim.protocol.train import evaluate_final
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(

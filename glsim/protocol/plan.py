@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from glsim.config import Params, for_dataset, params_parser
+from glsim.config import Params, check_params, for_dataset, params_parser
 from glsim.errors import CommandError, RunError
 from glsim.runs import RunKind, RunSpec
 
@@ -124,7 +124,7 @@ def _finished(params: Params, spec: RunSpec) -> bool:
 
 
 def _chosen_lr(params: Params, model: str) -> float | None:
-    from glsim.protocol import chosen_lr
+    from glsim.protocol.specs import chosen_lr
 
     try:
         return chosen_lr(params, model)
@@ -134,7 +134,7 @@ def _chosen_lr(params: Params, model: str) -> float | None:
 
 def dataset_runs(params: Params) -> list[PlannedRun]:
     """Every training run of one dataset (``params`` resolved for it)."""
-    from glsim.protocol import search_params, search_spec, variant_params
+    from glsim.protocol.specs import search_params, search_spec, variant_params
 
     counts = train_images(params)
     dataset, seeds = params.data.dataset, list(params.protocol.seeds)
@@ -178,8 +178,6 @@ def dataset_runs(params: Params) -> list[PlannedRun]:
 def plan_runs(params: Params, datasets: list[str] | None = None) -> dict[str, Any]:
     """Every run over ``datasets`` (default: all of ``data.datasets``), and where each
     dataset's train image count came from: ``{"runs": [...], "sources": {dataset: ...}}``."""
-    from glsim.protocol import check_params
-
     check_params(params)
     names = list(datasets or params.data.datasets)
     resolved = {name: for_dataset(params, name) for name in names}  # every error first
