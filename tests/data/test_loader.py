@@ -113,6 +113,14 @@ def test_epochs_differ_in_order_and_augmentation(shards_dir: Path) -> None:
     assert not _same(a, b)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_bit_reproducible_per_seed_and_epoch(shards_dir: Path, workers: int) -> None:
+    a = _epoch(_loader(shards_dir, epoch=4, workers=workers))
+    assert _same(a, _epoch(_loader(shards_dir, epoch=4, workers=workers)))
+    assert all(x.dtype == torch.float32 for x, _ in a)
+    assert not _same(a, _epoch(_loader(shards_dir, epoch=5, workers=workers)))
+
+
 def test_workers_are_deterministic_and_seeded_apart(shards_dir: Path) -> None:
     a = _epoch(_loader(shards_dir, epoch=2, workers=2))
     assert _same(a, _epoch(_loader(shards_dir, epoch=2, workers=2)))
