@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
 import webdataset as wds
@@ -408,9 +409,11 @@ def make_loader(
 
     ``persistent_workers`` stays off: a loader is built per epoch (its (seed, epoch) streams
     are fixed when it is built), so workers kept alive would never serve another epoch.
-    Forked workers already run OpenCV on one thread (its pool does not survive the fork),
-    and ``cv2.setNumThreads`` in a forked worker deadlocks once the parent has used
-    OpenCV's pool, so the workers leave OpenCV's threads alone.
+    With workers, this process runs OpenCV on one thread from here on, and the workers it
+    forks inherit that: otherwise each worker starts a pool of one thread per core (N
+    workers, N x cores threads). It is set here, not in the workers, because
+    ``cv2.setNumThreads`` in a forked worker deadlocks once this process has used OpenCV's
+    pool.
     """
     dataset = make_dataset(
         shards_dir,
@@ -425,6 +428,8 @@ def make_loader(
         images_root=images_root,
     )
     workers = min(workers, len(_split_entry(shards_dir, split)["shards"]))
+    if workers > 0:
+        cv2.setNumThreads(1)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
