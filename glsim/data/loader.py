@@ -8,6 +8,10 @@ truncated shard; ours checks each shard's size and sample count against ``index.
 error into a :class:`~glsim.data.shards.ShardError` naming the shard. And the transform
 stage reseeds the albumentations pipeline per (seed, epoch, worker), since albumentations
 2.0.8 gives every DataLoader worker the same copy of its random state.
+
+Workers ship uint8 images (a quarter of float32 through the worker pipes) with the erasing
+rectangle each drew; :class:`Batches` finishes every batch (normalisation, erasing) after
+moving it to the device the model is on (:class:`glsim.data.transforms.Preprocess`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import random
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
 import webdataset as wds
@@ -33,6 +38,7 @@ from glsim.data.manifest import BOX_COLUMNS
 from glsim.data.shards import ShardError, join, location_size, open_location, read_index
 
 SHUFFLE_BUFFER = 1000  # samples held by the streaming shuffle (per worker)
+PREFETCH_BATCHES = 4  # batches each worker keeps ready (uint8 batches are small)
 
 
 def _split_entry(shards_dir: str | Path, split: str) -> dict[str, Any]:
@@ -188,6 +194,17 @@ def image_member(sample: dict[str, Any]) -> bytes:
     return sample[members[0]]
 
 
+class SampleTransform(Protocol):
+    """What the loader needs of a :class:`glsim.data.transforms.Preprocess` (named here
+    rather than imported: the stages that only read shards do not run the transforms)."""
+
+    finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def sample(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def set_random_seed(self, seed: int | None) -> None: ...
+
+
 _SHARD_ORDER, _SAMPLE_ORDER, _AUGMENT = 0, 1, 2  # independent random streams of an epoch
 MAX_WORKERS = 1024  # DataLoader workers per rank, for the global worker number of a stream
 
@@ -205,11 +222,12 @@ def _seed_for(seed: int, epoch: int, stream: int, worker: int = 0) -> int:
 
 
 class _ToTensors:
-    """Decode, transform and pack one sample; reseeds the transform once per worker."""
+    """Decode, transform and pack one sample as ``(uint8 image, erase box, label[, meta])``;
+    reseeds the transform once per worker."""
 
     def __init__(
         self,
-        transform: Callable[..., dict[str, Any]],
+        transform: SampleTransform,
         seed: int,
         epoch: int,
         with_meta: bool,
@@ -222,20 +240,19 @@ class _ToTensors:
         self.images_root = images_root
 
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[tuple]:
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(
-                _seed_for(self.seed, self.epoch, _AUGMENT, _worker_number(self.rank))
-            )
+        self.transform.set_random_seed(
+            _seed_for(self.seed, self.epoch, _AUGMENT, _worker_number(self.rank))
+        )
         for sample in samples:
             key = sample["__key__"]
             extra = json.loads(sample["json"]) if "json" in sample else {}
             path = extra.get("path")  # a decode error names the user's file, not the key
             name = source_file(path, self.images_root) if path else None
             pixels = decode_image(image_member(sample), key, name=name)  # (H, W, 3)
-            image = self.transform(image=pixels)["image"]
+            image, erase_box = self.transform.sample(pixels)
             label = torch.tensor(int(sample["cls"]), dtype=torch.int64)
             if not self.with_meta:
-                yield image, label
+                yield image, erase_box, label
                 continue
             height, width = pixels.shape[:2]
             meta: dict[str, Any] = {"key": key, "size": torch.tensor([width, height])}
@@ -243,14 +260,14 @@ class _ToTensors:
                 meta["box"] = torch.tensor(
                     [float(extra[c]) for c in BOX_COLUMNS], dtype=torch.float32
                 )
-            yield image, label, meta
+            yield image, erase_box, label, meta
 
 
 def make_dataset(
     shards_dir: str | Path,
     split: str,
     *,
-    transform: Callable[..., dict[str, Any]],
+    transform: SampleTransform,
     shuffle: bool,
     seed: int,
     epoch: int,
@@ -317,11 +334,34 @@ class _SampleShuffle:
         return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
 
 
+class Batches:
+    """A :func:`make_loader` epoch: the DataLoader's uint8 batches, finished on ``device``.
+
+    Each batch is moved as uint8 (``non_blocking``, from pinned memory under CUDA), then
+    normalised and erased there by ``finish`` (:class:`glsim.data.transforms.BatchFinish`);
+    labels and meta stay on the CPU.
+    """
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        device: torch.device | str = "cpu",
+    ):
+        self.loader, self.finish, self.device = loader, finish, torch.device(device)
+
+    def __iter__(self) -> Iterator[tuple]:
+        for images, erase_boxes, *rest in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            erase_boxes = erase_boxes.to(self.device, non_blocking=True)
+            yield (self.finish(images, erase_boxes), *rest)
+
+
 def make_loader(
     shards_dir: str | Path,
     split: str,
     *,
-    transform: Callable[..., dict[str, Any]],
+    transform: SampleTransform,
     batch_size: int,
     shuffle: bool,
     seed: int,
@@ -332,11 +372,13 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     images_root: str | Path | None = None,
-) -> DataLoader:
+    device: torch.device | str = "cpu",
+) -> Batches:
     """Batches ``(images, labels)`` (or ``(images, labels, meta)``) from a split's shards.
 
-    ``images`` is float32 (B, 3, S, S) as the albumentations ``transform`` leaves it,
-    ``labels`` int64 (B,). With ``with_meta``, ``meta`` is ``{"key": list[str], "size":
+    ``images`` is float32 (B, 3, S, S) on ``device``, as ``transform`` makes it (its
+    worker part in the DataLoader workers, its finish per batch on ``device``),
+    ``labels`` int64 (B,) on the CPU. With ``with_meta``, ``meta`` is ``{"key": list[str], "size":
     int64 (B, 2), "box": float32 (B, 4)}``: ``size`` the original (width, height), ``box``
     the object box ``x0,y0,x1,y1`` in original pixels (only when the manifest has it);
     :func:`glsim.data.transforms.eval_box_transform` maps it to model-input pixels. The stream is a function of (seed, epoch) only: shard order, the
@@ -350,7 +392,8 @@ def make_loader(
     Args:
         shards_dir: Folder written by :func:`glsim.data.shards.write_shards`.
         split: ``train`` or ``test``.
-        transform: An ``albumentations.Compose`` (see :func:`glsim.data.transforms.build_transforms`).
+        transform: A :class:`~glsim.data.transforms.Preprocess` (see
+            :func:`~glsim.data.transforms.build_transforms`).
         batch_size: Samples per batch.
         shuffle: Shuffle shards and samples (training); False reads in index order.
         seed: Run seed.
@@ -362,6 +405,15 @@ def make_loader(
             sample, see ``_RankShare``); its shuffle and augmentation streams are its own.
         images_root: the manifest's folder: an image that does not decode is named by its
             file there (the user's own path), not by its shard key.
+        device: Where batches are normalised and erased: the model's device.
+
+    ``persistent_workers`` stays off: a loader is built per epoch (its (seed, epoch) streams
+    are fixed when it is built), so workers kept alive would never serve another epoch.
+    With workers, this process runs OpenCV on one thread from here on, and the workers it
+    forks inherit that: otherwise each worker starts a pool of one thread per core (N
+    workers, N x cores threads). It is set here, not in the workers, because
+    ``cv2.setNumThreads`` in a forked worker deadlocks once this process has used OpenCV's
+    pool.
     """
     dataset = make_dataset(
         shards_dir,
@@ -376,11 +428,15 @@ def make_loader(
         images_root=images_root,
     )
     workers = min(workers, len(_split_entry(shards_dir, split)["shards"]))
-    return DataLoader(
+    if workers > 0:
+        cv2.setNumThreads(1)
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
     )
+    return Batches(loader, transform.finish, device)

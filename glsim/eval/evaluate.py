@@ -43,12 +43,14 @@ def eval_loader(
     shards: str | Path,
     split: str = "test",
     images_root: str | Path | None = None,
+    device: torch.device | str = "cpu",
 ):
-    """The evaluation loader of ``shards``/``split`` in the model's own preprocessing;
-    ``images_root`` (:func:`glsim.runs.images_root`) names a bad image by the user's file."""
+    """The evaluation loader of ``shards``/``split`` in the model's own preprocessing,
+    its batches finished on ``device``; ``images_root`` (:func:`glsim.runs.images_root`)
+    names a bad image by the user's file."""
     return make_loader(
         shards, split, transform=eval_transform(params, model), **_eval_batching(params),
-        with_meta=True, images_root=images_root,
+        with_meta=True, images_root=images_root, device=device,
     )  # fmt: skip
 
 

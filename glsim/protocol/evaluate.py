@@ -55,7 +55,10 @@ def evaluate_run(params: Params, spec: RunSpec, *, track: bool = True) -> dict[s
     seed_everything(spec.seed)  # a random selector's boxes: the same report every time
     shards = runs.shard_source(params, spec.kind)  # data.shards_url when set
     result = predict(
-        model, eval_loader(params, model, shards, images_root=runs.images_root(params, spec.kind)),
+        model,
+        eval_loader(
+            params, model, shards, images_root=runs.images_root(params, spec.kind), device=device
+        ),
         device, top_k=params.model.glsim.top_k,
         resize_ratio=params.data.resize_ratio, total=eval_batches(params, shards),
     )  # fmt: skip

@@ -188,7 +188,7 @@ def _train_claimed(
         write_resolved(params, out)
     seed_everything(spec.seed)  # the fresh aggregator/head init depends on the seed only
     model = build(params, spec.model)
-    loader_for_epoch, steps = train_data(params, spec, model, dist)
+    loader_for_epoch, steps = train_data(params, spec, model, dist, device)
     kwargs = dict(
         loader_for_epoch=loader_for_epoch, steps_per_epoch=steps, recipe=recipe(params, spec.lr),
         out_dir=out, seed=spec.seed, device=device, stop_after_epochs=stop_after_epochs,
@@ -210,12 +210,12 @@ def _train_claimed(
 
 
 def train_data(
-    params: Params, spec: RunSpec, model: nn.Module, dist: distributed.Dist
+    params: Params, spec: RunSpec, model: nn.Module, dist: distributed.Dist, device: torch.device
 ) -> tuple[Callable[[int], Iterable], int]:
     """``(loader_for_epoch, steps per epoch)`` of a run: its shards, shuffled per
     ``(seed, epoch)``, augmented as ``train.augreg`` says and normalised as ``model``'s
-    backbone was pretrained; under torchrun this rank's share, every rank taking the fewest
-    batches any rank has."""
+    backbone was pretrained (on ``device``, per batch); under torchrun this rank's share,
+    every rank taking the fewest batches any rank has."""
     bs = distributed.per_rank_batch(params.train.batch_size, dist)
     mean, std = pretrained_norm(getattr(model, "encoder", model))
     transform = build_transforms(
@@ -243,7 +243,7 @@ def train_data(
         loader = make_loader(
             src, "train", transform=transform, batch_size=bs, shuffle=True, seed=spec.seed,
             epoch=epoch, workers=params.data.workers, drop_last=True,
-            rank=dist.rank, world_size=dist.world_size, images_root=sample_root,
+            rank=dist.rank, world_size=dist.world_size, images_root=sample_root, device=device,
         )  # fmt: skip
         return itertools.islice(loader, epoch_steps(epoch)) if dist.enabled else loader
 

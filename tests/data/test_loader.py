@@ -113,6 +113,40 @@ def test_epochs_differ_in_order_and_augmentation(shards_dir: Path) -> None:
     assert not _same(a, b)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_bit_reproducible_per_seed_and_epoch(shards_dir: Path, workers: int) -> None:
+    a = _epoch(_loader(shards_dir, epoch=4, workers=workers))
+    assert _same(a, _epoch(_loader(shards_dir, epoch=4, workers=workers)))
+    assert all(x.dtype == torch.float32 for x, _ in a)
+    assert not _same(a, _epoch(_loader(shards_dir, epoch=5, workers=workers)))
+
+
+class _OpenCVThreads:
+    """A transform that labels each sample with its worker's OpenCV thread count."""
+
+    def __init__(self):
+        self.inner = build_transforms(image_size=SIZE, train=False)
+        self.finish = self.inner.finish
+
+    def set_random_seed(self, seed: int | None) -> None:
+        self.inner.set_random_seed(seed)
+
+    def sample(self, pixels):
+        import cv2
+
+        image, _ = self.inner.sample(pixels)
+        return image, torch.full((4,), cv2.getNumThreads(), dtype=torch.int16)
+
+
+def test_workers_run_opencv_on_one_thread(shards_dir: Path) -> None:
+    loader = make_loader(
+        shards_dir, "train", transform=_OpenCVThreads(), batch_size=4, shuffle=False, seed=0,
+        epoch=0, workers=2,
+    )  # fmt: skip
+    batches = list(loader.loader)  # the DataLoader's raw batches: (images, threads, labels)
+    assert batches and all(b[1].eq(1).all() for b in batches)
+
+
 def test_workers_are_deterministic_and_seeded_apart(shards_dir: Path) -> None:
     a = _epoch(_loader(shards_dir, epoch=2, workers=2))
     assert _same(a, _epoch(_loader(shards_dir, epoch=2, workers=2)))

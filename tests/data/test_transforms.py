@@ -6,15 +6,19 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from albumentations.pytorch import ToTensorV2
 
 from glsim.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NO_ERASE_BOX,
     TA_WIDE_OPS,
     TrivialAugmentWide,
     apply_ta_op,
     build_transforms,
     eval_box_transform,
+    lookup_cpu,
+    lookup_torch,
     ta_wide_space,
 )
 
@@ -44,7 +48,7 @@ def test_eval_is_deterministic_and_is_resize_then_center_crop(image: np.ndarray)
     t = build_transforms(image_size=16, train=False, augreg="strong")
     assert torch.equal(t(image=image)["image"], t(image=image)["image"])
     names = [type(s).__name__ for s in t.transforms]
-    assert names == ["Resize", "CenterCrop", "Normalize", "ToTensorV2"]
+    assert names == ["Resize", "CenterCrop", "DeferredNormalize", "ToTensorV2"]
     assert (t.transforms[0].height, t.transforms[0].width) == (21, 21)  # int(16 * 1.34)
 
 
@@ -54,7 +58,13 @@ def test_only_strong_adds_trivial_augment_and_erasing() -> None:
             type(s).__name__
             for s in build_transforms(image_size=16, train=True, augreg=level).transforms
         ]
-        assert names == ["Resize", "RandomCrop", "HorizontalFlip", "Normalize", "ToTensorV2"]
+        assert names == [
+            "Resize",
+            "RandomCrop",
+            "HorizontalFlip",
+            "DeferredNormalize",
+            "ToTensorV2",
+        ]
     strong = build_transforms(image_size=16, train=True, augreg="strong", erasing_prob=0.25)
     names = [type(s).__name__ for s in strong.transforms]
     assert names == [
@@ -62,11 +72,87 @@ def test_only_strong_adds_trivial_augment_and_erasing() -> None:
         "RandomCrop",
         "HorizontalFlip",
         "TrivialAugmentWide",
-        "Normalize",
-        "Erasing",
+        "DeferredNormalize",
+        "DeferredErasing",
         "ToTensorV2",
     ]
     assert strong.transforms[5].p == 0.25
+
+
+def _per_image_pipeline(
+    *, image_size: int, train: bool, erasing_prob: float = 0.3, seed: int | None = None
+) -> A.Compose:
+    """The whole pipeline in albumentations, Normalize and Erasing included, per image."""
+    resized = int(image_size * 1.34)
+    steps: list = [A.Resize(resized, resized, area_for_downscale="image")]
+    if train:
+        steps += [A.RandomCrop(image_size, image_size), A.HorizontalFlip(p=0.5)]
+        steps.append(TrivialAugmentWide())
+    else:
+        steps.append(A.CenterCrop(image_size, image_size))
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    if train and erasing_prob > 0:
+        steps.append(A.Erasing(scale=(0.02, 0.33), ratio=(0.3, 3.3), fill=0, p=erasing_prob))
+    steps.append(ToTensorV2())
+    return A.Compose(steps, seed=seed)
+
+
+def _images(count: int) -> list[np.ndarray]:
+    """Noise and smooth gradients of several sizes and aspect ratios."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(count):
+        h, w = 40 + 7 * (i % 5), 30 + 11 * (i % 4)
+        if i % 2:
+            out.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        else:
+            ramp = np.linspace(0, 255, w)[None, :, None] * np.linspace(0.2, 1, h)[:, None, None]
+            out.append((ramp * rng.uniform(0.3, 1, 3)).astype(np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+@pytest.mark.parametrize(("train", "erasing_prob"), [(True, 1.0), (True, 0.3), (False, 0.0)])
+def test_deferred_finish_is_bit_identical_to_the_per_image_pipeline(
+    seed: int, train: bool, erasing_prob: float
+) -> None:
+    """uint8 in the worker, Normalize's table and erasing per batch: the same floats."""
+    reference = _per_image_pipeline(
+        image_size=24, train=train, erasing_prob=erasing_prob, seed=seed
+    )
+    split = build_transforms(
+        image_size=24, train=train, augreg="strong", erasing_prob=erasing_prob, seed=seed
+    )
+    images = _images(12)
+    expected = torch.stack([reference(image=im)["image"] for im in images])
+    pixels, boxes = zip(*(split.sample(im) for im in images), strict=True)
+    assert all(p.dtype == torch.uint8 for p in pixels)
+    got = split.finish(torch.stack(pixels), torch.stack(boxes))
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    erased = [tuple(b) != NO_ERASE_BOX for b in torch.stack(boxes).tolist()]
+    assert any(erased) if erasing_prob == 1.0 else train or not any(erased)
+
+
+def test_erasing_rate_and_channel_means_match_the_per_image_pipeline() -> None:
+    """Over 200 samples: the same erased samples and per-channel means, exactly."""
+    reference = _per_image_pipeline(image_size=24, train=True, erasing_prob=0.3, seed=11)
+    split = build_transforms(image_size=24, train=True, augreg="strong", seed=11)
+    images = _images(200)
+    old = torch.stack([reference(image=im)["image"] for im in images])
+    pixels, boxes = zip(*(split.sample(im) for im in images), strict=True)
+    new = split.finish(torch.stack(pixels), torch.stack(boxes))
+    # Normalised pixels are never exactly 0 (0.485 * 255 is no integer): a 0 is an erased one.
+    old_erased = (old == 0).flatten(1).any(1)
+    new_erased = torch.stack(boxes)[:, 0] >= 0
+    assert torch.equal(old_erased, new_erased) and 0.2 < new_erased.float().mean() < 0.4
+    assert torch.equal(old.mean(dim=(0, 2, 3)), new.mean(dim=(0, 2, 3)))
+
+
+def test_the_cpu_and_device_lookups_agree() -> None:
+    """The device path's torch gather, run here on the CPU, equals the CPU path's cv2.LUT."""
+    table = build_transforms(image_size=8, train=False).finish.table
+    images = torch.randint(0, 256, (3, 3, 7, 5), dtype=torch.uint8)
+    assert torch.equal(lookup_cpu(table, images), lookup_torch(table, images))
 
 
 def test_train_pipeline_is_reproducible_under_its_seed(image: np.ndarray) -> None:
