@@ -411,8 +411,7 @@ def fit(
             same ``last.pt``.
         on_epoch_end: called on rank 0 with the state after each epoch, just before its
             checkpoint is written (e.g. to keep a copy of the weights of every epoch).
-        compile_step: step through ``torch.compile`` (:func:`distribute`); an execution
-            choice, not part of the run's identity.
+        compile_step: step through ``torch.compile`` (:func:`distribute`); not in the run key.
 
     Returns:
         The final :class:`TrainState` (its ``history`` holds per-epoch metrics).
