@@ -215,7 +215,7 @@ class DeferredErasing(A.Erasing):
 
     The rectangle (``x0, y0, x1, y1`` in crop pixels) comes out of the pipeline as
     ``erase_box``; :class:`BatchFinish` fills it with ``fill`` after normalising, where
-    ``Erasing`` used to fill it. Only a constant ``fill`` can be deferred this way.
+    ``Erasing`` would fill it. Only a constant ``fill`` can be deferred this way.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
