@@ -57,21 +57,50 @@ def localisation_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ablation_table(spec: TableSpec, results: dict[str, dict[str, Any]], dataset: str) -> str:
-    """One ablation table (rows x columns of run references) as Markdown, mean ± std."""
+def ablation_table(
+    spec: TableSpec,
+    results: dict[str, dict[str, Any]],
+    dataset: str,
+    zooms: dict[str, list[float]] | None = None,
+) -> str:
+    """One ablation table (rows x columns of run references) as Markdown, mean ± std.
+
+    ``zooms`` maps a run that crops to its seeds' mean crop zoom (the ``zoom`` of each
+    report's localisation). When every run of the table crops, each column is followed by
+    its zoom, so crops of different sizes are not compared as if they were one treatment.
+    """
+    zooms = zooms or {}
+    refs_all = [ref for refs in spec.rows.values() for ref in refs]
+    with_zoom = bool(refs_all) and all(ref in zooms for ref in refs_all)
+    columns = [c for col in spec.columns for c in ([col, "zoom (x)"] if with_zoom else [col])]
     lines = [
         f"### {spec.title} ({dataset})",
         "",
-        "| | " + " | ".join(spec.columns) + " |",
-        "|---|" + "---|" * len(spec.columns),
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for label, refs in spec.rows.items():
         cells = []
         for ref in refs:
             entry = results.get(ref)
             cells.append(f"{entry['top1_mean']:.2f} ± {entry['top1_std']:.2f}" if entry else "-")
+            if with_zoom:
+                cells.append(_mean_std(zooms[ref]) if zooms[ref] else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def crop_zooms(
+    reports: list[dict[str, Any]], dataset: str, cropping: list[str]
+) -> dict[str, list[float]]:
+    """The per-seed crop zoom on ``dataset`` of each run in ``cropping`` (the GLSim runs,
+    whose localisation is their own crop; other models' is the GLS box they would crop),
+    from its reports; a run with no report yet maps to ``[]``."""
+    zooms: dict[str, list[float]] = {ref: [] for ref in cropping}
+    for r in reports:
+        if r["dataset"] == dataset and r["model"] in zooms and "zoom" in r.get("localisation", {}):
+            zooms[r["model"]].append(r["localisation"]["zoom"])
+    return zooms
 
 
 def lr_table(lr_reports: list[dict[str, Any]]) -> str:

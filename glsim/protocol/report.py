@@ -11,7 +11,7 @@ from glsim import runs
 from glsim.config import Params, for_dataset
 from glsim.errors import RunError
 from glsim.eval.ledger import build_ledger, ledger_table, render_ledger
-from glsim.eval.report import ablation_table, localisation_table, lr_table
+from glsim.eval.report import ablation_table, crop_zooms, localisation_table, lr_table
 from glsim.eval.tables import aggregate, load_reports, render_table
 from glsim.protocol.specs import final_spec, variant_params, variant_spec
 from glsim.runs import RunSpec
@@ -79,8 +79,12 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     ]
     for dataset in params.data.datasets:
         cells = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
+        cropping = [m for m in models if m == "glsim"] + [
+            v for v, variant in params.ablations.variants.items() if variant.model == "glsim"
+        ]
+        zooms = crop_zooms(main + variant_reports, dataset, cropping)
         for spec in params.ablations.tables.values():
-            md += [ablation_table(spec, cells, dataset)]
+            md += [ablation_table(spec, cells, dataset, zooms)]
     loc = localisation_table(main + variant_reports)
     if loc:
         md += ["## Where the crop lands (test split; GLS boxes for models without a crop)", "", loc]
