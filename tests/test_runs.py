@@ -136,7 +136,7 @@ def test_a_run_folder_names_its_spec_back(tmp_path):
     for spec in (
         RunSpec(model="glsim", seed=10),
         RunSpec(model="vit", seed=1, lr=0.01, kind="lrsearch"),
-        RunSpec(model="glsim", seed=100, kind="ablation", variant="glsim_random_crop"),
+        RunSpec(model="glsim", seed=100, kind="ablation", variant="glsim_random_no_aggregator"),
     ):
         found, root = runs.spec_of_run_dir(spec.run_dir(params), params)
         assert (found.model, found.seed, found.kind, found.variant) == (

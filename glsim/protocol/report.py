@@ -77,11 +77,11 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
         "Bold: best; underlined: second best. Std: sample std over seeds.",
         "",
     ]
+    cropping = [m for m in models if m == "glsim"] + [
+        v for v, variant in params.ablations.variants.items() if variant.model == "glsim"
+    ]  # the runs whose localisation is their own crop
     for dataset in params.data.datasets:
         cells = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
-        cropping = [m for m in models if m == "glsim"] + [
-            v for v, variant in params.ablations.variants.items() if variant.model == "glsim"
-        ]
         zooms = crop_zooms(main + variant_reports, dataset, cropping)
         for spec in params.ablations.tables.values():
             md += [ablation_table(spec, cells, dataset, zooms)]

@@ -28,7 +28,7 @@ XEON = {
 TOP1 = {
     ("synthetic_fg", "vit", "final"): (70.0, 72.0, 74.0),  # std 2.0
     ("synthetic_fg", "glsim", "final"): (80.0, 80.5, 81.0),  # std 0.5
-    ("synthetic_fg", "glsim_random_crop", "ablation"): (75.0, 75.0, 75.0),  # std 0
+    ("synthetic_fg", "glsim_random_no_aggregator", "ablation"): (75.0, 75.0, 75.0),  # std 0
     ("cub", "glsim", "final"): (90.0, 91.0, 92.0),
 }
 SEEDS = (1, 10, 100)
@@ -108,8 +108,8 @@ def test_a_row_per_published_number_with_its_seeds_paper_value_and_commands(tmp_
     assert vit["seeds"] == [1, 10, 100]
     assert vit["paper"] is None  # the generated dataset has no published number
     assert rows["cub", "glsim"]["paper"]["top1_mean"] == 90.93  # Table 4, GLSim on CUB
-    assert rows["synthetic_fg", "glsim_random_crop"]["table"] == "ablation"
-    assert rows["synthetic_fg", "glsim_random_crop"]["paper"] is None
+    assert rows["synthetic_fg", "glsim_random_no_aggregator"]["table"] == "ablation"
+    assert rows["synthetic_fg", "glsim_random_no_aggregator"]["paper"] is None
     seed10 = vit["runs"][1]
     assert seed10 == {"seed": 10, "top1": 72.0, **record("synthetic_fg", "vit", 10),
                       "stage": "evaluate@synthetic_fg-vit-10",
@@ -186,11 +186,11 @@ def test_another_host_is_named_cpu_isa_and_libraries(ledger_file, tmp_path, caps
 
 def test_another_profile_is_named(ledger_file, tmp_path, capsys):
     other = shutil.copytree(ledger_file.parent, tmp_path / "other")
-    edit(other, "synthetic_fg", "glsim_random_crop", 10, top1=75.25, weights_sha256="e" * 64,
+    edit(other, "synthetic_fg", "glsim_random_no_aggregator", 10, top1=75.25, weights_sha256="e" * 64,
          numerics="portable", run_key="key-portable")  # fmt: skip
     status, out, _ = check(capsys, other, ledger_file)
     assert status == 1  # a row of equal seeds (std 0) allows no difference
-    assert "synthetic_fg/glsim_random_crop seed 10: different" in out
+    assert "synthetic_fg/glsim_random_no_aggregator seed 10: different" in out
     assert "why: numerics profile differs: portable, ledger native" in out
     assert "here the numerics profile differs)" in out  # the profile is in the run key
 
@@ -213,8 +213,8 @@ def test_another_backbone_shows_in_every_run_key(ledger_file, tmp_path, capsys):
 
 def test_runs_and_run_folders_compare_by_digest(ledger_file, tmp_path, capsys):
     runs = tmp_path / "runs"
-    for name, parent in (("vit", "synthetic_fg/vit"), ("glsim_random_crop",
-                         "synthetic_fg/ablation/glsim_random_crop")):  # fmt: skip
+    for name, parent in (("vit", "synthetic_fg/vit"), ("glsim_random_no_aggregator",
+                         "synthetic_fg/ablation/glsim_random_no_aggregator")):  # fmt: skip
         for seed in SEEDS:
             folder = runs / parent / f"seed{seed}"
             folder.mkdir(parents=True)
