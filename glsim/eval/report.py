@@ -31,14 +31,20 @@ LOCALISATION_COLUMNS = {  # report key -> column (glsim.eval.localisation)
 }
 
 
-def localisation_table(reports: list[dict[str, Any]]) -> str:
-    """Per dataset and run: each crop measure beside its controls with the same box sizes
-    (shuffled, centred, random), and the zoom (mean ± std over seeds; ``-`` where a report
-    predates a measure)."""
+def localisations(reports: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """Each (dataset, run)'s localisation measures, one dict per seed's report that has them."""
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in reports:
         if "localisation" in r:
             groups.setdefault((r["dataset"], r["model"]), []).append(r["localisation"])
+    return groups
+
+
+def localisation_table(reports: list[dict[str, Any]]) -> str:
+    """Per dataset and run: each crop measure beside its controls with the same box sizes
+    (shuffled, centred, random), and the zoom (mean ± std over seeds; ``-`` where a report
+    predates a measure)."""
+    groups = localisations(reports)
     if not groups:
         return ""
     lines = [
@@ -96,11 +102,11 @@ def crop_zooms(
     """The per-seed crop zoom on ``dataset`` of each run in ``cropping`` (the GLSim runs,
     whose localisation is their own crop; other models' is the GLS box they would crop),
     from its reports; a run with no report yet maps to ``[]``."""
-    zooms: dict[str, list[float]] = {ref: [] for ref in cropping}
-    for r in reports:
-        if r["dataset"] == dataset and r["model"] in zooms and "zoom" in r.get("localisation", {}):
-            zooms[r["model"]].append(r["localisation"]["zoom"])
-    return zooms
+    groups = localisations(reports)
+    return {
+        ref: [loc["zoom"] for loc in groups.get((dataset, ref), []) if "zoom" in loc]
+        for ref in cropping
+    }
 
 
 def lr_table(lr_reports: list[dict[str, Any]]) -> str:
