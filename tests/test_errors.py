@@ -217,6 +217,7 @@ def test_training_names_an_image_that_does_not_decode_by_the_users_file(tmp_path
         train_run(params, spec, track=False)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_glsim_torchrun_exits_2_with_the_ranks_error_line(tmp_path):
     """Under ``glsim torchrun`` a rank's input error is the launcher's exit status 2 and the

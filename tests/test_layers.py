@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,21 +68,30 @@ RULES = {
 CONFIG_LEVEL = {"glsim.models", "glsim.models.choices"}
 
 
-def test_config_loads_only_the_models_torch_free_choice_types():
-    mine = {m for m in loaded_after_import("glsim.config") if m.startswith("glsim")}
-    assert mine == {"glsim", "glsim.config", "glsim.models", "glsim.models.choices"}
-
-
 def loaded_after_import(module: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing ``module``."""
     code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, set[str]]:
+    """``loaded_after_import`` of every module the rules name, one interpreter each, as many
+    at a time as there are cores (an import is one thread's work)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(RULES, pool.map(loaded_after_import, RULES), strict=True))
+
+
+def test_config_loads_only_the_models_torch_free_choice_types(loaded):
+    mine = {m for m in loaded["glsim.config"] if m.startswith("glsim")}
+    assert mine == {"glsim", "glsim.config", "glsim.models", "glsim.models.choices"}
+
+
 @pytest.mark.parametrize("module", sorted(RULES))
-def test_a_layer_loads_nothing_above_it(module):
-    loaded = loaded_after_import(module)
+def test_a_layer_loads_nothing_above_it(module, loaded):
+    loaded = loaded[module]
     bad = sorted(
         m
         for m in loaded - CONFIG_LEVEL

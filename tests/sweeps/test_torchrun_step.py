@@ -58,6 +58,7 @@ def test_two_processes_train_then_the_flow_evaluates(tiny_run):
     assert (spec.run_dir(params) / "last.pt").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_a_diverged_torchrun_run_is_divergence(tiny_run):
     req = request(tiny_run, overrides={"train.lr": 1e12, "train.clip_grad": None})
     with pytest.raises(TrainingDiverged, match="loss is"):

@@ -199,6 +199,7 @@ def test_the_train_stage_refuses_a_run_folder_another_trainer_holds(tiny_run):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_every_torchrun_rank_refuses_when_rank_0_cannot_claim(tiny_run):
     """Rank 0 alone claims; the other ranks learn its refusal instead of waiting for it."""
