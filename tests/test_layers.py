@@ -91,10 +91,9 @@ def test_config_loads_only_the_models_torch_free_choice_types(loaded):
 
 @pytest.mark.parametrize("module", sorted(RULES))
 def test_a_layer_loads_nothing_above_it(module, loaded):
-    loaded = loaded[module]
     bad = sorted(
         m
-        for m in loaded - CONFIG_LEVEL
+        for m in loaded[module] - CONFIG_LEVEL
         for prefix in RULES[module]
         if m == prefix or m.startswith(prefix + ".")
     )

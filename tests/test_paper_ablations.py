@@ -55,10 +55,14 @@ def test_crop_tables_show_each_runs_zoom_and_other_tables_do_not():
         ]
     ] + [{"dataset": "other", "model": "glsim_attention", "localisation": {"zoom": 3.0}}]
     cropping = ["glsim", "glsim_rollout", "glsim_random", "glsim_attention"]
-    zooms = crop_zooms(reports, "synthetic_fg", cropping)
+    by_dataset = crop_zooms(reports, ["synthetic_fg", "other"], cropping)
+    zooms = by_dataset["synthetic_fg"]
     assert zooms == {
         "glsim": [1.5, 1.7], "glsim_rollout": [1.2, 1.2], "glsim_random": [1.1, 1.1],
         "glsim_attention": [],
+    }  # fmt: skip
+    assert by_dataset["other"] == {
+        "glsim": [], "glsim_rollout": [], "glsim_random": [], "glsim_attention": [3.0]
     }  # fmt: skip
     runs = {
         "glsim": {"top1_mean": 72.0, "top1_std": 2.0},

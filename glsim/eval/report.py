@@ -97,15 +97,18 @@ def ablation_table(
 
 
 def crop_zooms(
-    reports: list[dict[str, Any]], dataset: str, cropping: list[str]
-) -> dict[str, list[float]]:
-    """The per-seed crop zoom on ``dataset`` of each run in ``cropping`` (the GLSim runs,
-    whose localisation is their own crop; other models' is the GLS box they would crop),
-    from its reports; a run with no report yet maps to ``[]``."""
+    reports: list[dict[str, Any]], datasets: list[str], cropping: list[str]
+) -> dict[str, dict[str, list[float]]]:
+    """Per dataset, the per-seed crop zoom of each run in ``cropping`` (the GLSim runs, whose
+    localisation is their own crop; other models' is the GLS box they would crop), from its
+    reports, grouped once for every dataset; a run with no report yet maps to ``[]``."""
     groups = localisations(reports)
     return {
-        ref: [loc["zoom"] for loc in groups.get((dataset, ref), []) if "zoom" in loc]
-        for ref in cropping
+        dataset: {
+            ref: [loc["zoom"] for loc in groups.get((dataset, ref), []) if "zoom" in loc]
+            for ref in cropping
+        }
+        for dataset in datasets
     }
 
 

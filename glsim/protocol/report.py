@@ -80,11 +80,11 @@ def aggregate_reports(params: Params, *, track: bool = True) -> list[Path]:
     cropping = [m for m in models if m == "glsim"] + [
         v for v, variant in params.ablations.variants.items() if variant.model == "glsim"
     ]  # the runs whose localisation is their own crop
+    zooms = crop_zooms(main + variant_reports, params.data.datasets, cropping)
     for dataset in params.data.datasets:
         cells = {**table4.get(dataset, {}), **ablation.get(dataset, {})}
-        zooms = crop_zooms(main + variant_reports, dataset, cropping)
         for spec in params.ablations.tables.values():
-            md += [ablation_table(spec, cells, dataset, zooms)]
+            md += [ablation_table(spec, cells, dataset, zooms[dataset])]
     loc = localisation_table(main + variant_reports)
     if loc:
         md += ["## Where the crop lands (test split; GLS boxes for models without a crop)", "", loc]
